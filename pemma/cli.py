@@ -1,0 +1,244 @@
+"""The pemma-bench command line: a thin shell over the library."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(help="Benchmark and ablation harness for parameter-efficient multi-modal adaptation (PEMMA).",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Cohorts: write the synthetic one, check any.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+
+ResultsOpt = Annotated[Path, typer.Option("--results", envvar="PEMMA_RESULTS",
+                                          help="Results folder (MLflow store, bases, caches, tables).")]
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [v.strip() for text in values for v in text.split(",") if v.strip()]
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=2)
+
+
+def _table(df, title: str) -> Table:
+    table = Table(title=title, show_lines=False)
+    for col in df.columns:
+        table.add_column(str(col), justify="left" if col in ("method", "backbone") else "right")
+    for row in df.itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
+    return table
+
+
+@data_app.command("synth")
+def data_synth(out: Annotated[Path, typer.Option(help="Folder to write the cohort into (must not exist).")],
+               scale: Annotated[float, typer.Option(help="Share of HECKTOR's per-centre sizes (min 3).")] = 0.15,
+               seed: Annotated[int, typer.Option(help="Generator seed.")] = 0) -> None:
+    """Write a synthetic cohort in the HECKTOR 2022 layout."""
+    from pemma.data.synth import cohort_sizes, write_cohort
+
+    sizes = cohort_sizes(scale)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
+            task = bar.add_task("patients", total=sum(sizes.values()))
+            write_cohort(out, scale=scale, seed=seed, progress=lambda done, total: bar.update(task, completed=done))
+    except FileExistsError as err:
+        raise _fail(str(err)) from err
+    console.print(f"wrote {sum(sizes.values())} patients to {out}: "
+                  + ", ".join(f"{c} {n}" for c, n in sizes.items()))
+
+
+@data_app.command("check")
+def data_check(root: Path) -> None:
+    """Read a HECKTOR-layout cohort and summarise it per centre."""
+    from pemma.data.hecktor import CohortError, read_cohort
+
+    try:
+        cohort = read_cohort(root)
+    except CohortError as err:
+        raise _fail(str(err)) from err
+    table = Table(title=f"{root} ({len(cohort.cases)} patients, fingerprint {cohort.fingerprint()})")
+    for col in ("centre", "patients", "with PET", "with label", "with endpoint"):
+        table.add_column(col, justify="left" if col == "centre" else "right")
+    endpoint_ids = set(cohort.endpoints["PatientID"]) if cohort.endpoints is not None else set()
+    for centre, cases in sorted(cohort.centres().items()):
+        table.add_row(centre, str(len(cases)), str(sum(c.pet is not None for c in cases)),
+                      str(sum(c.label is not None for c in cases)),
+                      str(sum(c.patient_id in endpoint_ids for c in cases)))
+    console.print(table)
+
+
+@app.command()
+def methods() -> None:
+    """List the registered methods: what each trains and which inputs it accepts."""
+    from pemma.methods import METHODS
+
+    rows = [cls.describe() for _, cls in METHODS.items()]
+    table = Table(title="methods")
+    for col in rows[0]:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
+
+
+@app.command()
+def suites() -> None:
+    """List the shipped suites with their size in units."""
+    from pemma.config import ConfigError
+    from pemma.suites import available, expand, load_suite
+
+    table = Table(title="suites")
+    for col in ("suite", "units", "file", "description"):
+        table.add_column(col)
+    for name, path in available().items():
+        try:
+            suite = load_suite(str(path))
+            units = str(len(expand(suite)))
+        except ConfigError as err:
+            units = f"[red]invalid: {err}[/]"
+            suite = None
+        table.add_row(name, units, str(path.relative_to(path.parent.parent)),
+                      suite.description.strip() if suite else "")
+    console.print(table)
+
+
+@app.command()
+def validate() -> None:
+    """Check every shipped suite file against the config schema, without training."""
+    from pemma.config import ConfigError
+    from pemma.suites import available, expand, load_suite
+
+    bad = 0
+    for name, path in available().items():
+        try:
+            units = expand(load_suite(str(path)))
+            console.print(f"[green]ok[/]      {name}: {len(units)} units")
+        except (ConfigError, KeyError) as err:
+            bad += 1
+            console.print(f"[red]invalid[/] {name} ({path}): {err}")
+    if bad:
+        raise typer.Exit(code=1)
+
+
+class RichReporter:
+    def __init__(self, progress: Progress, total_units: int) -> None:
+        self.progress = progress
+        self.suite_task = progress.add_task("suite", total=total_units)
+        self.step_task = None
+
+    def stage(self, text: str, total: int):
+        if self.step_task is not None:
+            self.progress.remove_task(self.step_task)
+        self.step_task = self.progress.add_task(f"  {text}", total=total or None)
+
+        def on_step(step: int, loss: float) -> None:
+            self.progress.update(self.step_task, completed=step + 1,
+                                 description=f"  {text} (loss {loss:.3f})" if total else f"  {text}")
+
+        return on_step
+
+    def done(self, outcome) -> None:
+        style = {"FINISHED": "green", "SKIPPED": "dim", "FAILED": "red"}[outcome.status]
+        detail = f" ({outcome.seconds:.0f}s)" if outcome.status == "FINISHED" else ""
+        if outcome.error:
+            detail = f": {outcome.error}"
+        self.progress.console.print(f"[{style}]{outcome.status.lower():8}[/] {outcome.key}{detail}")
+        self.progress.advance(self.suite_task)
+
+
+@app.command()
+def run(
+    suite: Annotated[str, typer.Option(help="Suite name (see `pemma-bench suites`) or a suite YAML file.")] = "smoke",
+    profile: Annotated[str | None, typer.Option(help="ci | smoke | paper (sizes and budgets).")] = None,
+    seeds: Annotated[list[str] | None, typer.Option(help="Seeds, e.g. 0,1,2.")] = None,
+    methods: Annotated[list[str] | None, typer.Option("--methods", help="Methods, e.g. pemma-lora,early-fusion.")] = None,
+    backbones: Annotated[list[str] | None, typer.Option(help="Backbones, e.g. unetr.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")] = None,
+    results: ResultsOpt = Path("results"),
+    data: Annotated[Path | None, typer.Option(help="HECKTOR-layout cohort; default: built-in synthetic.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the units and which are finished.")] = False,
+) -> None:
+    """Run a suite: every unit not yet finished, tracked in MLflow, then print the results table."""
+    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)],
+                        format="%(message)s")
+    from pemma.config import ConfigError
+    from pemma.data.hecktor import CohortError
+    from pemma.engine.runner import Runner
+    from pemma.registry import RegistryError
+    from pemma.suites import expand, load_suite
+
+    try:
+        if data is not None and not data.is_dir():
+            raise CohortError(f"--data {data}: no such folder")
+        spec = load_suite(suite)
+        units = expand(spec, profile=profile, seeds=[int(s) for s in _split(seeds) or []] or None,
+                       methods=_split(methods), backbones=_split(backbones), overrides=_split_sets(set_),
+                       data_root=str(data.resolve()) if data else None)
+        runner = Runner(results)
+        keys = [runner.key(cfg) for cfg in units]
+    except (ConfigError, RegistryError, CohortError, ValueError) as err:
+        raise _fail(str(err)) from err
+    console.print(f"suite [bold]{spec.name}[/] ({spec.path.name}): {len(units)} units, profile "
+                  f"{units[0].profile if units else '-'}, device {runner.device}, results {results}")
+    if dry_run:
+        finished = runner.tracker.finished_keys(spec.name)
+        for key in keys:
+            console.print(f"{'finished' if key in finished else 'to run  '}  {key}")
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        runner.reporter = RichReporter(progress, len(units))
+        try:
+            outcomes = runner.run(units)
+        except (ConfigError, CohortError) as err:
+            raise _fail(str(err)) from err
+    _print_report(runner.tracker, spec.name, results)
+    failed = [o for o in outcomes if o.status == "FAILED"]
+    if failed:
+        console.print(f"[red]{len(failed)} unit(s) failed[/]; their MLflow runs hold the error")
+        raise typer.Exit(code=1)
+
+
+def _split_sets(values: list[str] | None) -> list[str]:
+    return list(values or [])
+
+
+def _print_report(tracker, suite: str, results: Path) -> Path:
+    from pemma.report.tables import summary, to_markdown
+
+    table = summary(tracker.runs(suite))
+    out = Path(results) / suite / "results.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(to_markdown(table, f"pemma-bench suite {suite}"))
+    if not table.empty:
+        wide = Console(width=max(console.width, 200)) if not console.is_terminal else console
+        wide.print(_table(table, f"suite {suite}"))
+    console.print(f"table written to {out}")
+    return out
+
+
+@app.command()
+def report(suite: Annotated[str, typer.Option(help="Suite name.")] = "smoke", results: ResultsOpt = Path("results")) -> None:
+    """Regenerate a suite's results table from its tracked runs."""
+    from pemma.tracking import Tracker
+
+    _print_report(Tracker(results), suite, results)
+
+
+def main() -> None:  # pragma: no cover
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    app()

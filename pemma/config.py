@@ -1,0 +1,282 @@
+"""Frozen run configuration: dataclass defaults < profile < suite file < command line.
+
+Every section checks its own ranges in ``__post_init__`` so that a bad value fails when the
+configuration is built, naming the key, not deep inside training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that cannot be used."""
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str | None = None
+    """A HECKTOR-layout cohort folder; None means the built-in synthetic cohort."""
+    synth_scale: float = 0.15
+    synth_seed: int = 0
+    spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    ct_window: tuple[float, float] = (-200.0, 250.0)
+    pretrain_centres: tuple[str, ...] = ("CHUS", "CHUV", "CHUM", "CHUP")
+    adapt_centre: str = "MDA"
+    split: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.synth_scale > 0, "data.synth_scale", f"must be > 0, got {self.synth_scale}")
+        _require(all(s > 0 for s in self.spacing), "data.spacing", f"must be positive, got {self.spacing}")
+        _require(self.ct_window[0] < self.ct_window[1], "data.ct_window", "lower bound must be below upper")
+        _require(abs(sum(self.split) - 1.0) < 1e-6 and min(self.split) >= 0, "data.split",
+                 f"train/val/test fractions must be >= 0 and sum to 1, got {self.split}")
+        _require(self.split[2] > 0, "data.split", "the test fraction must be > 0")
+        _require(len(self.pretrain_centres) > 0, "data.pretrain_centres", "name at least one centre")
+        _require(self.adapt_centre not in self.pretrain_centres, "data.adapt_centre",
+                 f"{self.adapt_centre} is also a CT pretraining centre")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    roi: tuple[int, int, int] = (48, 48, 48)
+    hidden_size: int = 192
+    num_layers: int = 4
+    num_heads: int = 4
+    mlp_dim: int = 768
+    feature_size: int = 16
+    num_classes: int = 3
+    sdpa: bool = True
+    """Use PyTorch scaled-dot-product attention in the transformer blocks."""
+
+    def __post_init__(self) -> None:
+        _require(self.hidden_size % self.num_heads == 0, "model.hidden_size",
+                 f"{self.hidden_size} is not divisible by model.num_heads={self.num_heads}")
+        _require(self.num_layers >= 1, "model.num_layers", "must be >= 1")
+        _require(all(r > 0 for r in self.roi), "model.roi", f"must be positive, got {self.roi}")
+        _require(self.num_classes == 3, "model.num_classes", "HECKTOR has 3 classes (background, GTVp, GTVn)")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.1
+    targets: str = "qkv"
+    beta: str = "learned"
+    """PET skip weight: learned | fixed (1.0) | absent (no PET skip pathways)."""
+    beta_init: float = 1.0
+    pet_init: str = "copy"
+    """PET patch embedding at adaptation start: copy of the CT one, or random."""
+    skip_levels: str = "all"
+    """PET skip pathways at every skip level (all) or at the input level only (input)."""
+    head_trainable: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.rank >= 1, "adapter.rank", f"must be >= 1, got {self.rank}")
+        _require(self.alpha > 0, "adapter.alpha", f"must be > 0, got {self.alpha}")
+        _require(0 <= self.dropout < 1, "adapter.dropout", f"must be in [0, 1), got {self.dropout}")
+        _require(self.targets in ("qkv",), "adapter.targets", f"unknown target set {self.targets!r}; known: qkv")
+        _require(self.beta in ("learned", "fixed", "absent"), "adapter.beta",
+                 f"expected learned, fixed or absent, got {self.beta!r}")
+        _require(self.pet_init in ("copy", "random"), "adapter.pet_init",
+                 f"expected copy or random, got {self.pet_init!r}")
+        _require(self.skip_levels in ("all", "input"), "adapter.skip_levels",
+                 f"expected all or input, got {self.skip_levels!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 200
+    batch_size: int = 2
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    class_weights: tuple[float, float, float] = (1.0, 2.0, 5.0)
+    modality_dropout: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    """Probabilities of CT+PET / CT / PET batches, for methods that train on single modalities."""
+    amp: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+    warmup_steps: int = 3
+    """Steps left out of the throughput figure (first-call overheads)."""
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
+        _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        p = self.modality_dropout
+        _require(min(p) >= 0 and abs(sum(p) - 1) < 1e-6, "train.modality_dropout",
+                 f"CT+PET / CT / PET probabilities must be >= 0 and sum to 1, got {p}")
+        _require(len(self.class_weights) == 3 and min(self.class_weights) > 0, "train.class_weights",
+                 "three positive weights (background, GTVp, GTVn)")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    steps: int = 300
+    batch_size: int = 2
+    lr: float = 2e-3
+    checkpoint: str | None = None
+    """A user's own CT-pretrained state dict (.pt) used instead of training one."""
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 1, "pretrain.steps", f"must be >= 1, got {self.steps}")
+        _require(self.lr > 0, "pretrain.lr", f"must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    sw_batch_size: int = 4
+    overlap: float = 0.25
+    mode: str = "gaussian"
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.overlap < 1, "eval.overlap", f"must be in [0, 1), got {self.overlap}")
+        _require(self.mode in ("gaussian", "constant"), "eval.mode", "expected gaussian or constant")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    suite: str = "adhoc"
+    method: str = "pemma-lora"
+    backbone: str = "unetr"
+    seed: int = 0
+    profile: str = "smoke"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        return flatten(self.to_dict())
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the result of a unit: everything but labels and the data folder's path."""
+        d = self.to_dict()
+        d.pop("suite")
+        d["data"].pop("root")
+        return d
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def stable_hash(obj: Any, length: int = 8) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:length]
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return build(tp, value, prefix=key + ".")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a (partial) mapping, refusing unknown keys with a did-you-mean."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {prefix + key!r}{hint}")
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{prefix or 'config'}: {err}") from err
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``train.steps=10`` -> {"train": {"steps": 10}}; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. train.steps=10")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw else None
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+PROFILES = ("ci", "smoke", "paper")
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    if name not in PROFILES:
+        close = difflib.get_close_matches(name, PROFILES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown profile {name!r}{hint} (known: {', '.join(PROFILES)})")
+    text = resources.files("pemma.profiles").joinpath(f"{name}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def resolve(*layers: dict[str, Any]) -> RunConfig:
+    """Merge layers (later wins) on top of the profile that the merged layers name."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = deep_merge(merged, layer)
+    profile = merged.get("profile", RunConfig.profile)
+    merged = deep_merge(deep_merge({"profile": profile}, load_profile(profile)), merged)
+    return build(RunConfig, merged)

@@ -1,0 +1,199 @@
+"""Run units of work: skip finished ones, train and evaluate the rest, log each to one MLflow run.
+
+The runner never branches on a method's or backbone's name: it asks the method what it builds,
+trains and accepts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.utils import set_determinism
+
+from pemma.config import DataConfig, RunConfig, stable_hash
+from pemma.data.datasets import CohortData
+from pemma.data.hecktor import Cohort, read_cohort
+from pemma.data.splits import Plan, make_plan
+from pemma.data.synth import GENERATOR_VERSION, write_cohort
+from pemma.engine.evaluate import evaluate
+from pemma.engine.pretrain import pretrained_base
+from pemma.engine.train import dtype_name, train
+from pemma.methods import METHODS
+from pemma.metrics.params import REFERENCE_METHOD, count_parameters
+from pemma.tracking import Tracker, provenance, run_key
+
+log = logging.getLogger(__name__)
+ADAPT_KEYS = ("ct", "pet", "label")
+
+
+def default_device() -> torch.device:
+    name = os.environ.get("PEMMA_DEVICE")
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    set_determinism(seed=seed)
+
+
+@dataclass
+class UnitOutcome:
+    key: str
+    status: str  # FINISHED | SKIPPED | FAILED
+    seconds: float = 0.0
+    error: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedData:
+    cohort: Cohort
+    plan: Plan
+    data: CohortData
+
+
+class Reporter:
+    """Progress hooks; the CLI passes one that draws rich progress bars."""
+
+    def stage(self, text: str, total: int) -> Callable[[int, float], None] | None:
+        return None
+
+    def done(self, outcome: UnitOutcome) -> None:
+        pass
+
+
+class Runner:
+    def __init__(self, results: Path, *, device: torch.device | None = None, tracker: Tracker | None = None,
+                 reporter: Reporter | None = None) -> None:
+        self.results = Path(results)
+        self.device = device or default_device()
+        self.tracker = tracker or Tracker(self.results)
+        self.reporter = reporter or Reporter()
+        self._data: dict[Any, LoadedData] = {}
+        self._fingerprints: dict[str, str] = {}
+        self._reference: dict[str, int] = {}
+
+    # -- data ---------------------------------------------------------------------------------------
+    def synthetic_root(self, d: DataConfig) -> Path:
+        return self.results / "data" / f"{GENERATOR_VERSION}-seed{d.synth_seed}-scale{d.synth_scale:g}"
+
+    def data_fingerprint(self, cfg: RunConfig) -> str:
+        """Cheap identity of the data a unit reads: the generator's recipe, or the files' fingerprint."""
+        d = cfg.data
+        if d.root is None:
+            return f"{GENERATOR_VERSION}-seed{d.synth_seed}-scale{d.synth_scale:g}"
+        if d.root not in self._fingerprints:
+            self._fingerprints[d.root] = read_cohort(d.root).fingerprint()
+        return self._fingerprints[d.root]
+
+    def load_data(self, cfg: RunConfig) -> LoadedData:
+        d = cfg.data
+        memo = (d.root, d.synth_seed, d.synth_scale, d.spacing, d.ct_window, d.pretrain_centres, d.adapt_centre,
+                d.split, d.split_seed)
+        if memo not in self._data:
+            root = Path(d.root) if d.root else self.synthetic_root(d)
+            if d.root is None and not root.exists():
+                finish = self.reporter.stage(f"writing synthetic cohort to {root}", 0)
+                write_cohort(root, scale=d.synth_scale, seed=d.synth_seed)
+                if finish:
+                    finish(0, 0.0)
+            cohort = read_cohort(root)
+            plan = make_plan(cohort, d.pretrain_centres, d.adapt_centre, d.split, d.split_seed)
+            fingerprint = cohort.fingerprint()
+            self._data[memo] = LoadedData(cohort, plan, CohortData(d, fingerprint, self.results / "cache"))
+        return self._data[memo]
+
+    # -- units --------------------------------------------------------------------------------------
+    def key(self, cfg: RunConfig) -> str:
+        return run_key(cfg, self.data_fingerprint(cfg))
+
+    def reference_trainable(self, cfg: RunConfig, base: torch.nn.Module | None) -> int:
+        memo = stable_hash({"backbone": cfg.backbone, "model": cfg.model.__dict__, "adapter": cfg.adapter.__dict__})
+        if memo not in self._reference:
+            reference = METHODS.get(REFERENCE_METHOD)()
+            built = reference.create(base if reference.needs_base else None, cfg)
+            self._reference[memo] = count_parameters(built.model)[1]
+        return self._reference[memo]
+
+    def run(self, units: list[RunConfig]) -> list[UnitOutcome]:
+        outcomes = []
+        finished: dict[str, set[str]] = {}
+        for cfg in units:
+            if cfg.suite not in finished:
+                finished[cfg.suite] = self.tracker.finished_keys(cfg.suite)
+            key = self.key(cfg)
+            if key in finished[cfg.suite]:
+                outcome = UnitOutcome(key, "SKIPPED")
+            else:
+                outcome = self.run_unit(cfg, key)
+            self.reporter.done(outcome)
+            outcomes.append(outcome)
+        return outcomes
+
+    def run_unit(self, cfg: RunConfig, key: str) -> UnitOutcome:
+        t0 = time.perf_counter()
+        tags = {**provenance(self.device, dtype_name(self.device, cfg.train.amp), cfg.profile),
+                "method": cfg.method, "backbone": cfg.backbone, "seed": str(cfg.seed)}
+        run_id = self.tracker.start(cfg.suite, key, cfg.flat(), tags)
+        try:
+            metrics, extra_tags = self._train_and_evaluate(cfg)
+            metrics["unit_seconds"] = time.perf_counter() - t0
+            self.tracker.log(run_id, metrics, extra_tags)
+            self.tracker.finish(run_id)
+            return UnitOutcome(key, "FINISHED", metrics["unit_seconds"], metrics=metrics)
+        except KeyboardInterrupt as err:
+            self.tracker.fail(run_id, err, status="KILLED")
+            raise
+        except Exception as err:
+            log.exception("unit %s failed", key)
+            self.tracker.fail(run_id, err)
+            return UnitOutcome(key, "FAILED", time.perf_counter() - t0, error=f"{type(err).__name__}: {err}")
+
+    def _train_and_evaluate(self, cfg: RunConfig) -> tuple[dict[str, float], dict[str, str]]:
+        seed_everything(cfg.seed)
+        loaded = self.load_data(cfg)
+        method = METHODS.get(cfg.method)()
+        metrics: dict[str, float] = {}
+        tags = {"data_fingerprint": loaded.data.fingerprint, "data_root": str(loaded.cohort.root)}
+        base = None
+        if method.needs_base:
+            base, info = pretrained_base(cfg, loaded.data, loaded.plan, self.results / "bases", self.device,
+                                         self.reporter.stage("CT pretraining", cfg.pretrain.steps))
+            tags["base_key"] = info.get("key", info.get("source", ""))
+            metrics.update({f"base_dice_agg/ct/{k}": v for k, v in info.get("val_dice_agg", {}).items()})
+        seed_everything(cfg.seed)
+        built = method.create(base, cfg)
+        total, trainable = count_parameters(built.model)
+        reference = self.reference_trainable(cfg, base)
+        metrics.update({"params_total": total, "params_trainable": trainable,
+                        "params_trainable_pct_of_reference": 100.0 * trainable / reference})
+        tags["params_reference_method"] = REFERENCE_METHOD
+        tags["adapted_modules"] = ",".join(built.adapted_modules) or "none"
+        subsets, probabilities = method.train_schedule(cfg)
+        tags["train_schedule"] = ", ".join(f"{s}={p:.2f}" for s, p in zip(subsets, probabilities, strict=True))
+        crops = loaded.data.crops(loaded.plan.adapt["train"], ADAPT_KEYS, cfg.model.roi, seed=cfg.seed)
+        stats = train(built.model, crops, steps=cfg.train.steps, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+                      weight_decay=cfg.train.weight_decay, class_weights=cfg.train.class_weights,
+                      subsets=subsets, probabilities=probabilities, seed=cfg.seed, device=self.device,
+                      amp=cfg.train.amp, warmup_steps=cfg.train.warmup_steps,
+                      on_step=self.reporter.stage(f"training {cfg.method}", cfg.train.steps))
+        metrics.update({"train_seconds": stats.seconds, "train_samples_per_s": stats.samples_per_s,
+                        "train_data_wait_share": stats.data_wait_share, "train_peak_memory_mb": stats.peak_memory_mb,
+                        "train_first_loss": stats.first_loss, "train_final_loss": stats.final_loss})
+        volumes = loaded.data.volumes(loaded.plan.adapt["test"], ADAPT_KEYS)
+        results = evaluate(built.model, volumes, method.inputs(), cfg.model.roi, cfg.eval, self.device,
+                           cfg.train.amp)
+        for subset, result in results.items():
+            metrics.update({f"dice_agg/{subset}/{k}": v for k, v in result.aggregated.items()})
+            metrics.update({f"dice_case/{subset}/{k}": v for k, v in result.case_mean.items()})
+            metrics[f"infer_volumes_per_s/{subset}"] = result.volumes_per_s
+        metrics["test_cases"] = len(volumes)
+        return metrics, tags

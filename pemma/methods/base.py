@@ -1,0 +1,91 @@
+"""The method protocol: how a compared method builds its model, what it trains, which inputs it takes.
+
+The runner only talks to this protocol. A method that needs more grows an optional hook here with a
+no-op default; the runner never asks for a method by name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from torch import nn
+
+from pemma.config import RunConfig
+from pemma.modalities import LABELS, SUBSETS
+from pemma.models.backbones import BACKBONES, Backbone
+from pemma.models.base import SegmentationModel
+from pemma.registry import Registry
+
+
+@dataclass
+class Built:
+    model: SegmentationModel
+    adapted_modules: list[str] = field(default_factory=list)
+
+
+class Method:
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    """What trains, in words, for `pemma-bench methods`."""
+    model_cls: ClassVar[type[SegmentationModel]]
+    train_inputs: ClassVar[tuple[str, ...]]
+    """Input subsets used in training; more than one means modality dropout."""
+    needs_base: ClassVar[bool] = True
+    """Whether the method starts from the CT-pretrained base."""
+
+    @classmethod
+    def inputs(cls) -> tuple[str, ...]:
+        """Input subsets accepted at test time (what the model accepts)."""
+        return cls.model_cls.accepts
+
+    def trainable_patterns(self, cfg: RunConfig) -> tuple[str, ...] | None:
+        """Regexes (searched in parameter names) of what trains; None means every parameter."""
+        return None
+
+    def build(self, base: nn.Module | None, cfg: RunConfig, backbone: Backbone) -> Built:
+        raise NotImplementedError
+
+    def create(self, base: nn.Module | None, cfg: RunConfig) -> Built:
+        built = self.build(base, cfg, BACKBONES.get(cfg.backbone))
+        set_trainable(built.model, self.trainable_patterns(cfg))
+        return built
+
+    def train_schedule(self, cfg: RunConfig) -> tuple[tuple[str, ...], tuple[float, ...]]:
+        """Subsets drawn per batch and their probabilities (the modality-dropout schedule)."""
+        probs = dict(zip(SUBSETS, cfg.train.modality_dropout, strict=True))
+        chosen = tuple(s for s in self.train_inputs if probs[s] > 0) or self.train_inputs[:1]
+        total = sum(probs[s] for s in chosen) or 1.0
+        return chosen, tuple(probs[s] / total if len(chosen) > 1 else 1.0 for s in chosen)
+
+    @classmethod
+    def describe(cls) -> dict[str, str]:
+        return {"method": cls.name, "trains": cls.summary,
+                "train inputs": ", ".join(LABELS[s] for s in cls.train_inputs),
+                "test inputs": ", ".join(LABELS[s] for s in cls.inputs()),
+                "starts from": "CT base" if cls.needs_base else "scratch"}
+
+
+def set_trainable(model: nn.Module, patterns: tuple[str, ...] | None) -> list[str]:
+    """Make exactly the parameters matching `patterns` trainable; returns their names."""
+    names = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(patterns is None or any(re.search(p, name) for p in patterns))
+        if param.requires_grad:
+            names.append(name)
+    if not names:
+        raise ValueError(f"no parameter of {type(model).__name__} matches the trainable patterns {patterns}")
+    return names
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(name: str, *, aliases: tuple[str, ...] = ()):
+    def decorator(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        METHODS.add(name, cls, aliases=aliases)
+        return cls
+
+    return decorator

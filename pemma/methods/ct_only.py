@@ -1,0 +1,19 @@
+"""CT only: the CT-pretrained base, fine-tuned on the adaptation centre's CT (the no-PET reference)."""
+
+from __future__ import annotations
+
+import copy
+
+from pemma.methods.base import Built, Method, register_method
+from pemma.modalities import CT
+from pemma.models.fusion import CTOnly
+
+
+@register_method("ct-only", aliases=("ct",))
+class CTOnlyMethod(Method):
+    summary = "the whole CT base, on the adaptation centre's CT"
+    model_cls = CTOnly
+    train_inputs = (CT,)
+
+    def build(self, base, cfg, backbone):
+        return Built(CTOnly(copy.deepcopy(base)))

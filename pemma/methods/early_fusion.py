@@ -1,0 +1,18 @@
+"""Early fusion: CT and PET as two input channels of one network, trained fully from scratch."""
+
+from __future__ import annotations
+
+from pemma.methods.base import Built, Method, register_method
+from pemma.modalities import CTPET
+from pemma.models.fusion import EarlyFusion
+
+
+@register_method("early-fusion", aliases=("ef",))
+class EarlyFusionMethod(Method):
+    summary = "a 2-channel network, everything"
+    model_cls = EarlyFusion
+    train_inputs = (CTPET,)
+    needs_base = False
+
+    def build(self, base, cfg, backbone):
+        return Built(EarlyFusion(backbone.build(cfg.model, 2)))

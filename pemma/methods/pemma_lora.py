@@ -1,0 +1,30 @@
+"""PEMMA-LoRA: frozen CT network; PET embedding, PET skips (with betas) and LoRA on attention train."""
+
+from __future__ import annotations
+
+import copy
+
+from pemma.methods.base import Built, Method, register_method
+from pemma.modalities import SUBSETS
+from pemma.models.adapters import inject_lora
+from pemma.models.pemma import PemmaUNETR
+
+PET_PATHWAY = (r"^pet_embedding\.", r"^pet_skips\.", r"^betas$")
+
+
+@register_method("pemma-lora", aliases=("lora",))
+class PemmaLoraMethod(Method):
+    summary = "PET embedding, PET skip branches + betas, LoRA on the frozen attention"
+    model_cls = PemmaUNETR
+    train_inputs = SUBSETS
+    dora = False
+
+    def trainable_patterns(self, cfg):
+        head = (r"^base\.out\.",) if cfg.adapter.head_trainable else ()
+        return (*PET_PATHWAY, r"\.lora_", *head)
+
+    def build(self, base, cfg, backbone):
+        net = copy.deepcopy(base)
+        adapted = inject_lora(net, backbone.lora_targets[cfg.adapter.targets], cfg.adapter, dora=self.dora,
+                              encoder_prefix=backbone.encoder_prefix)
+        return Built(backbone.wrap_pemma(net, cfg.adapter), [f"base.{name}" for name in adapted])

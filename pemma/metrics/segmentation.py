@@ -1,0 +1,62 @@
+"""Dice per class: HECKTOR's aggregated Dice (from voxel counts over all cases) and per-case Dice.
+
+Empty-case policy: a case whose ground truth and prediction are both empty for a class has no
+per-case Dice for that class (it is excluded from the mean, not counted as 1). Aggregated Dice needs
+no policy: such a case adds nothing to either sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from monai.metrics import compute_dice
+from monai.networks.utils import one_hot
+
+CLASSES = {1: "gtvp", 2: "gtvn"}
+
+
+@dataclass
+class DiceAccumulator:
+    """Voxel counts per case and class: |P ∩ G|, |P|, |G|."""
+
+    num_classes: int = 3
+    intersection: list[np.ndarray] = field(default_factory=list)
+    predicted: list[np.ndarray] = field(default_factory=list)
+    truth: list[np.ndarray] = field(default_factory=list)
+    per_case: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, prediction: torch.Tensor, label: torch.Tensor) -> None:
+        """`prediction` and `label`: integer maps of shape (1, 1, *spatial) or (1, *spatial)."""
+        pred = one_hot(prediction.reshape(1, 1, *prediction.shape[-3:]).long(), self.num_classes)
+        true = one_hot(label.reshape(1, 1, *label.shape[-3:]).long(), self.num_classes)
+        dims = (2, 3, 4)
+        self.intersection.append((pred * true).sum(dims)[0, 1:].double().numpy())
+        self.predicted.append(pred.sum(dims)[0, 1:].double().numpy())
+        self.truth.append(true.sum(dims)[0, 1:].double().numpy())
+        # MONAI's Dice with ignore_empty=False scores empty/empty as 1; we exclude such cases instead.
+        dice = compute_dice(pred, true, include_background=False, ignore_empty=False)[0].double().numpy()
+        both_empty = (self.predicted[-1] == 0) & (self.truth[-1] == 0)
+        self.per_case.append(np.where(both_empty, np.nan, dice))
+
+    def aggregated(self) -> dict[str, float]:
+        inter = np.sum(self.intersection, axis=0)
+        size = np.sum(self.predicted, axis=0) + np.sum(self.truth, axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dsc = np.where(size > 0, 2 * inter / size, np.nan)
+        return _named(dsc)
+
+    def case_mean(self) -> dict[str, float]:
+        cases = np.array(self.per_case)
+        with np.errstate(invalid="ignore"):
+            means = [float(np.nanmean(cases[:, k])) if np.any(~np.isnan(cases[:, k])) else float("nan")
+                     for k in range(cases.shape[1])]
+        return _named(np.array(means))
+
+
+def _named(per_class: np.ndarray) -> dict[str, float]:
+    out = {CLASSES[k + 1]: float(v) for k, v in enumerate(per_class)}
+    valid = [v for v in out.values() if not np.isnan(v)]
+    out["mean"] = float(np.mean(valid)) if valid else float("nan")
+    return out

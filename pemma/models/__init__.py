@@ -1,0 +1,1 @@
+"""Networks: backbones, the PEMMA wrapper, fusion baselines, and the peft glue."""

@@ -1,0 +1,1 @@
+"""Profiles: sizes and budgets only, never code paths."""

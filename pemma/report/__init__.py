@@ -1,0 +1,1 @@
+"""Results tables generated from tracked runs; nobody edits a table by hand."""

@@ -1,0 +1,76 @@
+"""The results table of a suite, computed from its FINISHED MLflow runs (mean ± std over seeds)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pemma.methods import METHODS
+from pemma.modalities import LABELS, SUBSETS
+
+
+@dataclass(frozen=True)
+class Column:
+    title: str
+    metric: str
+    higher_is_better: bool | None
+    digits: int = 3
+
+    @property
+    def header(self) -> str:
+        arrow = {True: " ↑", False: " ↓", None: ""}[self.higher_is_better]
+        return self.title + arrow
+
+
+COLUMNS = [
+    *(Column(f"Dice {LABELS[s]}", f"dice_agg/{s}/mean", True) for s in SUBSETS),
+    Column("GTVp (CT+PET)", "dice_agg/ctpet/gtvp", True),
+    Column("GTVn (CT+PET)", "dice_agg/ctpet/gtvn", True),
+    Column("trainable", "params_trainable", None, 0),
+    Column("% of EF", "params_trainable_pct_of_reference", False, 1),
+    Column("train samples/s", "train_samples_per_s", True, 2),
+    Column("infer vol/s", "infer_volumes_per_s/ctpet", True, 2),
+    Column("peak MB", "train_peak_memory_mb", False, 0),
+]
+
+
+def summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, backbone); each cell 'mean ± std' over seeds, '—' where not measured."""
+    if runs.empty:
+        return pd.DataFrame()
+    order = {m: i for i, m in enumerate(METHODS.names())}
+    rows = []
+    for (method, backbone), group in runs.groupby(["tags.method", "tags.backbone"]):
+        row = {"method": method, "backbone": backbone, "seeds": len(group)}
+        for col in COLUMNS:
+            key = f"metrics.{col.metric}"
+            values = group[key].dropna().to_numpy(dtype=float) if key in group else np.array([])
+            row[col.header] = _cell(values, col.digits)
+        rows.append((order.get(method, len(order)), backbone, row))
+    rows.sort(key=lambda r: (r[1], r[0]))
+    return pd.DataFrame([r for _, _, r in rows])
+
+
+def _cell(values: np.ndarray, digits: int) -> str:
+    if values.size == 0:
+        return "—"
+    mean = values.mean()
+    text = f"{mean:,.{digits}f}"
+    if values.size > 1:
+        text += f" ± {values.std(ddof=1):.{digits}f}"
+    return text
+
+
+def to_markdown(table: pd.DataFrame, title: str = "") -> str:
+    if table.empty:
+        return f"{title}\n\n(no finished runs)\n" if title else "(no finished runs)\n"
+    head = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "|".join("---" if c in ("method", "backbone") else "---:" for c in table.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    lines = ([f"## {title}", ""] if title else []) + [head, rule, *body]
+    notes = ("Dice: HECKTOR aggregated Dice on the adaptation centre's test split, mean of GTVp and GTVn; "
+             "'—': input subset the method does not accept. % of EF: trainable parameters as a share of "
+             "early fusion's. Mean ± sample std over seeds.")
+    return "\n".join(lines) + "\n\n" + notes + "\n"

@@ -1,0 +1,129 @@
+"""Suites are data: a YAML file of defaults plus a grid, expanded here into units of work."""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pemma.config import ConfigError, RunConfig, deep_merge, parse_override, resolve
+from pemma.methods import METHODS
+from pemma.models.backbones import BACKBONES
+
+SUITE_FOLDERS = ("benchmarks", "ablations")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def suite_dirs() -> list[Path]:
+    """The shipped folders, plus any listed in PEMMA_SUITE_PATH (os.pathsep-separated)."""
+    extra = [Path(p) for p in os.environ.get("PEMMA_SUITE_PATH", "").split(os.pathsep) if p]
+    return [*extra, *(ROOT / f for f in SUITE_FOLDERS)]
+
+
+def available() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in suite_dirs():
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            if not path.name.startswith("_"):
+                found.setdefault(path.stem, path)
+    return found
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    description: str
+    defaults: dict[str, Any]
+    grid: dict[str, list[Any]]
+
+
+def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in seen:
+        raise ConfigError(f"{path}: include cycle through {' -> '.join(str(p) for p in seen)}")
+    if not path.exists():
+        raise ConfigError(f"suite file {path} does not exist")
+    doc = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a suite file is a mapping (description, defaults, grid)")
+    merged: dict[str, Any] = {}
+    includes = doc.pop("include", [])
+    for inc in [includes] if isinstance(includes, str) else includes:
+        merged = deep_merge(merged, _read((path.parent / inc).resolve(), (*seen, path)))
+    return deep_merge(merged, doc)
+
+
+def load_suite(name_or_path: str) -> Suite:
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        known = available()
+        if name_or_path not in known:
+            close = difflib.get_close_matches(name_or_path, list(known), n=2)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(f"unknown suite {name_or_path!r}{hint} (known: {', '.join(known) or 'none'}; "
+                              f"searched {', '.join(str(d) for d in suite_dirs())})")
+        path = known[name_or_path]
+    doc = _read(path.resolve())
+    unknown = set(doc) - {"description", "defaults", "grid", "name"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
+                          "expected description, include, defaults, grid")
+    grid = doc.get("grid") or {}
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: grid.{key} must be a non-empty list")
+    return Suite(doc.get("name", path.stem), path, doc.get("description", ""), doc.get("defaults") or {}, grid)
+
+
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def expand(suite: Suite, *, profile: str | None = None, seeds: list[int] | None = None,
+           methods: list[str] | None = None, backbones: list[str] | None = None,
+           overrides: list[str] = (), data_root: str | None = None) -> list[RunConfig]:
+    grid = dict(suite.grid)
+    grid.setdefault("method", list(METHODS.names()))
+    grid.setdefault("backbone", ["unetr"])
+    grid.setdefault("seed", [0])
+    if methods:
+        grid["method"] = [METHODS.canonical(m) for m in methods]
+    if backbones:
+        grid["backbone"] = [BACKBONES.canonical(b) for b in backbones]
+    if seeds:
+        grid["seed"] = list(seeds)
+    for m in grid["method"]:
+        METHODS.canonical(m)
+    for b in grid["backbone"]:
+        BACKBONES.canonical(b)
+    cli: dict[str, Any] = {}
+    for text in overrides:
+        cli = deep_merge(cli, parse_override(text))
+    if profile:
+        cli["profile"] = profile
+    if data_root:
+        cli = deep_merge(cli, {"data": {"root": str(data_root)}})
+    keys = list(grid)
+    units = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        point: dict[str, Any] = {"suite": suite.name}
+        for k, v in zip(keys, values, strict=True):
+            point = deep_merge(point, _nested(k, METHODS.canonical(v) if k == "method" else v))
+        try:
+            units.append(resolve(suite.defaults, point, cli))
+        except ConfigError as err:
+            raise ConfigError(f"{suite.path}: {err}") from err
+    for cfg in units:
+        BACKBONES.get(cfg.backbone).check(cfg.model)
+    return units

@@ -1,0 +1,136 @@
+"""MLflow glue: run identity, provenance, skip-if-finished, and FAILED runs that say why.
+
+The store is an embedded SQLite database under the results folder unless MLFLOW_TRACKING_URI says
+otherwise. One experiment per suite; one run per unit, named by its run key.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from pemma.config import RunConfig, stable_hash
+
+EXPERIMENT_PREFIX = "pemma-bench/"
+
+
+def run_key(cfg: RunConfig, data_fingerprint: str) -> str:
+    """Readable and stable: suite__method__backbone__s<seed>__<hash of the resolved config and data>."""
+    digest = stable_hash({"config": cfg.identity(), "data": data_fingerprint})
+    return f"{cfg.suite}__{cfg.method}__{cfg.backbone}__s{cfg.seed}__{digest}"
+
+
+def parse_run_key(key: str) -> dict[str, str]:
+    suite, method, backbone, seed, digest = key.split("__")
+    return {"suite": suite, "method": method, "backbone": backbone, "seed": seed[1:], "hash": digest}
+
+
+def _git(*args: str) -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance(device: torch.device, dtype: str, profile: str) -> dict[str, str]:
+    import monai
+    import peft
+
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {
+        "git_commit": commit or "unknown",
+        "git_dirty": "unknown" if status is None else str(bool(status)).lower(),
+        "torch_version": torch.__version__,
+        "monai_version": monai.__version__,
+        "peft_version": peft.__version__,
+        "python_version": platform.python_version(),
+        "device": device.type,
+        "device_name": device_name,
+        "dtype": dtype,
+        "profile": profile,
+        "for_reporting": str(profile == "paper").lower(),
+    }
+
+
+class Tracker:
+    def __init__(self, results: Path, uri: str | None = None) -> None:
+        import mlflow  # noqa: F401  (imported here: MLflow is slow to import)
+        from mlflow.tracking import MlflowClient
+
+        results = Path(results).resolve()
+        results.mkdir(parents=True, exist_ok=True)
+        self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{results / 'mlflow.db'}"
+        self.artifact_root = (results / "mlartifacts").as_uri()
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    def experiment_id(self, suite: str, create: bool = True) -> str | None:
+        name = EXPERIMENT_PREFIX + suite
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        if not create:
+            return None
+        return self.client.create_experiment(name, artifact_location=f"{self.artifact_root}/{suite}")
+
+    def finished_keys(self, suite: str) -> set[str]:
+        exp = self.experiment_id(suite, create=False)
+        if exp is None:
+            return set()
+        runs = self.client.search_runs([exp], filter_string="attributes.status = 'FINISHED'", max_results=50000)
+        return {r.data.tags.get("run_key") for r in runs}
+
+    def start(self, suite: str, key: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        from mlflow.entities import Param
+
+        run = self.client.create_run(self.experiment_id(suite), run_name=key,
+                                     tags={**tags, "run_key": key, "suite": suite})
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run.info.run_id, params=items[i:i + 100])
+        return run.info.run_id
+
+    def log(self, run_id: str, metrics: dict[str, float], tags: dict[str, str] | None = None) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+        tag_items = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
+        for i in range(0, max(len(items), 1), 500):
+            self.client.log_batch(run_id, metrics=items[i:i + 500], tags=tag_items if i == 0 else [])
+
+    def finish(self, run_id: str) -> None:
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def fail(self, run_id: str, error: BaseException, status: str = "FAILED") -> None:
+        message = f"{type(error).__name__}: {error}"
+        self.client.set_tag(run_id, "error", message[:5000])
+        self.client.log_text(run_id, "".join(traceback.format_exception(error)), "error.txt")
+        self.client.set_terminated(run_id, status)
+
+    def runs(self, suite: str, status: str = "FINISHED") -> pd.DataFrame:
+        """One row per run: tags.*, params.*, metrics.* columns."""
+        exp = self.experiment_id(suite, create=False)
+        if exp is None:
+            return pd.DataFrame()
+        runs = self.client.search_runs([exp], filter_string=f"attributes.status = '{status}'", max_results=50000)
+        rows = []
+        for r in runs:
+            row: dict[str, Any] = {"run_id": r.info.run_id, "status": r.info.status}
+            row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
+            row.update({f"params.{k}": v for k, v in r.data.params.items()})
+            row.update({f"metrics.{k}": (v if not math.isnan(v) else float("nan")) for k, v in r.data.metrics.items()})
+            rows.append(row)
+        return pd.DataFrame(rows)
