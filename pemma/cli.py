@@ -13,14 +13,21 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-app = typer.Typer(help="Benchmark and ablation harness for parameter-efficient multi-modal adaptation (PEMMA).",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Benchmark and ablation harness for parameter-efficient multi-modal adaptation (PEMMA).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 data_app = typer.Typer(help="Cohorts: write the synthetic one, check any.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
 
-ResultsOpt = Annotated[Path, typer.Option("--results", envvar="PEMMA_RESULTS",
-                                          help="Results folder (MLflow store, bases, caches, tables).")]
+ResultsOpt = Annotated[
+    Path,
+    typer.Option(
+        "--results", envvar="PEMMA_RESULTS", help="Results folder (MLflow store, bases, caches, tables)."
+    ),
+]
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -44,21 +51,28 @@ def _table(df, title: str) -> Table:
 
 
 @data_app.command("synth")
-def data_synth(out: Annotated[Path, typer.Option(help="Folder to write the cohort into (must not exist).")],
-               scale: Annotated[float, typer.Option(help="Share of HECKTOR's per-centre sizes (min 3).")] = 0.15,
-               seed: Annotated[int, typer.Option(help="Generator seed.")] = 0) -> None:
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Folder to write the cohort into (must not exist).")],
+    scale: Annotated[float, typer.Option(help="Share of HECKTOR's per-centre sizes (min 3).")] = 0.15,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+) -> None:
     """Write a synthetic cohort in the HECKTOR 2022 layout."""
     from pemma.data.synth import cohort_sizes, write_cohort
 
     sizes = cohort_sizes(scale)
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
+        ) as bar:
             task = bar.add_task("patients", total=sum(sizes.values()))
-            write_cohort(out, scale=scale, seed=seed, progress=lambda done, total: bar.update(task, completed=done))
+            write_cohort(
+                out, scale=scale, seed=seed, progress=lambda done, total: bar.update(task, completed=done)
+            )
     except FileExistsError as err:
         raise _fail(str(err)) from err
-    console.print(f"wrote {sum(sizes.values())} patients to {out}: "
-                  + ", ".join(f"{c} {n}" for c, n in sizes.items()))
+    console.print(
+        f"wrote {sum(sizes.values())} patients to {out}: " + ", ".join(f"{c} {n}" for c, n in sizes.items())
+    )
 
 
 @data_app.command("check")
@@ -75,9 +89,13 @@ def data_check(root: Path) -> None:
         table.add_column(col, justify="left" if col == "centre" else "right")
     endpoint_ids = set(cohort.endpoints["PatientID"]) if cohort.endpoints is not None else set()
     for centre, cases in sorted(cohort.centres().items()):
-        table.add_row(centre, str(len(cases)), str(sum(c.pet is not None for c in cases)),
-                      str(sum(c.label is not None for c in cases)),
-                      str(sum(c.patient_id in endpoint_ids for c in cases)))
+        table.add_row(
+            centre,
+            str(len(cases)),
+            str(sum(c.pet is not None for c in cases)),
+            str(sum(c.label is not None for c in cases)),
+            str(sum(c.patient_id in endpoint_ids for c in cases)),
+        )
     console.print(table)
 
 
@@ -111,8 +129,9 @@ def suites() -> None:
         except ConfigError as err:
             units = f"[red]invalid: {err}[/]"
             suite = None
-        table.add_row(name, units, str(path.relative_to(path.parent.parent)),
-                      suite.description.strip() if suite else "")
+        table.add_row(
+            name, units, str(path.relative_to(path.parent.parent)), suite.description.strip() if suite else ""
+        )
     console.print(table)
 
 
@@ -146,8 +165,11 @@ class RichReporter:
         self.step_task = self.progress.add_task(f"  {text}", total=total or None)
 
         def on_step(step: int, loss: float) -> None:
-            self.progress.update(self.step_task, completed=step + 1,
-                                 description=f"  {text} (loss {loss:.3f})" if total else f"  {text}")
+            self.progress.update(
+                self.step_task,
+                completed=step + 1,
+                description=f"  {text} (loss {loss:.3f})" if total else f"  {text}",
+            )
 
         return on_step
 
@@ -162,19 +184,30 @@ class RichReporter:
 
 @app.command()
 def run(
-    suite: Annotated[str, typer.Option(help="Suite name (see `pemma-bench suites`) or a suite YAML file.")] = "smoke",
+    suite: Annotated[
+        str, typer.Option(help="Suite name (see `pemma-bench suites`) or a suite YAML file.")
+    ] = "smoke",
     profile: Annotated[str | None, typer.Option(help="ci | smoke | paper (sizes and budgets).")] = None,
     seeds: Annotated[list[str] | None, typer.Option(help="Seeds, e.g. 0,1,2.")] = None,
-    methods: Annotated[list[str] | None, typer.Option("--methods", help="Methods, e.g. pemma-lora,early-fusion.")] = None,
+    methods: Annotated[
+        list[str] | None, typer.Option("--methods", help="Methods, e.g. pemma-lora,early-fusion.")
+    ] = None,
     backbones: Annotated[list[str] | None, typer.Option(help="Backbones, e.g. unetr.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")
+    ] = None,
     results: ResultsOpt = Path("results"),
-    data: Annotated[Path | None, typer.Option(help="HECKTOR-layout cohort; default: built-in synthetic.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the units and which are finished.")] = False,
+    data: Annotated[
+        Path | None, typer.Option(help="HECKTOR-layout cohort; default: built-in synthetic.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the units and which are finished.")
+    ] = False,
 ) -> None:
     """Run a suite: every unit not yet finished, tracked in MLflow, then print the results table."""
-    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)],
-                        format="%(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)], format="%(message)s"
+    )
     from pemma.config import ConfigError
     from pemma.data.hecktor import CohortError
     from pemma.engine.runner import Runner
@@ -185,22 +218,36 @@ def run(
         if data is not None and not data.is_dir():
             raise CohortError(f"--data {data}: no such folder")
         spec = load_suite(suite)
-        units = expand(spec, profile=profile, seeds=[int(s) for s in _split(seeds) or []] or None,
-                       methods=_split(methods), backbones=_split(backbones), overrides=_split_sets(set_),
-                       data_root=str(data.resolve()) if data else None)
+        units = expand(
+            spec,
+            profile=profile,
+            seeds=[int(s) for s in _split(seeds) or []] or None,
+            methods=_split(methods),
+            backbones=_split(backbones),
+            overrides=_split_sets(set_),
+            data_root=str(data.resolve()) if data else None,
+        )
         runner = Runner(results)
         keys = [runner.key(cfg) for cfg in units]
     except (ConfigError, RegistryError, CohortError, ValueError) as err:
         raise _fail(str(err)) from err
-    console.print(f"suite [bold]{spec.name}[/] ({spec.path.name}): {len(units)} units, profile "
-                  f"{units[0].profile if units else '-'}, device {runner.device}, results {results}")
+    console.print(
+        f"suite [bold]{spec.name}[/] ({spec.path.name}): {len(units)} units, profile "
+        f"{units[0].profile if units else '-'}, device {runner.device}, results {results}"
+    )
     if dry_run:
         finished = runner.tracker.finished_keys(spec.name)
         for key in keys:
             console.print(f"{'finished' if key in finished else 'to run  '}  {key}")
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         runner.reporter = RichReporter(progress, len(units))
         try:
             outcomes = runner.run(units)
@@ -232,11 +279,51 @@ def _print_report(tracker, suite: str, results: Path) -> Path:
 
 
 @app.command()
-def report(suite: Annotated[str, typer.Option(help="Suite name.")] = "smoke", results: ResultsOpt = Path("results")) -> None:
+def report(
+    suite: Annotated[str, typer.Option(help="Suite name.")] = "smoke", results: ResultsOpt = Path("results")
+) -> None:
     """Regenerate a suite's results table from its tracked runs."""
     from pemma.tracking import Tracker
 
     _print_report(Tracker(results), suite, results)
+
+
+@app.command()
+def bench(
+    profile: Annotated[str, typer.Option(help="ci | smoke | paper (model size and crop).")] = "smoke",
+    methods: Annotated[list[str] | None, typer.Option("--methods", help="Methods (default: all).")] = None,
+    backbone: Annotated[str, typer.Option(help="Backbone.")] = "unetr",
+    steps: Annotated[int, typer.Option(help="Timed training steps per method (after warm-up).")] = 10,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the table as CSV here.")] = None,
+) -> None:
+    """Train-step throughput, peak memory and inference speed of each method, side by side."""
+    from pemma.config import ConfigError, parse_override, resolve
+    from pemma.engine.benchmark import throughput
+    from pemma.engine.runner import default_device
+    from pemma.methods import METHODS
+    from pemma.registry import RegistryError
+
+    try:
+        layers = [{"profile": profile, "backbone": backbone}, *(parse_override(s) for s in set_ or [])]
+        cfg = resolve(*layers)
+        names = [METHODS.canonical(m) for m in _split(methods) or METHODS.names()]
+    except (ConfigError, RegistryError) as err:
+        raise _fail(str(err)) from err
+    device = default_device()
+    table = throughput(cfg, names, steps, device)
+    title = (
+        f"throughput: profile {profile}, roi {cfg.model.roi}, batch {cfg.train.batch_size}, "
+        f"{device} {table.attrs['dtype']}"
+    )
+    shown = table.copy()
+    for col in shown.columns:
+        if shown[col].dtype.kind == "f":
+            shown[col] = shown[col].map(lambda v: f"{v:,.2f}")
+    wide = Console(width=max(console.width, 200)) if not console.is_terminal else console
+    wide.print(_table(shown, title))
+    if out:
+        table.to_csv(out, index=False)
 
 
 def main() -> None:  # pragma: no cover

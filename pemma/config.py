@@ -45,12 +45,18 @@ class DataConfig:
         _require(self.synth_scale > 0, "data.synth_scale", f"must be > 0, got {self.synth_scale}")
         _require(all(s > 0 for s in self.spacing), "data.spacing", f"must be positive, got {self.spacing}")
         _require(self.ct_window[0] < self.ct_window[1], "data.ct_window", "lower bound must be below upper")
-        _require(abs(sum(self.split) - 1.0) < 1e-6 and min(self.split) >= 0, "data.split",
-                 f"train/val/test fractions must be >= 0 and sum to 1, got {self.split}")
+        _require(
+            abs(sum(self.split) - 1.0) < 1e-6 and min(self.split) >= 0,
+            "data.split",
+            f"train/val/test fractions must be >= 0 and sum to 1, got {self.split}",
+        )
         _require(self.split[2] > 0, "data.split", "the test fraction must be > 0")
         _require(len(self.pretrain_centres) > 0, "data.pretrain_centres", "name at least one centre")
-        _require(self.adapt_centre not in self.pretrain_centres, "data.adapt_centre",
-                 f"{self.adapt_centre} is also a CT pretraining centre")
+        _require(
+            self.adapt_centre not in self.pretrain_centres,
+            "data.adapt_centre",
+            f"{self.adapt_centre} is also a CT pretraining centre",
+        )
 
 
 @dataclass(frozen=True)
@@ -66,8 +72,11 @@ class ModelConfig:
     """Use PyTorch scaled-dot-product attention in the transformer blocks."""
 
     def __post_init__(self) -> None:
-        _require(self.hidden_size % self.num_heads == 0, "model.hidden_size",
-                 f"{self.hidden_size} is not divisible by model.num_heads={self.num_heads}")
+        _require(
+            self.hidden_size % self.num_heads == 0,
+            "model.hidden_size",
+            f"{self.hidden_size} is not divisible by model.num_heads={self.num_heads}",
+        )
         _require(self.num_layers >= 1, "model.num_layers", "must be >= 1")
         _require(all(r > 0 for r in self.roi), "model.roi", f"must be positive, got {self.roi}")
         _require(self.num_classes == 3, "model.num_classes", "HECKTOR has 3 classes (background, GTVp, GTVn)")
@@ -92,13 +101,24 @@ class AdapterConfig:
         _require(self.rank >= 1, "adapter.rank", f"must be >= 1, got {self.rank}")
         _require(self.alpha > 0, "adapter.alpha", f"must be > 0, got {self.alpha}")
         _require(0 <= self.dropout < 1, "adapter.dropout", f"must be in [0, 1), got {self.dropout}")
-        _require(self.targets in ("qkv",), "adapter.targets", f"unknown target set {self.targets!r}; known: qkv")
-        _require(self.beta in ("learned", "fixed", "absent"), "adapter.beta",
-                 f"expected learned, fixed or absent, got {self.beta!r}")
-        _require(self.pet_init in ("copy", "random"), "adapter.pet_init",
-                 f"expected copy or random, got {self.pet_init!r}")
-        _require(self.skip_levels in ("all", "input"), "adapter.skip_levels",
-                 f"expected all or input, got {self.skip_levels!r}")
+        _require(
+            self.targets in ("qkv",), "adapter.targets", f"unknown target set {self.targets!r}; known: qkv"
+        )
+        _require(
+            self.beta in ("learned", "fixed", "absent"),
+            "adapter.beta",
+            f"expected learned, fixed or absent, got {self.beta!r}",
+        )
+        _require(
+            self.pet_init in ("copy", "random"),
+            "adapter.pet_init",
+            f"expected copy or random, got {self.pet_init!r}",
+        )
+        _require(
+            self.skip_levels in ("all", "input"),
+            "adapter.skip_levels",
+            f"expected all or input, got {self.skip_levels!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -120,10 +140,16 @@ class TrainConfig:
         _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         p = self.modality_dropout
-        _require(min(p) >= 0 and abs(sum(p) - 1) < 1e-6, "train.modality_dropout",
-                 f"CT+PET / CT / PET probabilities must be >= 0 and sum to 1, got {p}")
-        _require(len(self.class_weights) == 3 and min(self.class_weights) > 0, "train.class_weights",
-                 "three positive weights (background, GTVp, GTVn)")
+        _require(
+            min(p) >= 0 and abs(sum(p) - 1) < 1e-6,
+            "train.modality_dropout",
+            f"CT+PET / CT / PET probabilities must be >= 0 and sum to 1, got {p}",
+        )
+        _require(
+            len(self.class_weights) == 3 and min(self.class_weights) > 0,
+            "train.class_weights",
+            "three positive weights (background, GTVp, GTVn)",
+        )
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ class UnsupportedModalityError(ValueError):
 
 def check_subset(subset: str) -> str:
     if subset not in SUBSETS:
-        raise UnsupportedModalityError(f"unknown input subset {subset!r}; expected one of {', '.join(SUBSETS)}")
+        raise UnsupportedModalityError(
+            f"unknown input subset {subset!r}; expected one of {', '.join(SUBSETS)}"
+        )
     return subset
 
 
@@ -29,14 +31,18 @@ def subset_of(ct: torch.Tensor | None, pet: torch.Tensor | None) -> str:
     raise UnsupportedModalityError("no input given: at least one of CT and PET is required")
 
 
-def split_inputs(batch: dict[str, torch.Tensor], subset: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def split_inputs(
+    batch: dict[str, torch.Tensor], subset: str
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The (ct, pet) pair a model sees for `subset`; the absent modality is None."""
     check_subset(subset)
     ct = batch.get("ct") if subset in (CTPET, CT) else None
     pet = batch.get("pet") if subset in (CTPET, PET) else None
     if (subset in (CTPET, CT) and ct is None) or (subset in (CTPET, PET) and pet is None):
-        raise UnsupportedModalityError(f"{LABELS[subset]} input asked for, but the data holds only "
-                                       f"{', '.join(k for k in ('ct', 'pet') if k in batch)}")
+        raise UnsupportedModalityError(
+            f"{LABELS[subset]} input asked for, but the data holds only "
+            f"{', '.join(k for k in ('ct', 'pet') if k in batch)}"
+        )
     return ct, pet
 
 

@@ -65,19 +65,25 @@ def load_suite(name_or_path: str) -> Suite:
         if name_or_path not in known:
             close = difflib.get_close_matches(name_or_path, list(known), n=2)
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise ConfigError(f"unknown suite {name_or_path!r}{hint} (known: {', '.join(known) or 'none'}; "
-                              f"searched {', '.join(str(d) for d in suite_dirs())})")
+            raise ConfigError(
+                f"unknown suite {name_or_path!r}{hint} (known: {', '.join(known) or 'none'}; "
+                f"searched {', '.join(str(d) for d in suite_dirs())})"
+            )
         path = known[name_or_path]
     doc = _read(path.resolve())
     unknown = set(doc) - {"description", "defaults", "grid", "name"}
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
-                          "expected description, include, defaults, grid")
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
+            "expected description, include, defaults, grid"
+        )
     grid = doc.get("grid") or {}
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid.{key} must be a non-empty list")
-    return Suite(doc.get("name", path.stem), path, doc.get("description", ""), doc.get("defaults") or {}, grid)
+    return Suite(
+        doc.get("name", path.stem), path, doc.get("description", ""), doc.get("defaults") or {}, grid
+    )
 
 
 def _nested(key: str, value: Any) -> dict[str, Any]:
@@ -90,9 +96,16 @@ def _nested(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def expand(suite: Suite, *, profile: str | None = None, seeds: list[int] | None = None,
-           methods: list[str] | None = None, backbones: list[str] | None = None,
-           overrides: list[str] = (), data_root: str | None = None) -> list[RunConfig]:
+def expand(
+    suite: Suite,
+    *,
+    profile: str | None = None,
+    seeds: list[int] | None = None,
+    methods: list[str] | None = None,
+    backbones: list[str] | None = None,
+    overrides: list[str] = (),
+    data_root: str | None = None,
+) -> list[RunConfig]:
     grid = dict(suite.grid)
     grid.setdefault("method", list(METHODS.names()))
     grid.setdefault("backbone", ["unetr"])

@@ -49,7 +49,9 @@ def provenance(device: torch.device, dtype: str, profile: str) -> dict[str, str]
 
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    )
     return {
         "git_commit": commit or "unknown",
         "git_dirty": "unknown" if status is None else str(bool(status)).lower(),
@@ -89,17 +91,20 @@ class Tracker:
         exp = self.experiment_id(suite, create=False)
         if exp is None:
             return set()
-        runs = self.client.search_runs([exp], filter_string="attributes.status = 'FINISHED'", max_results=50000)
+        runs = self.client.search_runs(
+            [exp], filter_string="attributes.status = 'FINISHED'", max_results=50000
+        )
         return {r.data.tags.get("run_key") for r in runs}
 
     def start(self, suite: str, key: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         from mlflow.entities import Param
 
-        run = self.client.create_run(self.experiment_id(suite), run_name=key,
-                                     tags={**tags, "run_key": key, "suite": suite})
+        run = self.client.create_run(
+            self.experiment_id(suite), run_name=key, tags={**tags, "run_key": key, "suite": suite}
+        )
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run.info.run_id, params=items[i:i + 100])
+            self.client.log_batch(run.info.run_id, params=items[i : i + 100])
         return run.info.run_id
 
     def log(self, run_id: str, metrics: dict[str, float], tags: dict[str, str] | None = None) -> None:
@@ -109,7 +114,7 @@ class Tracker:
         items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
         tag_items = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
         for i in range(0, max(len(items), 1), 500):
-            self.client.log_batch(run_id, metrics=items[i:i + 500], tags=tag_items if i == 0 else [])
+            self.client.log_batch(run_id, metrics=items[i : i + 500], tags=tag_items if i == 0 else [])
 
     def finish(self, run_id: str) -> None:
         self.client.set_terminated(run_id, "FINISHED")
@@ -125,12 +130,19 @@ class Tracker:
         exp = self.experiment_id(suite, create=False)
         if exp is None:
             return pd.DataFrame()
-        runs = self.client.search_runs([exp], filter_string=f"attributes.status = '{status}'", max_results=50000)
+        runs = self.client.search_runs(
+            [exp], filter_string=f"attributes.status = '{status}'", max_results=50000
+        )
         rows = []
         for r in runs:
             row: dict[str, Any] = {"run_id": r.info.run_id, "status": r.info.status}
             row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
             row.update({f"params.{k}": v for k, v in r.data.params.items()})
-            row.update({f"metrics.{k}": (v if not math.isnan(v) else float("nan")) for k, v in r.data.metrics.items()})
+            row.update(
+                {
+                    f"metrics.{k}": (v if not math.isnan(v) else float("nan"))
+                    for k, v in r.data.metrics.items()
+                }
+            )
             rows.append(row)
         return pd.DataFrame(rows)

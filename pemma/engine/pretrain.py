@@ -28,16 +28,32 @@ CT_KEYS = ("ct", "label")
 
 def base_key(cfg: RunConfig, data_fingerprint: str) -> str:
     d = cfg.data
-    return stable_hash({
-        "backbone": cfg.backbone, "model": asdict(cfg.model), "pretrain": asdict(cfg.pretrain),
-        "data": data_fingerprint, "spacing": d.spacing, "ct_window": d.ct_window,
-        "centres": d.pretrain_centres, "split": d.split, "split_seed": d.split_seed, "seed": cfg.seed,
-        "class_weights": cfg.train.class_weights,
-    }, length=12)
+    return stable_hash(
+        {
+            "backbone": cfg.backbone,
+            "model": asdict(cfg.model),
+            "pretrain": asdict(cfg.pretrain),
+            "data": data_fingerprint,
+            "spacing": d.spacing,
+            "ct_window": d.ct_window,
+            "centres": d.pretrain_centres,
+            "split": d.split,
+            "split_seed": d.split_seed,
+            "seed": cfg.seed,
+            "class_weights": cfg.train.class_weights,
+        },
+        length=12,
+    )
 
 
-def pretrained_base(cfg: RunConfig, data: CohortData, plan: Plan, cache_root: Path, device: torch.device,
-                    on_step: Callable[[int, float], None] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def pretrained_base(
+    cfg: RunConfig,
+    data: CohortData,
+    plan: Plan,
+    cache_root: Path,
+    device: torch.device,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
     backbone = BACKBONES.get(cfg.backbone)
     torch.manual_seed(cfg.seed)
     net = backbone.build(cfg.model, 1)
@@ -50,20 +66,41 @@ def pretrained_base(cfg: RunConfig, data: CohortData, plan: Plan, cache_root: Pa
         return net, json.loads((folder / "base.json").read_text())
     model = CTOnly(net)
     crops = data.crops(plan.pretrain["train"], CT_KEYS, cfg.model.roi, seed=cfg.seed)
-    stats = train(model, crops, steps=cfg.pretrain.steps, batch_size=cfg.pretrain.batch_size,
-                  lr=cfg.pretrain.lr, weight_decay=cfg.train.weight_decay, class_weights=cfg.train.class_weights,
-                  subsets=(CT,), probabilities=(1.0,), seed=cfg.seed, device=device, amp=cfg.train.amp,
-                  warmup_steps=cfg.train.warmup_steps, on_step=on_step)
+    stats = train(
+        model,
+        crops,
+        steps=cfg.pretrain.steps,
+        batch_size=cfg.pretrain.batch_size,
+        lr=cfg.pretrain.lr,
+        weight_decay=cfg.train.weight_decay,
+        class_weights=cfg.train.class_weights,
+        subsets=(CT,),
+        probabilities=(1.0,),
+        seed=cfg.seed,
+        device=device,
+        amp=cfg.train.amp,
+        warmup_steps=cfg.train.warmup_steps,
+        on_step=on_step,
+    )
     check_cases = plan.pretrain["val"] or plan.pretrain["test"]
-    result = evaluate(model, data.volumes(check_cases, CT_KEYS), (CT,), cfg.model.roi, cfg.eval, device,
-                      cfg.train.amp)[CT]
+    result = evaluate(
+        model, data.volumes(check_cases, CT_KEYS), (CT,), cfg.model.roi, cfg.eval, device, cfg.train.amp
+    )[CT]
     missing = [c for c, v in result.aggregated.items() if c != "mean" and not v > 0]
     if missing:
-        log.warning("the CT base predicts no %s on its validation cases: a frozen decoder cannot learn a class "
-                    "the base never predicts; train it longer (pretrain.steps) or set adapter.head_trainable",
-                    ", ".join(missing))
-    info = {"key": folder.name, "train_seconds": stats.seconds, "final_loss": stats.final_loss,
-            "val_dice_agg": result.aggregated, "val_cases": result.cases, "classes_missing": missing}
+        log.warning(
+            "the CT base predicts no %s on its validation cases: a frozen decoder cannot learn a class "
+            "the base never predicts; train it longer (pretrain.steps) or set adapter.head_trainable",
+            ", ".join(missing),
+        )
+    info = {
+        "key": folder.name,
+        "train_seconds": stats.seconds,
+        "final_loss": stats.final_loss,
+        "val_dice_agg": result.aggregated,
+        "val_cases": result.cases,
+        "classes_missing": missing,
+    }
     net.cpu()
     save_state(net.state_dict(), folder / "base.pt")
     save_json(info, folder / "base.json")

@@ -71,8 +71,14 @@ class Reporter:
 
 
 class Runner:
-    def __init__(self, results: Path, *, device: torch.device | None = None, tracker: Tracker | None = None,
-                 reporter: Reporter | None = None) -> None:
+    def __init__(
+        self,
+        results: Path,
+        *,
+        device: torch.device | None = None,
+        tracker: Tracker | None = None,
+        reporter: Reporter | None = None,
+    ) -> None:
         self.results = Path(results)
         self.device = device or default_device()
         self.tracker = tracker or Tracker(self.results)
@@ -96,8 +102,17 @@ class Runner:
 
     def load_data(self, cfg: RunConfig) -> LoadedData:
         d = cfg.data
-        memo = (d.root, d.synth_seed, d.synth_scale, d.spacing, d.ct_window, d.pretrain_centres, d.adapt_centre,
-                d.split, d.split_seed)
+        memo = (
+            d.root,
+            d.synth_seed,
+            d.synth_scale,
+            d.spacing,
+            d.ct_window,
+            d.pretrain_centres,
+            d.adapt_centre,
+            d.split,
+            d.split_seed,
+        )
         if memo not in self._data:
             root = Path(d.root) if d.root else self.synthetic_root(d)
             if d.root is None and not root.exists():
@@ -116,7 +131,9 @@ class Runner:
         return run_key(cfg, self.data_fingerprint(cfg))
 
     def reference_trainable(self, cfg: RunConfig, base: torch.nn.Module | None) -> int:
-        memo = stable_hash({"backbone": cfg.backbone, "model": cfg.model.__dict__, "adapter": cfg.adapter.__dict__})
+        memo = stable_hash(
+            {"backbone": cfg.backbone, "model": cfg.model.__dict__, "adapter": cfg.adapter.__dict__}
+        )
         if memo not in self._reference:
             reference = METHODS.get(REFERENCE_METHOD)()
             built = reference.create(base if reference.needs_base else None, cfg)
@@ -130,18 +147,20 @@ class Runner:
             if cfg.suite not in finished:
                 finished[cfg.suite] = self.tracker.finished_keys(cfg.suite)
             key = self.key(cfg)
-            if key in finished[cfg.suite]:
-                outcome = UnitOutcome(key, "SKIPPED")
-            else:
-                outcome = self.run_unit(cfg, key)
+            done = key in finished[cfg.suite]
+            outcome = UnitOutcome(key, "SKIPPED") if done else self.run_unit(cfg, key)
             self.reporter.done(outcome)
             outcomes.append(outcome)
         return outcomes
 
     def run_unit(self, cfg: RunConfig, key: str) -> UnitOutcome:
         t0 = time.perf_counter()
-        tags = {**provenance(self.device, dtype_name(self.device, cfg.train.amp), cfg.profile),
-                "method": cfg.method, "backbone": cfg.backbone, "seed": str(cfg.seed)}
+        tags = {
+            **provenance(self.device, dtype_name(self.device, cfg.train.amp), cfg.profile),
+            "method": cfg.method,
+            "backbone": cfg.backbone,
+            "seed": str(cfg.seed),
+        }
         run_id = self.tracker.start(cfg.suite, key, cfg.flat(), tags)
         try:
             metrics, extra_tags = self._train_and_evaluate(cfg)
@@ -165,32 +184,64 @@ class Runner:
         tags = {"data_fingerprint": loaded.data.fingerprint, "data_root": str(loaded.cohort.root)}
         base = None
         if method.needs_base:
-            base, info = pretrained_base(cfg, loaded.data, loaded.plan, self.results / "bases", self.device,
-                                         self.reporter.stage("CT pretraining", cfg.pretrain.steps))
+            base, info = pretrained_base(
+                cfg,
+                loaded.data,
+                loaded.plan,
+                self.results / "bases",
+                self.device,
+                self.reporter.stage("CT pretraining", cfg.pretrain.steps),
+            )
             tags["base_key"] = info.get("key", info.get("source", ""))
             metrics.update({f"base_dice_agg/ct/{k}": v for k, v in info.get("val_dice_agg", {}).items()})
         seed_everything(cfg.seed)
         built = method.create(base, cfg)
         total, trainable = count_parameters(built.model)
         reference = self.reference_trainable(cfg, base)
-        metrics.update({"params_total": total, "params_trainable": trainable,
-                        "params_trainable_pct_of_reference": 100.0 * trainable / reference})
+        metrics.update(
+            {
+                "params_total": total,
+                "params_trainable": trainable,
+                "params_trainable_pct_of_reference": 100.0 * trainable / reference,
+            }
+        )
         tags["params_reference_method"] = REFERENCE_METHOD
         tags["adapted_modules"] = ",".join(built.adapted_modules) or "none"
         subsets, probabilities = method.train_schedule(cfg)
-        tags["train_schedule"] = ", ".join(f"{s}={p:.2f}" for s, p in zip(subsets, probabilities, strict=True))
+        tags["train_schedule"] = ", ".join(
+            f"{s}={p:.2f}" for s, p in zip(subsets, probabilities, strict=True)
+        )
         crops = loaded.data.crops(loaded.plan.adapt["train"], ADAPT_KEYS, cfg.model.roi, seed=cfg.seed)
-        stats = train(built.model, crops, steps=cfg.train.steps, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
-                      weight_decay=cfg.train.weight_decay, class_weights=cfg.train.class_weights,
-                      subsets=subsets, probabilities=probabilities, seed=cfg.seed, device=self.device,
-                      amp=cfg.train.amp, warmup_steps=cfg.train.warmup_steps,
-                      on_step=self.reporter.stage(f"training {cfg.method}", cfg.train.steps))
-        metrics.update({"train_seconds": stats.seconds, "train_samples_per_s": stats.samples_per_s,
-                        "train_data_wait_share": stats.data_wait_share, "train_peak_memory_mb": stats.peak_memory_mb,
-                        "train_first_loss": stats.first_loss, "train_final_loss": stats.final_loss})
+        stats = train(
+            built.model,
+            crops,
+            steps=cfg.train.steps,
+            batch_size=cfg.train.batch_size,
+            lr=cfg.train.lr,
+            weight_decay=cfg.train.weight_decay,
+            class_weights=cfg.train.class_weights,
+            subsets=subsets,
+            probabilities=probabilities,
+            seed=cfg.seed,
+            device=self.device,
+            amp=cfg.train.amp,
+            warmup_steps=cfg.train.warmup_steps,
+            on_step=self.reporter.stage(f"training {cfg.method}", cfg.train.steps),
+        )
+        metrics.update(
+            {
+                "train_seconds": stats.seconds,
+                "train_samples_per_s": stats.samples_per_s,
+                "train_data_wait_share": stats.data_wait_share,
+                "train_peak_memory_mb": stats.peak_memory_mb,
+                "train_first_loss": stats.first_loss,
+                "train_final_loss": stats.final_loss,
+            }
+        )
         volumes = loaded.data.volumes(loaded.plan.adapt["test"], ADAPT_KEYS)
-        results = evaluate(built.model, volumes, method.inputs(), cfg.model.roi, cfg.eval, self.device,
-                           cfg.train.amp)
+        results = evaluate(
+            built.model, volumes, method.inputs(), cfg.model.roi, cfg.eval, self.device, cfg.train.amp
+        )
         for subset, result in results.items():
             metrics.update({f"dice_agg/{subset}/{k}": v for k, v in result.aggregated.items()})
             metrics.update({f"dice_case/{subset}/{k}": v for k, v in result.case_mean.items()})

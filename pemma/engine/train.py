@@ -39,22 +39,47 @@ def dtype_name(device: torch.device, amp: bool) -> str:
     return "bf16-autocast" if amp and device.type == "cuda" else "fp32"
 
 
+def plain(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """A plain tensor on `device`: MONAI's MetaTensor costs a Python hook on every op in the network."""
+    return None if t is None else t.as_subclass(torch.Tensor).to(device, non_blocking=True)
+
+
 def _forever(loader: DataLoader) -> Iterator[dict]:
     while True:
         yield from loader
 
 
-def train(model: torch.nn.Module, dataset: Dataset, *, steps: int, batch_size: int, lr: float,
-          weight_decay: float, class_weights: tuple[float, ...], subsets: tuple[str, ...],
-          probabilities: tuple[float, ...], seed: int, device: torch.device, amp: bool = True,
-          warmup_steps: int = 3, on_step: Callable[[int, float], None] | None = None) -> TrainStats:
+def train(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    class_weights: tuple[float, ...],
+    subsets: tuple[str, ...],
+    probabilities: tuple[float, ...],
+    seed: int,
+    device: torch.device,
+    amp: bool = True,
+    warmup_steps: int = 3,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainStats:
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True,
-                         weight=torch.tensor(class_weights, dtype=torch.float32, device=device))
+    loss_fn = DiceCELoss(
+        to_onehot_y=True, softmax=True, weight=torch.tensor(class_weights, dtype=torch.float32, device=device)
+    )
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=0,
-                        drop_last=len(dataset) >= batch_size)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=0,
+        drop_last=len(dataset) >= batch_size,
+    )
     rng = np.random.default_rng(seed)
     batches = _forever(loader)
     model.to(device).train()
@@ -67,15 +92,15 @@ def train(model: torch.nn.Module, dataset: Dataset, *, steps: int, batch_size: i
             batch = next(batches)
             t_data = time.perf_counter() - t0
             subset = subsets[rng.choice(len(subsets), p=probabilities)]
-            ct, pet = split_inputs(batch, subset)
-            ct = ct.to(device) if ct is not None else None
-            pet = pet.to(device) if pet is not None else None
-            label = batch["label"].to(device).long()
+            ct, pet = (plain(t, device) for t in split_inputs(batch, subset))
+            label = plain(batch["label"], device).long()
             with autocast(device, amp):
                 logits = model(ct, pet)
             loss = loss_fn(logits.float(), label)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at step {step} ({subset} batch)")
+                raise FloatingPointError(
+                    f"training loss became {loss.item()} at step {step} ({subset} batch)"
+                )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -88,7 +113,7 @@ def train(model: torch.nn.Module, dataset: Dataset, *, steps: int, batch_size: i
                 timed_samples += label.shape[0]
             if on_step:
                 on_step(step, losses[-1])
-    tail = losses[-max(1, steps // 10):]
+    tail = losses[-max(1, steps // 10) :]
     return TrainStats(
         steps=steps,
         seconds=timed_seconds,

@@ -61,10 +61,13 @@ class Method:
 
     @classmethod
     def describe(cls) -> dict[str, str]:
-        return {"method": cls.name, "trains": cls.summary,
-                "train inputs": ", ".join(LABELS[s] for s in cls.train_inputs),
-                "test inputs": ", ".join(LABELS[s] for s in cls.inputs()),
-                "starts from": "CT base" if cls.needs_base else "scratch"}
+        return {
+            "method": cls.name,
+            "trains": cls.summary,
+            "train inputs": ", ".join(LABELS[s] for s in cls.train_inputs),
+            "test inputs": ", ".join(LABELS[s] for s in cls.inputs()),
+            "starts from": "CT base" if cls.needs_base else "scratch",
+        }
 
 
 def set_trainable(model: nn.Module, patterns: tuple[str, ...] | None) -> list[str]:

@@ -25,6 +25,11 @@ class PemmaLoraMethod(Method):
 
     def build(self, base, cfg, backbone):
         net = copy.deepcopy(base)
-        adapted = inject_lora(net, backbone.lora_targets[cfg.adapter.targets], cfg.adapter, dora=self.dora,
-                              encoder_prefix=backbone.encoder_prefix)
+        adapted = inject_lora(
+            net,
+            backbone.lora_targets[cfg.adapter.targets],
+            cfg.adapter,
+            dora=self.dora,
+            encoder_prefix=backbone.encoder_prefix,
+        )
         return Built(backbone.wrap_pemma(net, cfg.adapter), [f"base.{name}" for name in adapted])

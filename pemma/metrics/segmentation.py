@@ -50,8 +50,10 @@ class DiceAccumulator:
     def case_mean(self) -> dict[str, float]:
         cases = np.array(self.per_case)
         with np.errstate(invalid="ignore"):
-            means = [float(np.nanmean(cases[:, k])) if np.any(~np.isnan(cases[:, k])) else float("nan")
-                     for k in range(cases.shape[1])]
+            means = [
+                float(np.nanmean(cases[:, k])) if np.any(~np.isnan(cases[:, k])) else float("nan")
+                for k in range(cases.shape[1])
+            ]
         return _named(np.array(means))
 
 

@@ -20,7 +20,8 @@ class SegmentationModel(nn.Module):
         if subset not in self.accepts:
             raise UnsupportedModalityError(
                 f"{type(self).__name__} accepts {', '.join(LABELS[s] for s in self.accepts)} input; "
-                f"got {LABELS[subset]}")
+                f"got {LABELS[subset]}"
+            )
         return self.segment(ct, pet)
 
     def segment(self, ct: torch.Tensor | None, pet: torch.Tensor | None) -> torch.Tensor:

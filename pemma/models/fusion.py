@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pemma.models.base import SegmentationModel
 from pemma.modalities import CT, CTPET, PET, SUBSETS
+from pemma.models.base import SegmentationModel
 
 
 class CTOnly(SegmentationModel):

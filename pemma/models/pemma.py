@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from pemma.config import AdapterConfig
+from pemma.modalities import SUBSETS
 from pemma.models.backbones import FlexibleUNETR
 from pemma.models.base import SegmentationModel
-from pemma.modalities import SUBSETS
 
 
 def _reinitialise(module: nn.Module) -> None:
@@ -54,8 +54,12 @@ class PemmaUNETR(SegmentationModel):
             tokens = torch.cat([tokens, self.pet_embedding(pet)], dim=1)
         x, hidden = base.run_blocks(tokens)
         primary_pos = slice(0, n)
-        skips = [enc(f) for enc, f in zip(base.skip_encoders(), base.skip_inputs(primary, hidden, primary_pos),
-                                          strict=True)]
+        skips = [
+            enc(f)
+            for enc, f in zip(
+                base.skip_encoders(), base.skip_inputs(primary, hidden, primary_pos), strict=True
+            )
+        ]
         if pet is not None:
             pet_pos = slice(n, None) if both else primary_pos
             pet_inputs = base.skip_inputs(pet, hidden, pet_pos)

@@ -70,7 +70,9 @@ def to_markdown(table: pd.DataFrame, title: str = "") -> str:
     rule = "|" + "|".join("---" if c in ("method", "backbone") else "---:" for c in table.columns) + "|"
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
     lines = ([f"## {title}", ""] if title else []) + [head, rule, *body]
-    notes = ("Dice: HECKTOR aggregated Dice on the adaptation centre's test split, mean of GTVp and GTVn; "
-             "'—': input subset the method does not accept. % of EF: trainable parameters as a share of "
-             "early fusion's. Mean ± sample std over seeds.")
+    notes = (
+        "Dice: HECKTOR aggregated Dice on the adaptation centre's test split, mean of GTVp and GTVn; "
+        "'—': input subset the method does not accept. % of EF: trainable parameters as a share of "
+        "early fusion's. Mean ± sample std over seeds."
+    )
     return "\n".join(lines) + "\n\n" + notes + "\n"

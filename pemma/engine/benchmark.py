@@ -1,0 +1,102 @@
+"""Throughput and memory of every method, measured side by side in one process on random data.
+
+No pretraining and no cohort: the numbers are about the compute cost of each method's model and
+trainable set, so a randomly initialised CT base does. Ratios are against the reference method
+(early fusion), measured in the same run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch
+
+from pemma.config import RunConfig
+from pemma.engine.evaluate import evaluate
+from pemma.engine.train import dtype_name, train
+from pemma.methods import METHODS
+from pemma.metrics.params import REFERENCE_METHOD, count_parameters
+from pemma.models.backbones import BACKBONES
+
+
+class RandomVolumes(torch.utils.data.Dataset):
+    """Volumes of random CT / PET with a labelled cube of each class; `shape` per channel."""
+
+    def __init__(self, n: int, shape: tuple[int, int, int], seed: int = 0) -> None:
+        self.n, self.shape, self.seed = n, shape, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed + i)
+        label = torch.zeros(1, *self.shape, dtype=torch.uint8)
+        d = [s // 4 for s in self.shape]
+        label[0, d[0] : 2 * d[0], d[1] : 2 * d[1], d[2] : 2 * d[2]] = 1
+        label[0, 2 * d[0] : 3 * d[0], 2 * d[1] : 3 * d[1], 2 * d[2] : 3 * d[2]] = 2
+        return {
+            "ct": torch.rand(1, *self.shape, generator=g),
+            "pet": torch.randn(1, *self.shape, generator=g),
+            "label": label,
+        }
+
+
+def throughput(
+    cfg: RunConfig, methods: list[str], steps: int, device: torch.device, volumes: int = 2
+) -> pd.DataFrame:
+    torch.manual_seed(cfg.seed)
+    base = BACKBONES.get(cfg.backbone).build(cfg.model, 1)
+    crops = RandomVolumes(max(cfg.train.batch_size, 2), cfg.model.roi)
+    whole = RandomVolumes(volumes, tuple(int(r * 1.5) for r in cfg.model.roi), seed=100)
+    rows = []
+    for name in methods:
+        method = METHODS.get(name)()
+        built = method.create(base if method.needs_base else None, cfg)
+        total, trainable = count_parameters(built.model)
+        subsets, probabilities = method.train_schedule(cfg)
+        t0 = time.perf_counter()
+        stats = train(
+            built.model,
+            crops,
+            steps=steps + cfg.train.warmup_steps,
+            batch_size=cfg.train.batch_size,
+            lr=1e-4,
+            weight_decay=0.0,
+            class_weights=cfg.train.class_weights,
+            subsets=subsets[:1],
+            probabilities=(1.0,),
+            seed=cfg.seed,
+            device=device,
+            amp=cfg.train.amp,
+            warmup_steps=cfg.train.warmup_steps,
+        )
+        subset = method.inputs()[0]
+        result = evaluate(built.model, whole, (subset,), cfg.model.roi, cfg.eval, device, cfg.train.amp)[
+            subset
+        ]
+        rows.append(
+            {
+                "method": name,
+                "backbone": cfg.backbone,
+                "train subset": subsets[0],
+                "params total": total,
+                "params trainable": trainable,
+                "train samples/s": stats.samples_per_s,
+                "train peak MB": stats.peak_memory_mb,
+                "infer volumes/s": result.volumes_per_s,
+                "wall s": time.perf_counter() - t0,
+            }
+        )
+        del built
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    table = pd.DataFrame(rows)
+    if REFERENCE_METHOD in set(table["method"]):
+        ref = table[table["method"] == REFERENCE_METHOD].iloc[0]
+        table["trainable % of EF"] = 100 * table["params trainable"] / ref["params trainable"]
+        table["step speed vs EF"] = table["train samples/s"] / ref["train samples/s"]
+        table["memory vs EF"] = table["train peak MB"] / ref["train peak MB"]
+    table.attrs["device"] = str(device)
+    table.attrs["dtype"] = dtype_name(device, cfg.train.amp)
+    return table

@@ -1,0 +1,183 @@
+"""End to end through the CLI at the ci profile: MLflow runs, skip on rerun, FAILED units, errors."""
+
+import pytest
+from typer.testing import CliRunner
+
+from pemma.cli import app
+from pemma.methods import METHODS
+from pemma.tracking import Tracker, parse_run_key
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tiny_cohort, tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    out = runner.invoke(
+        app,
+        ["run", "--suite", "smoke", "--profile", "ci", "--results", str(results), "--data", str(tiny_cohort)],
+    )
+    return results, out
+
+
+def test_ci_suite_leaves_finished_runs_with_metrics_and_tags(smoke_run):
+    results, out = smoke_run
+    assert out.exit_code == 0, out.output
+    runs = Tracker(results).runs("smoke")
+    assert sorted(runs["tags.method"]) == sorted(METHODS.names())
+    assert set(runs["status"]) == {"FINISHED"}
+    for _, run in runs.iterrows():
+        method = METHODS.get(run["tags.method"])
+        for subset in method.inputs():
+            assert 0.0 <= run[f"metrics.dice_agg/{subset}/mean"] <= 1.0
+            assert run[f"metrics.infer_volumes_per_s/{subset}"] > 0
+        for key in (
+            "params_total",
+            "params_trainable",
+            "params_trainable_pct_of_reference",
+            "train_samples_per_s",
+            "train_peak_memory_mb",
+            f"dice_agg/{method.inputs()[0]}/gtvp",
+        ):
+            assert f"metrics.{key}" in run and run[f"metrics.{key}"] == run[f"metrics.{key}"], key
+        for tag in (
+            "git_commit",
+            "git_dirty",
+            "torch_version",
+            "monai_version",
+            "peft_version",
+            "device",
+            "dtype",
+            "data_fingerprint",
+            "profile",
+            "run_key",
+        ):
+            assert run[f"tags.{tag}"], tag
+        assert run["tags.profile"] == "ci" and run["tags.for_reporting"] == "false"
+        key = parse_run_key(run["tags.run_key"])
+        assert key["method"] == run["tags.method"] and key["suite"] == "smoke"
+        assert run["params.train.steps"] == "2"
+    ef = runs[runs["tags.method"] == "early-fusion"].iloc[0]
+    assert ef["metrics.params_trainable_pct_of_reference"] == pytest.approx(100.0)
+    lora = runs[runs["tags.method"] == "pemma-lora"].iloc[0]
+    assert lora["tags.adapted_modules"].count("attn.qkv") == 2
+    table = (results / "smoke" / "results.md").read_text()
+    assert "| pemma-lora | unetr |" in table and "Dice CT+PET" in table
+
+
+def test_rerun_trains_nothing(smoke_run, tiny_cohort):
+    results, _ = smoke_run
+    bases = sorted(p.stat().st_mtime_ns for p in (results / "bases").rglob("base.pt"))
+    out = runner.invoke(
+        app,
+        ["run", "--suite", "smoke", "--profile", "ci", "--results", str(results), "--data", str(tiny_cohort)],
+    )
+    assert out.exit_code == 0, out.output
+    assert out.output.count("skipped") == len(METHODS) and "finished " not in out.output
+    assert len(Tracker(results).runs("smoke")) == len(METHODS)
+    assert sorted(p.stat().st_mtime_ns for p in (results / "bases").rglob("base.pt")) == bases
+    dry = runner.invoke(
+        app,
+        [
+            "run",
+            "--suite",
+            "smoke",
+            "--profile",
+            "ci",
+            "--results",
+            str(results),
+            "--data",
+            str(tiny_cohort),
+            "--dry-run",
+        ],
+    )
+    assert dry.output.count("finished ") == len(METHODS)
+    changed = runner.invoke(
+        app,
+        [
+            "run",
+            "--suite",
+            "smoke",
+            "--profile",
+            "ci",
+            "--results",
+            str(results),
+            "--data",
+            str(tiny_cohort),
+            "--dry-run",
+            "--set",
+            "train.lr=0.01",
+        ],
+    )
+    assert changed.output.count("to run") == len(METHODS), "an override must change the run key"
+
+
+def test_a_failing_unit_is_marked_failed_and_the_suite_goes_on(tiny_cohort, tmp_path):
+    out = runner.invoke(
+        app,
+        [
+            "run",
+            "--suite",
+            "smoke",
+            "--profile",
+            "ci",
+            "--results",
+            str(tmp_path),
+            "--data",
+            str(tiny_cohort),
+            "--methods",
+            "ct-only,early-fusion",
+            "--set",
+            "pretrain.checkpoint=/nonexistent/base.pt",
+        ],
+    )
+    assert out.exit_code == 1
+    tracker = Tracker(tmp_path)
+    failed = tracker.runs("smoke", status="FAILED")
+    assert list(failed["tags.method"]) == ["ct-only"]
+    assert "nonexistent" in failed.iloc[0]["tags.error"]
+    assert list(tracker.runs("smoke")["tags.method"]) == ["early-fusion"]  # needs no base: went on
+    assert tracker.runs("smoke", status="RUNNING").empty
+
+
+def test_default_synthetic_cohort_is_generated_on_first_use(tmp_path):
+    out = runner.invoke(
+        app,
+        [
+            "run",
+            "--suite",
+            "smoke",
+            "--profile",
+            "ci",
+            "--results",
+            str(tmp_path),
+            "--methods",
+            "early-fusion",
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    assert list(tmp_path.glob("data/*/imagesTr/MDA-001__PT.nii.gz"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--methods", "pemma-lorra"], "did you mean 'pemma-lora'"),
+        (["--suite", "smok"], "did you mean 'smoke'"),
+        (["--set", "train.stpes=3"], "did you mean 'train.steps'"),
+        (["--profile", "fast"], "unknown profile"),
+        (["--data", "/nonexistent/cohort"], "no such folder"),
+    ],
+)
+def test_bad_options_fail_clearly_without_running(args, message, tmp_path):
+    out = runner.invoke(app, ["run", "--profile", "ci", "--results", str(tmp_path), *args])
+    assert out.exit_code == 2
+    assert message in " ".join(out.output.split())
+    assert Tracker(tmp_path).runs("smoke").empty
+
+
+def test_methods_and_suites_list_and_validate():
+    out = runner.invoke(app, ["methods"])
+    assert out.exit_code == 0 and all(name in out.output for name in METHODS.names())
+    out = runner.invoke(app, ["validate"])
+    assert out.exit_code == 0 and "smoke" in out.output

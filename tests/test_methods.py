@@ -1,0 +1,147 @@
+"""Every registered method: builds, trains one step, trains exactly its declared set, takes its inputs."""
+
+import re
+
+import pytest
+import torch
+
+from pemma.config import resolve
+from pemma.engine.train import train
+from pemma.methods import METHODS
+from pemma.modalities import SUBSETS, UnsupportedModalityError
+from pemma.models.backbones import BACKBONES
+
+CFG = resolve({"profile": "ci"})
+ROI = CFG.model.roi
+
+
+@pytest.fixture(scope="module")
+def base():
+    torch.manual_seed(0)
+    return BACKBONES.get("unetr").build(CFG.model, 1)
+
+
+def _inputs(subset):
+    g = torch.Generator().manual_seed(1)
+    ct = torch.rand(1, 1, *ROI, generator=g) if subset in ("ctpet", "ct") else None
+    pet = torch.randn(1, 1, *ROI, generator=g) if subset in ("ctpet", "pet") else None
+    return ct, pet
+
+
+class _Batches(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        label = torch.zeros(1, *ROI, dtype=torch.uint8)
+        label[0, 8:16, 8:16, 8:16] = 1
+        label[0, 20:24, 20:24, 20:24] = 2
+        return {
+            "ct": torch.rand(1, *ROI, generator=g),
+            "pet": label.float() * 3 + torch.rand(1, *ROI, generator=g),
+            "label": label,
+        }
+
+
+def _one_step(model, subsets):
+    train(
+        model,
+        _Batches(),
+        steps=1,
+        batch_size=1,
+        lr=1e-2,
+        weight_decay=0.0,
+        class_weights=(1, 2, 5),
+        subsets=subsets,
+        probabilities=tuple(1 / len(subsets) for _ in subsets),
+        seed=0,
+        device=torch.device("cpu"),
+        warmup_steps=0,
+    )
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_trains_exactly_its_declared_set(name, base):
+    method = METHODS.get(name)()
+    built = method.create(base if method.needs_base else None, CFG)
+    model = built.model
+    patterns = method.trainable_patterns(CFG)
+    declared = {
+        n for n, _ in model.named_parameters() if patterns is None or any(re.search(p, n) for p in patterns)
+    }
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    subsets, _ = method.train_schedule(CFG)
+    reached: set[str] = set()
+    # One step per training subset, so every declared parameter is reached at least once.
+    for subset in subsets:
+        for p in model.parameters():
+            p.grad = None
+        _one_step(model, (subset,))
+        got_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+        assert got_grad <= declared, f"{name}: gradients reached undeclared {sorted(got_grad - declared)[:5]}"
+        reached |= got_grad
+    assert reached == declared, f"{name}: declared but never trained: {sorted(declared - reached)[:5]}"
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    frozen = set(before) - declared
+    assert not (changed & frozen), f"{name}: frozen parameters changed: {sorted(changed & frozen)[:5]}"
+    assert changed, f"{name}: nothing changed after a training step"
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == declared
+
+
+def test_pemma_lora_freezes_the_ct_network_and_adapts_every_attention(base):
+    method = METHODS.get("pemma-lora")()
+    built = method.create(base, CFG)
+    trainable = [n for n, p in built.model.named_parameters() if p.requires_grad]
+    assert built.adapted_modules == [f"base.vit.blocks.{i}.attn.qkv" for i in range(CFG.model.num_layers)]
+    assert all(re.match(r"(pet_embedding|pet_skips|betas)", n) or ".lora_" in n for n in trainable)
+    assert any(n.startswith("pet_embedding.") for n in trainable)
+    assert len(built.model.pet_skips) == 4 and built.model.betas.requires_grad
+    # The CT backbone, CT skip encoders and decoder stay frozen.
+    for n, p in built.model.base.named_parameters():
+        assert p.requires_grad == (".lora_" in n), n
+    # The base handed in is not modified (methods work on a copy).
+    assert not any("lora" in n for n, _ in base.named_parameters())
+
+
+def test_pemma_dora_uses_weight_decomposition(base):
+    built = METHODS.get("pemma-dora")().create(base, CFG)
+    assert any("lora_magnitude_vector" in n for n, p in built.model.named_parameters() if p.requires_grad)
+
+
+def test_pemma_with_frozen_adapters_is_the_base_on_ct_when_pet_pathway_is_absent(base):
+    cfg = resolve({"profile": "ci", "adapter": {"beta": "absent", "dropout": 0.0}})
+    built = METHODS.get("pemma-lora")().create(base, cfg).model.eval()
+    ct, _ = _inputs("ct")
+    with torch.no_grad():
+        # LoRA B starts at zero and no PET skip exists: CT-only output equals the base's.
+        torch.testing.assert_close(built(ct, None), base.eval()(ct), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_accepts_its_inputs_and_refuses_others(name, base):
+    method = METHODS.get(name)()
+    model = method.create(base if method.needs_base else None, CFG).model.eval()
+    for subset in SUBSETS:
+        ct, pet = _inputs(subset)
+        if subset in method.inputs():
+            with torch.no_grad():
+                out = model(ct, pet)
+            assert out.shape == (1, 3, *ROI)
+        else:
+            with pytest.raises(UnsupportedModalityError, match="accepts"):
+                model(ct, pet)
+    with pytest.raises(UnsupportedModalityError, match="no input"):
+        model(None, None)
+
+
+def test_pemma_trainable_share_is_small_at_paper_scale():
+    """At the paper's UNETR (hidden 768, 12 layers, feature 48) PEMMA-LoRA trains ~8-9% of early fusion's."""
+    cfg = resolve({"profile": "paper"})
+    base = BACKBONES.get("unetr").build(cfg.model, 1)
+    lora = METHODS.get("pemma-lora")().create(base, cfg).model
+    ef = METHODS.get("early-fusion")().create(None, cfg).model
+    share = sum(p.numel() for p in lora.parameters() if p.requires_grad) / sum(
+        p.numel() for p in ef.parameters()
+    )
+    assert 0.05 < share < 0.12, share

@@ -1,0 +1,53 @@
+import math
+
+import numpy as np
+import torch
+
+from pemma.metrics.segmentation import DiceAccumulator
+
+
+def _volume(voxels: dict[int, int]) -> torch.Tensor:
+    """A 1x1x4x4x4 label map with the given number of voxels of each class, laid out in order."""
+    flat = torch.zeros(64, dtype=torch.long)
+    i = 0
+    for cls, n in voxels.items():
+        flat[i : i + n] = cls
+        i += n
+    return flat.reshape(1, 1, 4, 4, 4)
+
+
+def test_aggregated_dice_sums_voxels_over_cases_and_excludes_double_empty_cases():
+    acc = DiceAccumulator()
+    # Case A: GTVp truth 10 voxels, prediction covers 6 of them + 2 false positives. No GTVn anywhere.
+    truth_a = _volume({1: 10})
+    pred_a = torch.zeros(64, dtype=torch.long)
+    pred_a[:6] = 1
+    pred_a[20:22] = 1
+    acc.add(pred_a.reshape(1, 1, 4, 4, 4), truth_a)
+    # Case B: GTVp truth 2 voxels, none predicted; GTVn truth 4, predicted exactly.
+    truth_b = torch.zeros(64, dtype=torch.long)
+    truth_b[:2] = 1
+    truth_b[10:14] = 2
+    pred_b = torch.zeros(64, dtype=torch.long)
+    pred_b[10:14] = 2
+    acc.add(pred_b.reshape(1, 1, 4, 4, 4), truth_b.reshape(1, 1, 4, 4, 4))
+    agg = acc.aggregated()
+    # GTVp: 2*(6+0) / ((8+10) + (0+2)) = 12/20
+    assert math.isclose(agg["gtvp"], 0.6)
+    # GTVn: case A adds nothing; 2*4/(4+4) = 1
+    assert math.isclose(agg["gtvn"], 1.0)
+    assert math.isclose(agg["mean"], 0.8)
+    case = acc.case_mean()
+    # GTVp per case: A = 12/18, B = 0 -> mean 1/3; GTVn: A is empty/empty (excluded), B = 1.
+    assert math.isclose(case["gtvp"], (12 / 18 + 0) / 2, rel_tol=1e-6)
+    assert math.isclose(case["gtvn"], 1.0)
+
+
+def test_false_positive_on_empty_truth_scores_zero_not_excluded():
+    acc = DiceAccumulator()
+    pred = _volume({2: 3})
+    acc.add(pred, torch.zeros_like(pred))
+    assert acc.case_mean()["gtvn"] == 0.0
+    assert acc.aggregated()["gtvn"] == 0.0
+    assert np.isnan(acc.aggregated()["gtvp"])  # nothing predicted or true anywhere: undefined
+    assert acc.aggregated()["mean"] == 0.0  # mean over the defined classes

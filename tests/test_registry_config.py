@@ -1,0 +1,52 @@
+import pytest
+
+from pemma.config import ConfigError, parse_override, resolve
+from pemma.methods import METHODS
+from pemma.registry import Registry, RegistryError
+
+
+def test_registry_aliases_duplicates_and_did_you_mean():
+    reg: Registry[int] = Registry("widget")
+    reg.add("alpha", 1, aliases=("a",))
+    assert reg.get("a") == 1
+    with pytest.raises(RegistryError, match="already registered"):
+        reg.add("a", 2)
+    with pytest.raises(RegistryError, match="did you mean 'alpha'"):
+        reg.get("alpah")
+
+
+def test_unknown_method_suggests_the_close_name():
+    with pytest.raises(RegistryError, match="did you mean 'pemma-lora'"):
+        METHODS.get("pemma-lorra")
+
+
+def test_precedence_profile_then_layers_then_overrides():
+    cfg = resolve({"profile": "ci"})
+    assert cfg.model.hidden_size == 32  # from the ci profile
+    cfg = resolve({"profile": "ci", "train": {"steps": 7}}, parse_override("train.steps=9"))
+    assert cfg.train.steps == 9
+    assert resolve({"profile": "paper"}).model.hidden_size == 768
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.stpes=3", "did you mean 'train.steps'"),
+        ("train.modality_dropout=[0.5,0.5,0.5]", "sum to 1"),
+        ("model.num_heads=5", "not divisible"),
+        ("adapter.beta=sometimes", "learned, fixed or absent"),
+        ("profile=huge", "unknown profile"),
+        ("data.adapt_centre=CHUS", "also a CT pretraining centre"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(parse_override(override))
+
+
+def test_config_identity_ignores_labels_but_not_values():
+    a = resolve({"profile": "ci", "suite": "x", "data": {"root": "/a"}})
+    b = resolve({"profile": "ci", "suite": "y", "data": {"root": "/b"}})
+    c = resolve({"profile": "ci", "train": {"lr": 0.1}})
+    assert a.identity() == b.identity()
+    assert a.identity() != c.identity()
