@@ -1,0 +1,1 @@
+"""Cohorts: the HECKTOR-layout reader, the synthetic generator, splits and MONAI pipelines."""

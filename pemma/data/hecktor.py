@@ -1,0 +1,98 @@
+"""Read a cohort in the HECKTOR 2022 layout (real or synthetic: the same code for both)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pemma.data.centres import centre_of
+
+CLINICAL_CSV = "hecktor2022_clinical_info_training.csv"
+ENDPOINT_CSV = "hecktor2022_endpoint_training.csv"
+ID_PATTERN = re.compile(r"^[A-Za-z]+-\d+$")
+IMAGE_PATTERN = re.compile(r"^(?P<id>.+)__(?P<mod>CT|PT)\.nii(\.gz)?$")
+
+
+class CohortError(ValueError):
+    """A cohort folder that cannot be used as it is; the message names the file or patient."""
+
+
+@dataclass(frozen=True)
+class Case:
+    patient_id: str
+    centre: str
+    ct: Path
+    pet: Path | None
+    label: Path | None
+
+    def item(self) -> dict[str, str]:
+        """The dict a MONAI pipeline reads: only the files this case has."""
+        d = {"patient_id": self.patient_id, "ct": str(self.ct)}
+        if self.pet is not None:
+            d["pet"] = str(self.pet)
+        if self.label is not None:
+            d["label"] = str(self.label)
+        return d
+
+
+@dataclass(frozen=True)
+class Cohort:
+    root: Path
+    cases: tuple[Case, ...]
+    clinical: pd.DataFrame | None
+    endpoints: pd.DataFrame | None
+
+    def centres(self) -> dict[str, list[Case]]:
+        out: dict[str, list[Case]] = {}
+        for case in self.cases:
+            out.setdefault(case.centre, []).append(case)
+        return out
+
+    def fingerprint(self) -> str:
+        """Hash of every file's name, size and first MiB: cheap on real data, stable across copies."""
+        h = hashlib.sha1()
+        files = [p for c in self.cases for p in (c.ct, c.pet, c.label) if p is not None]
+        files += [self.root / n for n in (CLINICAL_CSV, ENDPOINT_CSV) if (self.root / n).exists()]
+        for path in sorted(files):
+            h.update(str(path.relative_to(self.root)).encode())
+            h.update(str(path.stat().st_size).encode())
+            with path.open("rb") as f:
+                h.update(f.read(1 << 20))
+        return h.hexdigest()[:12]
+
+
+def read_cohort(root: Path | str) -> Cohort:
+    root = Path(root)
+    images = root / "imagesTr"
+    labels = root / "labelsTr"
+    if not images.is_dir():
+        raise CohortError(f"{root}: no imagesTr/ folder; expected the HECKTOR 2022 layout "
+                          "(imagesTr/<ID>__CT.nii.gz, imagesTr/<ID>__PT.nii.gz, labelsTr/<ID>.nii.gz)")
+    found: dict[str, dict[str, Path]] = {}
+    for path in sorted(images.iterdir()):
+        m = IMAGE_PATTERN.match(path.name)
+        if m is None:
+            continue
+        pid, mod = m["id"], m["mod"]
+        if not ID_PATTERN.match(pid):
+            raise CohortError(f"{path}: patient ID {pid!r} names no centre (expected CENTRE-NNN, e.g. CHUM-001)")
+        slot = found.setdefault(pid, {})
+        if mod in slot:
+            raise CohortError(f"{path}: duplicate {mod} image for patient {pid} (also {slot[mod].name})")
+        slot[mod] = path
+    cases = []
+    for pid, mods in found.items():
+        if "CT" not in mods:
+            raise CohortError(f"patient {pid}: PET image {mods['PT']} has no CT beside it "
+                              f"(expected {images / (pid + '__CT.nii.gz')})")
+        label = next((p for p in (labels / f"{pid}.nii.gz", labels / f"{pid}.nii") if p.exists()), None)
+        cases.append(Case(pid, centre_of(pid), mods["CT"], mods.get("PT"), label))
+    if not cases:
+        raise CohortError(f"{images}: no images named <ID>__CT.nii.gz; the cohort is empty")
+    clinical = pd.read_csv(root / CLINICAL_CSV) if (root / CLINICAL_CSV).exists() else None
+    endpoints = pd.read_csv(root / ENDPOINT_CSV) if (root / ENDPOINT_CSV).exists() else None
+    return Cohort(root, tuple(cases), clinical, endpoints)
