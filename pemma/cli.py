@@ -224,7 +224,7 @@ def run(
             seeds=[int(s) for s in _split(seeds) or []] or None,
             methods=_split(methods),
             backbones=_split(backbones),
-            overrides=_split_sets(set_),
+            overrides=list(set_ or []),
             data_root=str(data.resolve()) if data else None,
         )
         runner = Runner(results)
@@ -258,10 +258,6 @@ def run(
     if failed:
         console.print(f"[red]{len(failed)} unit(s) failed[/]; their MLflow runs hold the error")
         raise typer.Exit(code=1)
-
-
-def _split_sets(values: list[str] | None) -> list[str]:
-    return list(values or [])
 
 
 def _print_report(tracker, suite: str, results: Path) -> Path:

@@ -6,7 +6,6 @@ otherwise. One experiment per suite; one run per unit, named by its run key.
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import subprocess
@@ -138,11 +137,6 @@ class Tracker:
             row: dict[str, Any] = {"run_id": r.info.run_id, "status": r.info.status}
             row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
             row.update({f"params.{k}": v for k, v in r.data.params.items()})
-            row.update(
-                {
-                    f"metrics.{k}": (v if not math.isnan(v) else float("nan"))
-                    for k, v in r.data.metrics.items()
-                }
-            )
+            row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
             rows.append(row)
         return pd.DataFrame(rows)

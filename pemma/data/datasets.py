@@ -20,8 +20,12 @@ class CohortData:
         self.cache_root = Path(cache_root)
 
     def _cache_dir(self, keys: tuple[str, ...]) -> Path:
-        prep = {"spacing": self.cfg.spacing, "ct_window": self.cfg.ct_window, "keys": keys,
-                "monai": monai.__version__}
+        prep = {
+            "spacing": self.cfg.spacing,
+            "ct_window": self.cfg.ct_window,
+            "keys": keys,
+            "monai": monai.__version__,
+        }
         path = self.cache_root / f"{self.fingerprint}-{stable_hash(prep)}"
         path.mkdir(parents=True, exist_ok=True)
         return path
@@ -29,13 +33,20 @@ class CohortData:
     def volumes(self, cases: list[Case], keys: tuple[str, ...]) -> Dataset:
         """Whole preprocessed volumes (for evaluation)."""
         items = [{k: v for k, v in c.item().items() if k in (*keys, "patient_id")} for c in cases]
-        return PersistentDataset(items, preprocess(keys, self.cfg.spacing, self.cfg.ct_window),
-                                 cache_dir=self._cache_dir(keys))
+        return PersistentDataset(
+            items, preprocess(keys, self.cfg.spacing, self.cfg.ct_window), cache_dir=self._cache_dir(keys)
+        )
 
-    def crops(self, cases: list[Case], keys: tuple[str, ...], roi: tuple[int, int, int], seed: int) -> Dataset:
+    def crops(
+        self, cases: list[Case], keys: tuple[str, ...], roi: tuple[int, int, int], seed: int
+    ) -> Dataset:
         """Random training crops; the deterministic prefix is shared with `volumes` on disk."""
         items = [{k: v for k, v in c.item().items() if k in (*keys, "patient_id")} for c in cases]
-        pipeline = Compose([*preprocess(keys, self.cfg.spacing, self.cfg.ct_window).transforms,
-                            *augment(keys, roi).transforms])
+        pipeline = Compose(
+            [
+                *preprocess(keys, self.cfg.spacing, self.cfg.ct_window).transforms,
+                *augment(keys, roi).transforms,
+            ]
+        )
         pipeline.set_random_state(seed=seed)
         return PersistentDataset(items, pipeline, cache_dir=self._cache_dir(keys))

@@ -70,8 +70,10 @@ def read_cohort(root: Path | str) -> Cohort:
     images = root / "imagesTr"
     labels = root / "labelsTr"
     if not images.is_dir():
-        raise CohortError(f"{root}: no imagesTr/ folder; expected the HECKTOR 2022 layout "
-                          "(imagesTr/<ID>__CT.nii.gz, imagesTr/<ID>__PT.nii.gz, labelsTr/<ID>.nii.gz)")
+        raise CohortError(
+            f"{root}: no imagesTr/ folder; expected the HECKTOR 2022 layout "
+            "(imagesTr/<ID>__CT.nii.gz, imagesTr/<ID>__PT.nii.gz, labelsTr/<ID>.nii.gz)"
+        )
     found: dict[str, dict[str, Path]] = {}
     for path in sorted(images.iterdir()):
         m = IMAGE_PATTERN.match(path.name)
@@ -79,7 +81,9 @@ def read_cohort(root: Path | str) -> Cohort:
             continue
         pid, mod = m["id"], m["mod"]
         if not ID_PATTERN.match(pid):
-            raise CohortError(f"{path}: patient ID {pid!r} names no centre (expected CENTRE-NNN, e.g. CHUM-001)")
+            raise CohortError(
+                f"{path}: patient ID {pid!r} names no centre (expected CENTRE-NNN, e.g. CHUM-001)"
+            )
         slot = found.setdefault(pid, {})
         if mod in slot:
             raise CohortError(f"{path}: duplicate {mod} image for patient {pid} (also {slot[mod].name})")
@@ -87,8 +91,10 @@ def read_cohort(root: Path | str) -> Cohort:
     cases = []
     for pid, mods in found.items():
         if "CT" not in mods:
-            raise CohortError(f"patient {pid}: PET image {mods['PT']} has no CT beside it "
-                              f"(expected {images / (pid + '__CT.nii.gz')})")
+            raise CohortError(
+                f"patient {pid}: PET image {mods['PT']} has no CT beside it "
+                f"(expected {images / (pid + '__CT.nii.gz')})"
+            )
         label = next((p for p in (labels / f"{pid}.nii.gz", labels / f"{pid}.nii") if p.exists()), None)
         cases.append(Case(pid, centre_of(pid), mods["CT"], mods.get("PT"), label))
     if not cases:

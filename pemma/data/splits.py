@@ -12,7 +12,9 @@ from pemma.data.hecktor import Case, Cohort, CohortError
 SPLITS = ("train", "val", "test")
 
 
-def split_centre(cases: list[Case], fractions: tuple[float, float, float], seed: int) -> dict[str, list[Case]]:
+def split_centre(
+    cases: list[Case], fractions: tuple[float, float, float], seed: int
+) -> dict[str, list[Case]]:
     """Shuffle a centre's cases by (seed, centre) and cut them; test and train each get at least one."""
     cases = sorted(cases, key=lambda c: c.patient_id)
     n = len(cases)
@@ -23,7 +25,7 @@ def split_centre(cases: list[Case], fractions: tuple[float, float, float], seed:
     order = [cases[i] for i in rng.permutation(n)]
     n_test = max(1, round(n * fractions[2]))
     n_val = min(round(n * fractions[1]), n - n_test - 1)
-    return {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    return {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
 
 
 @dataclass(frozen=True)
@@ -34,13 +36,20 @@ class Plan:
     adapt: dict[str, list[Case]]
 
 
-def make_plan(cohort: Cohort, pretrain_centres: tuple[str, ...], adapt_centre: str,
-              fractions: tuple[float, float, float], seed: int) -> Plan:
+def make_plan(
+    cohort: Cohort,
+    pretrain_centres: tuple[str, ...],
+    adapt_centre: str,
+    fractions: tuple[float, float, float],
+    seed: int,
+) -> Plan:
     by_centre = cohort.centres()
     for name in (*pretrain_centres, adapt_centre):
         if name not in by_centre:
-            raise CohortError(f"{cohort.root}: centre {name} is named in the plan but has no patients "
-                              f"(centres found: {', '.join(sorted(by_centre))})")
+            raise CohortError(
+                f"{cohort.root}: centre {name} is named in the plan but has no patients "
+                f"(centres found: {', '.join(sorted(by_centre))})"
+            )
     pretrain: dict[str, list[Case]] = {s: [] for s in SPLITS}
     for name in pretrain_centres:
         usable = [c for c in by_centre[name] if c.label is not None]

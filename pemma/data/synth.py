@@ -20,10 +20,18 @@ from scipy.ndimage import gaussian_filter
 
 from pemma.data.centres import HECKTOR_CENTRES
 
-GENERATOR_VERSION = "synth-v1"
+GENERATOR_VERSION = "synth-v2"
 EXTENT_MM = np.array([128.0, 128.0, 96.0])
 CT_SPACING = np.array([1.0, 1.0, 3.0])
 PET_SPACING = np.array([4.0, 4.0, 4.0])
+CT_CONTRAST_HU = {"gtvp": 10.0, "gtvn": 30.0, "lookalike": 30.0}
+"""Lesion contrast over soft tissue (40 HU): weak for the primary tumour; nodes stand out but look
+exactly like benign look-alike blobs, half of which lie where nodes do."""
+LOOKALIKES = (2, 5)
+HOTSPOTS = (0, 1)
+CT_TEXTURE_HU = 12.0
+"""Amplitude of low-frequency soft-tissue inhomogeneity (5 mm scale): what hides weak blobs on CT,
+where white noise alone would average out."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +105,7 @@ def draw_patient(seed: int, centre: str, index: int) -> Patient:
     centre_idx = list(HECKTOR_CENTRES).index(centre)
     rng = np.random.default_rng([seed, centre_idx, index])
     # Primary tumour: two overlapping lobes beside the airway.
-    c0 = np.array([64 + rng.uniform(-10, 10), 44 + rng.uniform(-5, 5), 48 + rng.uniform(-14, 14)])
+    c0 = np.array([64 + rng.uniform(-14, 14), 44 + rng.uniform(-8, 8), 48 + rng.uniform(-16, 16)])
     uptake = rng.uniform(6, 12)
     gtvp = [_lesion(rng, c0, (7, 12), uptake)]
     gtvp.append(_lesion(rng, c0 + rng.uniform(-5, 5, 3), (5, 9), uptake))
@@ -107,15 +115,20 @@ def draw_patient(seed: int, centre: str, index: int) -> Patient:
         c = (64 + side * rng.uniform(24, 36), rng.uniform(58, 82), rng.uniform(24, 64))
         nodes.append(_lesion(rng, c, (4, 8), rng.uniform(4, 9)))
     hotspots = []
-    for _ in range(rng.integers(0, 3)):
+    for _ in range(rng.integers(HOTSPOTS[0], HOTSPOTS[1] + 1)):
         c = (rng.uniform(30, 98), rng.uniform(40, 95), rng.uniform(10, 70))
         hotspots.append(_lesion(rng, c, (3, 6), rng.uniform(4, 8)))
     lookalikes = []
-    for _ in range(rng.integers(1, 4)):
-        c = (rng.uniform(30, 98), rng.uniform(35, 95), rng.uniform(10, 75))
-        lookalikes.append(_lesion(rng, c, (5, 11), 0.0))
-    return Patient(f"{centre}-{index + 1:03d}", centre, gtvp, nodes, hotspots, lookalikes,
-                   float(rng.uniform(2.5, 4.5)))
+    for _ in range(rng.integers(LOOKALIKES[0], LOOKALIKES[1] + 1)):
+        if rng.random() < 0.5:  # where nodes lie: on CT alone a node and a look-alike are the same
+            side = rng.choice([-1, 1])
+            c = (64 + side * rng.uniform(24, 36), rng.uniform(58, 82), rng.uniform(24, 64))
+        else:
+            c = (rng.uniform(30, 98), rng.uniform(35, 95), rng.uniform(10, 75))
+        lookalikes.append(_lesion(rng, c, (4, 9), 0.0))
+    return Patient(
+        f"{centre}-{index + 1:03d}", centre, gtvp, nodes, hotspots, lookalikes, float(rng.uniform(2.5, 4.5))
+    )
 
 
 def _union(x, y, z, lesions: list[Lesion]) -> np.ndarray:
@@ -146,7 +159,14 @@ def render_ct(p: Patient, scanner: Scanner, rng) -> tuple[np.ndarray, np.ndarray
     tumour = _union(x, y, z, p.gtvp)
     nodes = _union(x, y, z, p.nodes)
     look = _union(x, y, z, p.ct_lookalikes)
-    ct = ct + 22.0 * _soft(tumour) + 16.0 * _soft(nodes) + 20.0 * _soft(look)
+    ct = (
+        ct
+        + CT_CONTRAST_HU["gtvp"] * _soft(tumour)
+        + CT_CONTRAST_HU["gtvn"] * _soft(nodes)
+        + CT_CONTRAST_HU["lookalike"] * _soft(look)
+    )
+    texture = gaussian_filter(rng.normal(0, 1, ct.shape), 5.0 / CT_SPACING)
+    ct = ct + np.where(body < 1, CT_TEXTURE_HU * texture / texture.std(), 0.0)
     blur = scanner.ct_blur_mm / CT_SPACING
     ct = gaussian_filter(ct, blur) + rng.normal(0, scanner.ct_noise_hu, ct.shape)
     label = np.zeros(ct.shape, dtype=np.uint8)
@@ -179,13 +199,23 @@ def draw_clinical(p: Patient, seed: int, centre_id: int, index: int) -> tuple[di
     hpv = int(rng.random() < 0.55)
     age = float(np.clip(rng.normal(61, 9), 30, 90))
     tobacco = int(rng.random() < 0.5)
-    log_hazard = (0.8 * np.log(volume_ml / 2.0) + 0.15 * (pet_max - 9) - 0.9 * hpv
-                  + 0.03 * (age - 60) + 0.4 * tobacco + 0.2 * len(p.nodes))
+    log_hazard = (
+        0.8 * np.log(volume_ml / 2.0)
+        + 0.15 * (pet_max - 9)
+        - 0.9 * hpv
+        + 0.03 * (age - 60)
+        + 0.4 * tobacco
+        + 0.2 * len(p.nodes)
+    )
     rfs_event = rng.exponential(1500.0 / np.exp(log_hazard))
     censor = rng.uniform(300, 2500)
     clinical = {
-        "PatientID": p.patient_id, "Task 1": 1, "Task 2": 1, "CenterID": centre_id,
-        "Gender": rng.choice(["M", "F"], p=[0.8, 0.2]), "Age": round(age),
+        "PatientID": p.patient_id,
+        "Task 1": 1,
+        "Task 2": 1,
+        "CenterID": centre_id,
+        "Gender": rng.choice(["M", "F"], p=[0.8, 0.2]),
+        "Age": round(age),
         "Weight": round(float(rng.normal(78, 14)), 1) if rng.random() > 0.05 else np.nan,
         "Tobacco": tobacco if rng.random() > 0.5 else np.nan,
         "Alcohol": int(rng.random() < 0.4) if rng.random() > 0.5 else np.nan,
@@ -194,10 +224,19 @@ def draw_clinical(p: Patient, seed: int, centre_id: int, index: int) -> tuple[di
         "Surgery": int(rng.random() < 0.2) if rng.random() > 0.1 else np.nan,
         "Chemotherapy": int(rng.random() < 0.8) if rng.random() > 0.1 else np.nan,
     }
-    endpoint = {"PatientID": p.patient_id, "Relapse": int(rfs_event <= censor),
-                "RFS": round(float(min(rfs_event, censor)), 1)}
-    truth = {"volume_ml": volume_ml, "pet_max": pet_max, "hpv": hpv, "age": age, "tobacco": tobacco,
-             "log_hazard": float(log_hazard)}
+    endpoint = {
+        "PatientID": p.patient_id,
+        "Relapse": int(rfs_event <= censor),
+        "RFS": round(float(min(rfs_event, censor)), 1),
+    }
+    truth = {
+        "volume_ml": volume_ml,
+        "pet_max": pet_max,
+        "hpv": hpv,
+        "age": age,
+        "tobacco": tobacco,
+        "log_hazard": float(log_hazard),
+    }
     return clinical, endpoint, truth
 
 
@@ -232,21 +271,32 @@ def write_cohort(out: Path, *, scale: float = 0.15, seed: int = 0, progress=None
             row, endpoint, latent = draw_clinical(p, seed, centre_id, i)
             clinical.append(row)
             endpoints.append(endpoint)
-            truth[p.patient_id] = {**latent, "lesions": {
-                "gtvp": [asdict(x) for x in p.gtvp], "nodes": [asdict(x) for x in p.nodes],
-                "hotspots": [asdict(x) for x in p.hotspots]}}
+            truth[p.patient_id] = {
+                **latent,
+                "lesions": {
+                    "gtvp": [asdict(x) for x in p.gtvp],
+                    "nodes": [asdict(x) for x in p.nodes],
+                    "hotspots": [asdict(x) for x in p.hotspots],
+                },
+            }
             done += 1
             if progress:
                 progress(done, total)
     pd.DataFrame(clinical).to_csv(tmp / "hecktor2022_clinical_info_training.csv", index=False)
     pd.DataFrame(endpoints).to_csv(tmp / "hecktor2022_endpoint_training.csv", index=False)
     meta = {
-        "generator": GENERATOR_VERSION, "seed": seed, "scale": scale, "sizes": sizes,
+        "generator": GENERATOR_VERSION,
+        "seed": seed,
+        "scale": scale,
+        "sizes": sizes,
         "scanners": {c: asdict(s) for c, s in SCANNERS.items()},
-        "ct_spacing_mm": CT_SPACING.tolist(), "pet_spacing_mm": PET_SPACING.tolist(),
+        "ct_contrast_hu": CT_CONTRAST_HU,
+        "ct_texture_hu": CT_TEXTURE_HU,
+        "ct_spacing_mm": CT_SPACING.tolist(),
+        "pet_spacing_mm": PET_SPACING.tolist(),
         "extent_mm": EXTENT_MM.tolist(),
         "hazard_model": "log h = 0.8 log(V_GTVp / 2 ml) + 0.15 (PETmax - 9) - 0.9 HPV + 0.03 (age - 60)"
-                        " + 0.4 tobacco + 0.2 n_nodes; RFS ~ Exp(mean 1500 d / h), censoring U(300, 2500) d",
+        " + 0.4 tobacco + 0.2 n_nodes; RFS ~ Exp(mean 1500 d / h), censoring U(300, 2500) d",
         "patients": truth,
     }
     (tmp / "synth_truth.json").write_text(json.dumps(meta, indent=1))

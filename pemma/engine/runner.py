@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +132,7 @@ class Runner:
 
     def reference_trainable(self, cfg: RunConfig, base: torch.nn.Module | None) -> int:
         memo = stable_hash(
-            {"backbone": cfg.backbone, "model": cfg.model.__dict__, "adapter": cfg.adapter.__dict__}
+            {"backbone": cfg.backbone, "model": asdict(cfg.model), "adapter": asdict(cfg.adapter)}
         )
         if memo not in self._reference:
             reference = METHODS.get(REFERENCE_METHOD)()
