@@ -77,26 +77,22 @@ def data_synth(
 
 @data_app.command("check")
 def data_check(root: Path) -> None:
-    """Read a HECKTOR-layout cohort and summarise it per centre."""
+    """Validate a HECKTOR-layout cohort (every file is read) and summarise it per centre."""
+    from pemma.data.check import check_cohort, summarise
     from pemma.data.hecktor import CohortError, read_cohort
 
     try:
         cohort = read_cohort(root)
+        report = check_cohort(cohort)
     except CohortError as err:
         raise _fail(str(err)) from err
-    table = Table(title=f"{root} ({len(cohort.cases)} patients, fingerprint {cohort.fingerprint()})")
-    for col in ("centre", "patients", "with PET", "with label", "with endpoint"):
-        table.add_column(col, justify="left" if col == "centre" else "right")
-    endpoint_ids = set(cohort.endpoints["PatientID"]) if cohort.endpoints is not None else set()
-    for centre, cases in sorted(cohort.centres().items()):
-        table.add_row(
-            centre,
-            str(len(cases)),
-            str(sum(c.pet is not None for c in cases)),
-            str(sum(c.label is not None for c in cases)),
-            str(sum(c.patient_id in endpoint_ids for c in cases)),
-        )
-    console.print(table)
+    summary, notes = summarise(report)
+    title = f"{root}: {len(report)} patients, {len(summary)} centres, fingerprint {cohort.fingerprint()}"
+    wide = Console(width=max(console.width, 200)) if not console.is_terminal else console
+    wide.print(_table(summary, title))
+    for note in notes:
+        console.print(f"- {note}")
+    console.print("[green]no problems found[/]" if not notes else "usable; see the notes above")
 
 
 @app.command()
@@ -240,6 +236,11 @@ def run(
         for key in keys:
             console.print(f"{'finished' if key in finished else 'to run  '}  {key}")
         return
+    console.print("checking the data (the first use writes the synthetic cohort and reads every file)")
+    try:
+        runner.prepare(units)
+    except CohortError as err:
+        raise _fail(str(err)) from err
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -284,8 +285,23 @@ def report(
     _print_report(Tracker(results), suite, results)
 
 
-@app.command()
-def bench(
+bench_app = typer.Typer(
+    help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+
+
+def _print_frame(table, title: str) -> None:
+    shown = table.copy()
+    for col in shown.columns:
+        if shown[col].dtype.kind == "f":
+            shown[col] = shown[col].map(lambda v: f"{v:,.2f}")
+    wide = Console(width=max(console.width, 200)) if not console.is_terminal else console
+    wide.print(_table(shown, title))
+
+
+@bench_app.command("throughput")
+def bench_throughput(
     profile: Annotated[str, typer.Option(help="ci | smoke | paper (model size and crop).")] = "smoke",
     methods: Annotated[list[str] | None, typer.Option("--methods", help="Methods (default: all).")] = None,
     backbone: Annotated[str, typer.Option(help="Backbone.")] = "unetr",
@@ -293,7 +309,7 @@ def bench(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value.")] = None,
     out: Annotated[Path | None, typer.Option(help="Also write the table as CSV here.")] = None,
 ) -> None:
-    """Train-step throughput, peak memory and inference speed of each method, side by side."""
+    """Train-step throughput, peak memory and inference speed of each method, on random data."""
     from pemma.config import ConfigError, parse_override, resolve
     from pemma.engine.benchmark import throughput
     from pemma.engine.runner import default_device
@@ -301,25 +317,54 @@ def bench(
     from pemma.registry import RegistryError
 
     try:
-        layers = [{"profile": profile, "backbone": backbone}, *(parse_override(s) for s in set_ or [])]
-        cfg = resolve(*layers)
+        cfg = resolve({"profile": profile, "backbone": backbone}, *(parse_override(s) for s in set_ or []))
         names = [METHODS.canonical(m) for m in _split(methods) or METHODS.names()]
     except (ConfigError, RegistryError) as err:
         raise _fail(str(err)) from err
     device = default_device()
     table = throughput(cfg, names, steps, device)
-    title = (
+    _print_frame(
+        table,
         f"throughput: profile {profile}, roi {cfg.model.roi}, batch {cfg.train.batch_size}, "
-        f"{device} {table.attrs['dtype']}"
+        f"{device} {table.attrs['dtype']}",
     )
-    shown = table.copy()
-    for col in shown.columns:
-        if shown[col].dtype.kind == "f":
-            shown[col] = shown[col].map(lambda v: f"{v:,.2f}")
-    wide = Console(width=max(console.width, 200)) if not console.is_terminal else console
-    wide.print(_table(shown, title))
     if out:
         table.to_csv(out, index=False)
+
+
+@bench_app.command("data")
+def bench_data(
+    profile: Annotated[str, typer.Option(help="ci | smoke | paper.")] = "smoke",
+    method: Annotated[str, typer.Option(help="Method whose training step is timed.")] = "pemma-lora",
+    steps: Annotated[int, typer.Option(help="Timed training steps.")] = 20,
+    results: ResultsOpt = Path("results"),
+    data: Annotated[
+        Path | None, typer.Option(help="HECKTOR-layout cohort; default: built-in synthetic.")
+    ] = None,
+) -> None:
+    """Preprocessing cache: first (cold) vs second (warm) epoch, and the data-wait share of a step."""
+    import tempfile
+
+    from pemma.config import ConfigError, resolve
+    from pemma.data.hecktor import CohortError
+    from pemma.engine.benchmark import data_cache
+    from pemma.engine.runner import Runner
+
+    try:
+        layers = [{"profile": profile, "method": method}]
+        if data:
+            layers.append({"data": {"root": str(data.resolve())}})
+        cfg = resolve(*layers)
+        runner = Runner(results, tracker=object())
+        loaded = runner.load_data(cfg)
+    except (ConfigError, CohortError) as err:
+        raise _fail(str(err)) from err
+    results.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=results) as cold:
+        table = data_cache(cfg, loaded, Path(cold), runner.device, steps)
+    _print_frame(
+        table, f"preprocessing cache: profile {profile}, {len(loaded.cohort.cases)} patients in cohort"
+    )
 
 
 def main() -> None:  # pragma: no cover

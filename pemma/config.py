@@ -14,6 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -34,10 +35,15 @@ class DataConfig:
     """A HECKTOR-layout cohort folder; None means the built-in synthetic cohort."""
     synth_scale: float = 0.15
     synth_seed: int = 0
-    spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """The common grid CT, PET and label are brought onto (1 mm isotropic as published)."""
     ct_window: tuple[float, float] = (-200.0, 250.0)
+    plan: str | None = None
+    """A centre-plan YAML (pretrain / adapt / continual) or a shipped plan's name; fills the three
+    fields below, which otherwise hold PEMMA's published plan (plans/hecktor2022.yaml)."""
     pretrain_centres: tuple[str, ...] = ("CHUS", "CHUV", "CHUM", "CHUP")
     adapt_centre: str = "MDA"
+    continual_centres: tuple[str, ...] = ("HGJ", "HMR")
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     split_seed: int = 0
 
@@ -201,6 +207,7 @@ class RunConfig:
         d = self.to_dict()
         d.pop("suite")
         d["data"].pop("root")
+        d["data"].pop("plan")  # its content is in the centre fields
         return d
 
 
@@ -305,4 +312,37 @@ def resolve(*layers: dict[str, Any]) -> RunConfig:
         merged = deep_merge(merged, layer)
     profile = merged.get("profile", RunConfig.profile)
     merged = deep_merge(deep_merge({"profile": profile}, load_profile(profile)), merged)
+    plan = (merged.get("data") or {}).get("plan")
+    if plan:
+        merged = deep_merge(merged, {"data": load_plan(plan)})
     return build(RunConfig, merged)
+
+
+def load_plan(name_or_path: str) -> dict[str, Any]:
+    """A plan file's centres as data-config values; a bad file is an error naming it."""
+    path = Path(name_or_path)
+    if not path.exists():
+        shipped = resources.files("pemma.plans").joinpath(f"{name_or_path}.yaml")
+        if not shipped.is_file():
+            raise ConfigError(
+                f"data.plan: {name_or_path!r} is neither a file nor a shipped plan (hecktor2022)"
+            )
+        text = shipped.read_text()
+    else:
+        text = path.read_text()
+    doc = yaml.safe_load(text) or {}
+    unknown = set(doc) - {"pretrain", "adapt", "continual", "description"}
+    if unknown or "pretrain" not in doc or "adapt" not in doc:
+        raise ConfigError(
+            f"data.plan {name_or_path}: expected keys pretrain (list), adapt (a centre) and "
+            f"optionally continual (list); got {', '.join(sorted(doc)) or 'nothing'}"
+        )
+    if not isinstance(doc["pretrain"], list) or not isinstance(doc["adapt"], str):
+        raise ConfigError(
+            f"data.plan {name_or_path}: pretrain must be a list of centres and adapt one centre"
+        )
+    return {
+        "pretrain_centres": doc["pretrain"],
+        "adapt_centre": doc["adapt"],
+        "continual_centres": doc.get("continual") or [],
+    }

@@ -140,23 +140,35 @@ def test_a_failing_unit_is_marked_failed_and_the_suite_goes_on(tiny_cohort, tmp_
     assert tracker.runs("smoke", status="RUNNING").empty
 
 
-def test_default_synthetic_cohort_is_generated_on_first_use(tmp_path):
+def test_generated_cohort_and_the_same_cohort_read_back_give_identical_results(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    out = runner.invoke(app, ["run", "--profile", "ci", "--results", str(first), "--methods", "pemma-lora"])
+    assert out.exit_code == 0, out.output
+    written = next(first.glob("data/*"))
+    assert (written / "imagesTr" / "MDA-001__PT.nii.gz").exists()
     out = runner.invoke(
         app,
         [
             "run",
-            "--suite",
-            "smoke",
             "--profile",
             "ci",
             "--results",
-            str(tmp_path),
+            str(second),
             "--methods",
-            "early-fusion",
+            "pemma-lora",
+            "--data",
+            str(written),
         ],
     )
     assert out.exit_code == 0, out.output
-    assert list(tmp_path.glob("data/*/imagesTr/MDA-001__PT.nii.gz"))
+    a, b = (Tracker(r).runs("smoke").iloc[0] for r in (first, second))
+    assert a["tags.data_fingerprint"] == b["tags.data_fingerprint"]
+    dice = [
+        k
+        for k in a.index
+        if k.startswith(("metrics.dice_", "metrics.train_first_loss", "metrics.train_final"))
+    ]
+    assert dice and all(a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in dice)
 
 
 @pytest.mark.parametrize(

@@ -90,3 +90,12 @@ def test_cohort_errors_name_the_folder(tmp_path):
     (tmp_path / "imagesTr" / "nodash__CT.nii.gz").write_bytes(b"")
     with pytest.raises(CohortError, match="names no centre"):
         read_cohort(tmp_path)
+
+
+def test_centres_differ_in_scanner_and_grid(tiny_cohort):
+    zooms = {
+        centre: nib.load(tiny_cohort / f"imagesTr/{centre}-001__{mod}.nii.gz").header.get_zooms()
+        for centre in ("CHUV", "HGJ")
+        for mod in ("CT",)
+    }
+    assert not np.allclose(zooms["CHUV"], zooms["HGJ"])

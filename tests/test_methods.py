@@ -81,7 +81,9 @@ def test_method_trains_exactly_its_declared_set(name, base):
         got_grad = {n for n, p in model.named_parameters() if p.grad is not None}
         assert got_grad <= declared, f"{name}: gradients reached undeclared {sorted(got_grad - declared)[:5]}"
         reached |= got_grad
-    assert reached == declared, f"{name}: declared but never trained: {sorted(declared - reached)[:5]}"
+    # MONAI's transformer blocks carry a cross-attention norm that forward never uses: no gradient.
+    used = {n for n in declared if "norm_cross_attn" not in n}
+    assert reached == used, f"{name}: declared but never trained: {sorted(used - reached)[:5]}"
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     frozen = set(before) - declared
     assert not (changed & frozen), f"{name}: frozen parameters changed: {sorted(changed & frozen)[:5]}"

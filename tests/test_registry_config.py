@@ -50,3 +50,20 @@ def test_config_identity_ignores_labels_but_not_values():
     c = resolve({"profile": "ci", "train": {"lr": 0.1}})
     assert a.identity() == b.identity()
     assert a.identity() != c.identity()
+
+
+def test_centre_plan_file_sets_the_centres(tmp_path):
+    default, shipped = resolve({}).data, resolve({"data": {"plan": "hecktor2022"}}).data
+    centres = ("pretrain_centres", "adapt_centre", "continual_centres")
+    assert [getattr(shipped, c) for c in centres] == [getattr(default, c) for c in centres]
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("pretrain: [CHUM]\nadapt: HGJ\ncontinual: [MDA]\n")
+    cfg = resolve({"data": {"plan": str(plan)}})
+    assert (cfg.data.pretrain_centres, cfg.data.adapt_centre, cfg.data.continual_centres) == (
+        ("CHUM",),
+        "HGJ",
+        ("MDA",),
+    )
+    plan.write_text("pretrain: CHUM\n")
+    with pytest.raises(ConfigError, match="plan.yaml"):
+        resolve({"data": {"plan": str(plan)}})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
 from pathlib import Path
 
 import monai
@@ -11,6 +14,9 @@ from monai.transforms import Compose
 from pemma.config import DataConfig, stable_hash
 from pemma.data.hecktor import Case
 from pemma.data.transforms import augment, preprocess
+from pemma.engine.checkpoint import save_json
+
+log = logging.getLogger(__name__)
 
 
 class CohortData:
@@ -20,14 +26,22 @@ class CohortData:
         self.cache_root = Path(cache_root)
 
     def _cache_dir(self, keys: tuple[str, ...]) -> Path:
+        """One folder per (cohort, preprocessing); a folder whose recorded config differs is rebuilt."""
         prep = {
-            "spacing": self.cfg.spacing,
-            "ct_window": self.cfg.ct_window,
-            "keys": keys,
+            "fingerprint": self.fingerprint,
+            "spacing": list(self.cfg.spacing),
+            "ct_window": list(self.cfg.ct_window),
+            "keys": list(keys),
             "monai": monai.__version__,
         }
         path = self.cache_root / f"{self.fingerprint}-{stable_hash(prep)}"
-        path.mkdir(parents=True, exist_ok=True)
+        record = path / "preprocessing.json"
+        if path.exists() and (not record.exists() or json.loads(record.read_text()) != prep):
+            log.warning("cache %s was written by another preprocessing config; rebuilding it", path)
+            shutil.rmtree(path)
+        if not path.exists():
+            path.mkdir(parents=True)
+            save_json(prep, record)
         return path
 
     def volumes(self, cases: list[Case], keys: tuple[str, ...]) -> Dataset:

@@ -99,6 +99,44 @@ def read_cohort(root: Path | str) -> Cohort:
         cases.append(Case(pid, centre_of(pid), mods["CT"], mods.get("PT"), label))
     if not cases:
         raise CohortError(f"{images}: no images named <ID>__CT.nii.gz; the cohort is empty")
-    clinical = pd.read_csv(root / CLINICAL_CSV) if (root / CLINICAL_CSV).exists() else None
-    endpoints = pd.read_csv(root / ENDPOINT_CSV) if (root / ENDPOINT_CSV).exists() else None
+    clinical = _read_table(root / CLINICAL_CSV, ("PatientID",))
+    endpoints = _read_table(root / ENDPOINT_CSV, ENDPOINT_COLUMNS)
+    if endpoints is not None:
+        _check_endpoints(root / ENDPOINT_CSV, endpoints)
     return Cohort(root, tuple(cases), clinical, endpoints)
+
+
+ENDPOINT_COLUMNS = ("PatientID", "Relapse", "RFS")
+
+
+def _read_table(path: Path, required: tuple[str, ...]) -> pd.DataFrame | None:
+    if not path.exists():
+        return None
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise CohortError(f"{path}: unreadable CSV ({err})") from err
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise CohortError(
+            f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(table.columns)})"
+        )
+    duplicated = sorted(set(table["PatientID"][table["PatientID"].duplicated()]))
+    if duplicated:
+        raise CohortError(f"{path}: duplicate PatientID(s) {', '.join(map(str, duplicated[:5]))}")
+    return table
+
+
+def _check_endpoints(path: Path, table: pd.DataFrame) -> None:
+    def offenders(mask: pd.Series) -> str:
+        return ", ".join(map(str, table["PatientID"][mask].head(5)))
+
+    rfs = pd.to_numeric(table["RFS"], errors="coerce")
+    bad_time = rfs.isna() | (rfs < 0)
+    if bad_time.any():
+        raise CohortError(
+            f"{path}: RFS must be a non-negative number of days; patient(s) {offenders(bad_time)}"
+        )
+    bad_event = ~table["Relapse"].isin([0, 1])
+    if bad_event.any():
+        raise CohortError(f"{path}: Relapse must be 0 or 1; patient(s) {offenders(bad_event)}")

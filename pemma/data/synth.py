@@ -20,10 +20,8 @@ from scipy.ndimage import gaussian_filter
 
 from pemma.data.centres import HECKTOR_CENTRES
 
-GENERATOR_VERSION = "synth-v2"
+GENERATOR_VERSION = "synth-v3"
 EXTENT_MM = np.array([128.0, 128.0, 96.0])
-CT_SPACING = np.array([1.0, 1.0, 3.0])
-PET_SPACING = np.array([4.0, 4.0, 4.0])
 CT_CONTRAST_HU = {"gtvp": 10.0, "gtvn": 30.0, "lookalike": 30.0}
 """Lesion contrast over soft tissue (40 HU): weak for the primary tumour; nodes stand out but look
 exactly like benign look-alike blobs, half of which lie where nodes do."""
@@ -42,16 +40,18 @@ class Scanner:
     ct_blur_mm: float
     pet_fwhm_mm: float
     pet_uptake_scale: float
+    ct_spacing: tuple[float, float, float]
+    pet_spacing: tuple[float, float, float]
 
 
 SCANNERS: dict[str, Scanner] = {
-    "CHUM": Scanner(18.0, 0.8, 6.0, 1.0),
-    "CHUP": Scanner(22.0, 1.0, 7.0, 0.9),
-    "CHUS": Scanner(16.0, 0.6, 5.5, 1.1),
-    "CHUV": Scanner(20.0, 0.9, 6.5, 1.0),
-    "MDA": Scanner(20.0, 0.8, 6.0, 1.0),
-    "HGJ": Scanner(26.0, 1.2, 7.5, 0.8),
-    "HMR": Scanner(14.0, 0.5, 5.0, 1.25),
+    "CHUM": Scanner(18.0, 0.8, 6.0, 1.0, (0.98, 0.98, 3.0), (4.0, 4.0, 4.0)),
+    "CHUP": Scanner(22.0, 1.0, 7.0, 0.9, (0.98, 0.98, 2.0), (4.07, 4.07, 3.0)),
+    "CHUS": Scanner(16.0, 0.6, 5.5, 1.1, (0.98, 0.98, 3.27), (4.0, 4.0, 3.27)),
+    "CHUV": Scanner(20.0, 0.9, 6.5, 1.0, (0.98, 0.98, 1.5), (3.65, 3.65, 3.27)),
+    "MDA": Scanner(20.0, 0.8, 6.0, 1.0, (1.0, 1.0, 3.0), (4.0, 4.0, 4.0)),
+    "HGJ": Scanner(26.0, 1.2, 7.5, 0.8, (1.17, 1.17, 3.27), (5.47, 5.47, 3.27)),
+    "HMR": Scanner(14.0, 0.5, 5.0, 1.25, (1.17, 1.17, 3.0), (4.69, 4.69, 3.27)),
 }
 
 
@@ -149,7 +149,8 @@ def _anatomy(x, y, z):
 
 
 def render_ct(p: Patient, scanner: Scanner, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x, y, z, affine = _grid(CT_SPACING)
+    spacing = np.array(scanner.ct_spacing)
+    x, y, z, affine = _grid(spacing)
     body, airway, spine, canal, mandible, brain = _anatomy(x, y, z)
     ct = np.where(body < 1, 40.0, -1000.0)
     ct = np.where(brain < 1, 30.0, ct)
@@ -165,9 +166,9 @@ def render_ct(p: Patient, scanner: Scanner, rng) -> tuple[np.ndarray, np.ndarray
         + CT_CONTRAST_HU["gtvn"] * _soft(nodes)
         + CT_CONTRAST_HU["lookalike"] * _soft(look)
     )
-    texture = gaussian_filter(rng.normal(0, 1, ct.shape), 5.0 / CT_SPACING)
+    texture = gaussian_filter(rng.normal(0, 1, ct.shape), 5.0 / spacing)
     ct = ct + np.where(body < 1, CT_TEXTURE_HU * texture / texture.std(), 0.0)
-    blur = scanner.ct_blur_mm / CT_SPACING
+    blur = scanner.ct_blur_mm / spacing
     ct = gaussian_filter(ct, blur) + rng.normal(0, scanner.ct_noise_hu, ct.shape)
     label = np.zeros(ct.shape, dtype=np.uint8)
     label[(nodes < 1) & (body < 1)] = 2
@@ -177,7 +178,8 @@ def render_ct(p: Patient, scanner: Scanner, rng) -> tuple[np.ndarray, np.ndarray
 
 
 def render_pet(p: Patient, scanner: Scanner, rng) -> tuple[np.ndarray, np.ndarray]:
-    x, y, z, affine = _grid(PET_SPACING)
+    spacing = np.array(scanner.pet_spacing)
+    x, y, z, affine = _grid(spacing)
     body, airway, _, _, _, brain = _anatomy(x, y, z)
     pet = np.where(body < 1, 1.0, 0.05)
     pet = np.where(airway < 1, 0.1, pet)
@@ -186,7 +188,7 @@ def render_pet(p: Patient, scanner: Scanner, rng) -> tuple[np.ndarray, np.ndarra
     pet = pet + p.tonsil_uptake * _soft(_union(x, y, z, tonsils), 3)
     for les in [*p.gtvp[:1], *p.nodes, *p.hotspots]:
         pet = pet + les.uptake * _soft(_union(x, y, z, [les] if les not in p.gtvp else p.gtvp), 4)
-    pet = gaussian_filter(pet, scanner.pet_fwhm_mm / 2.355 / PET_SPACING)
+    pet = gaussian_filter(pet, scanner.pet_fwhm_mm / 2.355 / spacing)
     pet = pet * scanner.pet_uptake_scale * rng.normal(1.0, 0.08, pet.shape)
     return np.clip(pet, 0, None).astype(np.float32), affine
 
@@ -292,8 +294,6 @@ def write_cohort(out: Path, *, scale: float = 0.15, seed: int = 0, progress=None
         "scanners": {c: asdict(s) for c, s in SCANNERS.items()},
         "ct_contrast_hu": CT_CONTRAST_HU,
         "ct_texture_hu": CT_TEXTURE_HU,
-        "ct_spacing_mm": CT_SPACING.tolist(),
-        "pet_spacing_mm": PET_SPACING.tolist(),
         "extent_mm": EXTENT_MM.tolist(),
         "hazard_model": "log h = 0.8 log(V_GTVp / 2 ml) + 0.15 (PETmax - 9) - 0.9 HPV + 0.03 (age - 60)"
         " + 0.4 tobacco + 0.2 n_nodes; RFS ~ Exp(mean 1500 d / h), censoring U(300, 2500) d",

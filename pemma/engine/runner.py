@@ -12,16 +12,17 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from monai.utils import set_determinism
 
 from pemma.config import DataConfig, RunConfig, stable_hash
+from pemma.data.check import check_cohort
 from pemma.data.datasets import CohortData
 from pemma.data.hecktor import Cohort, read_cohort
 from pemma.data.splits import Plan, make_plan
 from pemma.data.synth import GENERATOR_VERSION, write_cohort
+from pemma.engine.checkpoint import save_json
 from pemma.engine.evaluate import evaluate
 from pemma.engine.pretrain import pretrained_base
 from pemma.engine.train import dtype_name, train
@@ -83,7 +84,7 @@ class Runner:
         self.device = device or default_device()
         self.tracker = tracker or Tracker(self.results)
         self.reporter = reporter or Reporter()
-        self._data: dict[Any, LoadedData] = {}
+        self._data: dict[DataConfig, LoadedData] = {}
         self._fingerprints: dict[str, str] = {}
         self._reference: dict[str, int] = {}
 
@@ -102,29 +103,28 @@ class Runner:
 
     def load_data(self, cfg: RunConfig) -> LoadedData:
         d = cfg.data
-        memo = (
-            d.root,
-            d.synth_seed,
-            d.synth_scale,
-            d.spacing,
-            d.ct_window,
-            d.pretrain_centres,
-            d.adapt_centre,
-            d.split,
-            d.split_seed,
-        )
-        if memo not in self._data:
+        if d not in self._data:
             root = Path(d.root) if d.root else self.synthetic_root(d)
             if d.root is None and not root.exists():
-                finish = self.reporter.stage(f"writing synthetic cohort to {root}", 0)
                 write_cohort(root, scale=d.synth_scale, seed=d.synth_seed)
-                if finish:
-                    finish(0, 0.0)
             cohort = read_cohort(root)
-            plan = make_plan(cohort, d.pretrain_centres, d.adapt_centre, d.split, d.split_seed)
             fingerprint = cohort.fingerprint()
-            self._data[memo] = LoadedData(cohort, plan, CohortData(d, fingerprint, self.results / "cache"))
-        return self._data[memo]
+            self.check_once(cohort, fingerprint)
+            plan = make_plan(cohort, d.pretrain_centres, d.adapt_centre, d.split, d.split_seed)
+            self._data[d] = LoadedData(cohort, plan, CohortData(d, fingerprint, self.results / "cache"))
+        return self._data[d]
+
+    def check_once(self, cohort: Cohort, fingerprint: str) -> None:
+        """Read every file once per cohort fingerprint; bad data fails here, before any run starts."""
+        marker = self.results / "cache" / f"{fingerprint}-checked.json"
+        if not marker.exists():
+            report = check_cohort(cohort)
+            save_json({"patients": len(report), "root": str(cohort.root)}, marker)
+
+    def prepare(self, units: list[RunConfig]) -> None:
+        """Load (and on first use write) the data of every unit, so data errors stop the suite early."""
+        for cfg in units:
+            self.load_data(cfg)
 
     # -- units --------------------------------------------------------------------------------------
     def key(self, cfg: RunConfig) -> str:
