@@ -199,6 +199,10 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the units and which are finished.")
     ] = False,
+    minimal: Annotated[
+        bool,
+        typer.Option("--minimal", help="Every method, but only the first value of every other grid axis."),
+    ] = False,
 ) -> None:
     """Run a suite: every unit not yet finished, tracked in MLflow, then print the results table."""
     logging.basicConfig(
@@ -222,6 +226,7 @@ def run(
             backbones=_split(backbones),
             overrides=list(set_ or []),
             data_root=str(data.resolve()) if data else None,
+            minimal=minimal,
         )
         runner = Runner(results)
         keys = [runner.key(cfg) for cfg in units]
@@ -254,17 +259,21 @@ def run(
             outcomes = runner.run(units)
         except (ConfigError, CohortError) as err:
             raise _fail(str(err)) from err
-    _print_report(runner.tracker, spec.name, results)
+    _print_report(runner.tracker, spec.name, results, keys=set(keys))
     failed = [o for o in outcomes if o.status == "FAILED"]
     if failed:
         console.print(f"[red]{len(failed)} unit(s) failed[/]; their MLflow runs hold the error")
         raise typer.Exit(code=1)
 
 
-def _print_report(tracker, suite: str, results: Path) -> Path:
+def _print_report(tracker, suite: str, results: Path, keys: set[str] | None = None) -> Path:
+    """The suite's table from its FINISHED runs (only those of `keys` when given)."""
     from pemma.report.tables import summary, to_markdown
 
-    table = summary(tracker.runs(suite))
+    runs = tracker.runs(suite)
+    if keys is not None and not runs.empty:
+        runs = runs[runs["tags.run_key"].isin(keys)]
+    table = summary(runs)
     out = Path(results) / suite / "results.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(to_markdown(table, f"pemma-bench suite {suite}"))

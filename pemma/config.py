@@ -92,6 +92,8 @@ class ModelConfig:
 class AdapterConfig:
     rank: int = 8
     alpha: float = 16.0
+    alpha_ratio: float | None = None
+    """If set, the LoRA alpha is alpha_ratio x rank (the rank ablation's "alpha = 2 x rank")."""
     dropout: float = 0.1
     targets: str = "qkv"
     beta: str = "learned"
@@ -106,6 +108,7 @@ class AdapterConfig:
     def __post_init__(self) -> None:
         _require(self.rank >= 1, "adapter.rank", f"must be >= 1, got {self.rank}")
         _require(self.alpha > 0, "adapter.alpha", f"must be > 0, got {self.alpha}")
+        _require(self.alpha_ratio is None or self.alpha_ratio > 0, "adapter.alpha_ratio", "must be > 0")
         _require(0 <= self.dropout < 1, "adapter.dropout", f"must be in [0, 1), got {self.dropout}")
         _require(
             self.targets in ("qkv",), "adapter.targets", f"unknown target set {self.targets!r}; known: qkv"
@@ -125,6 +128,10 @@ class AdapterConfig:
             "adapter.skip_levels",
             f"expected all or input, got {self.skip_levels!r}",
         )
+
+    @property
+    def lora_alpha(self) -> float:
+        return self.alpha_ratio * self.rank if self.alpha_ratio is not None else self.alpha
 
 
 @dataclass(frozen=True)
@@ -203,12 +210,18 @@ class RunConfig:
         return flatten(self.to_dict())
 
     def identity(self) -> dict[str, Any]:
-        """What decides the result of a unit: everything but labels and the data folder's path."""
-        d = self.to_dict()
-        d.pop("suite")
-        d["data"].pop("root")
-        d["data"].pop("plan")  # its content is in the centre fields
-        return d
+        """What decides the result of a unit: every value that differs from the code's defaults.
+
+        Labels (suite name, data folder, plan file name) are left out. Leaving defaults out keeps run
+        keys stable when an option is added (off by default), so finished runs stay valid; the
+        price is that a default must never change meaning: add an option instead.
+        """
+        flat = self.flat()
+        defaults = RunConfig().flat()
+        for label in ("suite", "data.root", "data.plan"):
+            flat.pop(label)
+        keep = ("method", "backbone", "seed", "profile")
+        return {k: v for k, v in flat.items() if k in keep or v != defaults[k]}
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

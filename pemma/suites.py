@@ -16,6 +16,8 @@ from pemma.methods import METHODS
 from pemma.models.backbones import BACKBONES
 
 SUITE_FOLDERS = ("benchmarks", "ablations")
+VARIANT = "variant"
+"""A grid axis whose values are bundles of config keys, for one-at-a-time ablations."""
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -105,8 +107,12 @@ def expand(
     backbones: list[str] | None = None,
     overrides: list[str] = (),
     data_root: str | None = None,
+    minimal: bool = False,
 ) -> list[RunConfig]:
+    """Units of a suite; `minimal` keeps every method but only the first value of every other axis."""
     grid = dict(suite.grid)
+    if minimal:
+        grid = {k: (v if k == "method" else v[:1]) for k, v in grid.items()}
     grid.setdefault("method", list(METHODS.names()))
     grid.setdefault("backbone", ["unetr"])
     grid.setdefault("seed", [0])
@@ -132,7 +138,13 @@ def expand(
     for values in itertools.product(*(grid[k] for k in keys)):
         point: dict[str, Any] = {"suite": suite.name}
         for k, v in zip(keys, values, strict=True):
-            point = deep_merge(point, _nested(k, METHODS.canonical(v) if k == "method" else v))
+            if k == VARIANT:
+                if not isinstance(v, dict):
+                    raise ConfigError(f"{suite.path}: each grid.{VARIANT} value is a mapping of config keys")
+                for vk, vv in v.items():
+                    point = deep_merge(point, _nested(vk, vv))
+            else:
+                point = deep_merge(point, _nested(k, METHODS.canonical(v) if k == "method" else v))
         try:
             units.append(resolve(suite.defaults, point, cli))
         except ConfigError as err:

@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from pemma.config import resolve
+from pemma.config import TrainConfig, resolve
 from pemma.engine.train import train
 from pemma.methods import METHODS
 from pemma.modalities import SUBSETS, UnsupportedModalityError
@@ -45,19 +45,16 @@ class _Batches(torch.utils.data.Dataset):
 
 
 def _one_step(model, subsets):
+    budget = TrainConfig(steps=1, batch_size=1, lr=1e-2, weight_decay=0.0, warmup_steps=0)
+    probabilities = tuple(1 / len(subsets) for _ in subsets)
     train(
         model,
         _Batches(),
-        steps=1,
-        batch_size=1,
-        lr=1e-2,
-        weight_decay=0.0,
-        class_weights=(1, 2, 5),
+        budget,
         subsets=subsets,
-        probabilities=tuple(1 / len(subsets) for _ in subsets),
+        probabilities=probabilities,
         seed=0,
         device=torch.device("cpu"),
-        warmup_steps=0,
     )
 
 

@@ -67,3 +67,10 @@ def test_centre_plan_file_sets_the_centres(tmp_path):
     plan.write_text("pretrain: CHUM\n")
     with pytest.raises(ConfigError, match="plan.yaml"):
         resolve({"data": {"plan": str(plan)}})
+
+
+def test_identity_holds_only_non_default_values_so_new_options_keep_old_keys():
+    cfg = resolve({"profile": "ci"})
+    assert "adapter.alpha_ratio" not in cfg.identity()  # an option at its default does not enter the key
+    assert cfg.identity()["model.hidden_size"] == 32  # a profile value does
+    assert resolve({"profile": "ci", "adapter": {"alpha_ratio": 2}}).identity()["adapter.alpha_ratio"] == 2.0

@@ -8,6 +8,7 @@ trainable set, so a randomly initialised CT base does. Ratios are against the re
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -57,20 +58,15 @@ def throughput(
         total, trainable = count_parameters(built.model)
         subsets, probabilities = method.train_schedule(cfg)
         t0 = time.perf_counter()
+        budget = replace(cfg.train, steps=steps + cfg.train.warmup_steps, lr=1e-4, weight_decay=0.0)
         stats = train(
             built.model,
             crops,
-            steps=steps + cfg.train.warmup_steps,
-            batch_size=cfg.train.batch_size,
-            lr=1e-4,
-            weight_decay=0.0,
-            class_weights=cfg.train.class_weights,
+            budget,
             subsets=subsets[:1],
             probabilities=(1.0,),
             seed=cfg.seed,
             device=device,
-            amp=cfg.train.amp,
-            warmup_steps=cfg.train.warmup_steps,
         )
         subset = method.inputs()[0]
         result = evaluate(built.model, whole, (subset,), cfg.model.roi, cfg.eval, device, cfg.train.amp)[
@@ -124,20 +120,9 @@ def data_cache(
     method = METHODS.get(cfg.method)()
     built = method.create(base if method.needs_base else None, cfg)
     subsets, probabilities = method.train_schedule(cfg)
+    budget = replace(cfg.train, steps=steps + cfg.train.warmup_steps)
     stats = train(
-        built.model,
-        crops,
-        steps=steps + cfg.train.warmup_steps,
-        batch_size=cfg.train.batch_size,
-        lr=cfg.train.lr,
-        weight_decay=cfg.train.weight_decay,
-        class_weights=cfg.train.class_weights,
-        subsets=subsets,
-        probabilities=probabilities,
-        seed=cfg.seed,
-        device=device,
-        amp=cfg.train.amp,
-        warmup_steps=cfg.train.warmup_steps,
+        built.model, crops, budget, subsets=subsets, probabilities=probabilities, seed=cfg.seed, device=device
     )
     return pd.DataFrame(
         [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,20 +66,17 @@ def pretrained_base(
         return net, json.loads((folder / "base.json").read_text())
     model = CTOnly(net)
     crops = data.crops(plan.pretrain["train"], CT_KEYS, cfg.model.roi, seed=cfg.seed)
+    budget = replace(
+        cfg.train, steps=cfg.pretrain.steps, batch_size=cfg.pretrain.batch_size, lr=cfg.pretrain.lr
+    )
     stats = train(
         model,
         crops,
-        steps=cfg.pretrain.steps,
-        batch_size=cfg.pretrain.batch_size,
-        lr=cfg.pretrain.lr,
-        weight_decay=cfg.train.weight_decay,
-        class_weights=cfg.train.class_weights,
+        budget,
         subsets=(CT,),
         probabilities=(1.0,),
         seed=cfg.seed,
         device=device,
-        amp=cfg.train.amp,
-        warmup_steps=cfg.train.warmup_steps,
         on_step=on_step,
     )
     check_cases = plan.pretrain["val"] or plan.pretrain["test"]

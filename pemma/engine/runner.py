@@ -215,17 +215,11 @@ class Runner:
         stats = train(
             built.model,
             crops,
-            steps=cfg.train.steps,
-            batch_size=cfg.train.batch_size,
-            lr=cfg.train.lr,
-            weight_decay=cfg.train.weight_decay,
-            class_weights=cfg.train.class_weights,
+            cfg.train,
             subsets=subsets,
             probabilities=probabilities,
             seed=cfg.seed,
             device=self.device,
-            amp=cfg.train.amp,
-            warmup_steps=cfg.train.warmup_steps,
             on_step=self.reporter.stage(f"training {cfg.method}", cfg.train.steps),
         )
         metrics.update(

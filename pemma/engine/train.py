@@ -12,6 +12,7 @@ import torch
 from monai.data import DataLoader, Dataset
 from monai.losses import DiceCELoss
 
+from pemma.config import TrainConfig
 from pemma.engine.throughput import PeakMemory
 from pemma.modalities import split_inputs
 
@@ -52,20 +53,22 @@ def _forever(loader: DataLoader) -> Iterator[dict]:
 def train(
     model: torch.nn.Module,
     dataset: Dataset,
+    budget: TrainConfig,
     *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    class_weights: tuple[float, ...],
     subsets: tuple[str, ...],
     probabilities: tuple[float, ...],
     seed: int,
     device: torch.device,
-    amp: bool = True,
-    warmup_steps: int = 3,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainStats:
+    """Train what requires grad for `budget.steps` steps; `subsets` drawn per batch by `probabilities`."""
+    steps, batch_size, lr = budget.steps, budget.batch_size, budget.lr
+    weight_decay, class_weights, amp, warmup_steps = (
+        budget.weight_decay,
+        budget.class_weights,
+        budget.amp,
+        budget.warmup_steps,
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     loss_fn = DiceCELoss(

@@ -33,7 +33,7 @@ def inject_lora(
         )
     config = LoraConfig(
         r=cfg.rank,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.dropout,
         target_modules=pattern,
         use_dora=dora,

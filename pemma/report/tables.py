@@ -36,21 +36,43 @@ COLUMNS = [
 ]
 
 
+LABEL_PARAMS = {"params.suite", "params.seed", "params.method", "params.backbone", "params.data.root"}
+
+
+def variant_columns(runs: pd.DataFrame) -> list[str]:
+    """Config params that differ between runs of a suite (besides method, backbone and seed)."""
+    cols = [c for c in runs.columns if c.startswith("params.") and c not in LABEL_PARAMS]
+    return [c for c in cols if runs[c].nunique(dropna=False) > 1]
+
+
 def summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (method, backbone); each cell 'mean ± std' over seeds, '—' where not measured."""
+    """One row per (method, backbone, variant); each cell 'mean ± std' over seeds, '—' where not measured."""
     if runs.empty:
         return pd.DataFrame()
     order = {m: i for i, m in enumerate(METHODS.names())}
+    varying = variant_columns(runs)
+    runs = runs.assign(
+        variant=runs[varying]
+        .astype(str)
+        .apply(lambda row: ", ".join(f"{c.removeprefix('params.')}={v}" for c, v in row.items()), axis=1)
+        if varying
+        else ""
+    )
     rows = []
-    for (method, backbone), group in runs.groupby(["tags.method", "tags.backbone"]):
-        row = {"method": method, "backbone": backbone, "seeds": len(group)}
+    for (method, backbone, variant), group in runs.groupby(
+        ["tags.method", "tags.backbone", "variant"], sort=False
+    ):
+        row = {"method": method, "backbone": backbone}
+        if varying:
+            row["variant"] = variant
+        row["seeds"] = group["params.seed"].nunique() if "params.seed" in group else len(group)
         for col in COLUMNS:
             key = f"metrics.{col.metric}"
             values = group[key].dropna().to_numpy(dtype=float) if key in group else np.array([])
             row[col.header] = _cell(values, col.digits)
-        rows.append((order.get(method, len(order)), backbone, row))
-    rows.sort(key=lambda r: (r[1], r[0]))
-    return pd.DataFrame([r for _, _, r in rows])
+        rows.append((order.get(method, len(order)), backbone, variant, row))
+    rows.sort(key=lambda r: (r[1], r[0], r[2]))
+    return pd.DataFrame([r for *_, r in rows])
 
 
 def _cell(values: np.ndarray, digits: int) -> str:
@@ -67,7 +89,11 @@ def to_markdown(table: pd.DataFrame, title: str = "") -> str:
     if table.empty:
         return f"{title}\n\n(no finished runs)\n" if title else "(no finished runs)\n"
     head = "| " + " | ".join(table.columns) + " |"
-    rule = "|" + "|".join("---" if c in ("method", "backbone") else "---:" for c in table.columns) + "|"
+    rule = (
+        "|"
+        + "|".join("---" if c in ("method", "backbone", "variant") else "---:" for c in table.columns)
+        + "|"
+    )
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
     lines = ([f"## {title}", ""] if title else []) + [head, rule, *body]
     notes = (

@@ -1,0 +1,66 @@
+"""Suites are data: every shipped file validates, expands as its grid says, and runs at the ci profile."""
+
+import pytest
+from typer.testing import CliRunner
+
+from pemma.cli import app
+from pemma.config import ConfigError
+from pemma.suites import available, expand, load_suite
+from pemma.tracking import Tracker
+
+runner = CliRunner()
+SUITES = sorted(available())
+
+
+def test_the_shipped_suites_are_there():
+    assert {"smoke", "main", "modality-dropout", "rank", "missing-modality", "pemma-design"} <= set(SUITES)
+    assert "_defaults" not in SUITES
+
+
+def test_grids_expand_to_the_product_of_their_axes():
+    assert len(expand(load_suite("main"))) == 6 * 3
+    rank = expand(load_suite("rank"))
+    assert len(rank) == 2 * 7 * 2
+    alphas = {(c.adapter.rank, c.adapter.alpha_ratio): c.adapter.lora_alpha for c in rank}
+    assert alphas[(4, 2.0)] == 8.0 and alphas[(4, None)] == 16.0
+    design = expand(load_suite("pemma-design"))
+    assert [c.adapter.beta for c in design[:3]] == ["learned", "fixed", "absent"]
+    assert design[4].adapter.pet_init == "random" and design[5].adapter.head_trainable
+    assert len({c.identity().__repr__() for c in design}) == len(design)
+
+
+def test_include_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("defaults: {profile: ci, train: {steps: 3}}\ngrid: {seed: [0, 1]}\n")
+    (tmp_path / "child.yaml").write_text("include: base.yaml\ngrid: {method: [pemma-lora]}\n")
+    units = expand(load_suite(str(tmp_path / "child.yaml")), overrides=["train.steps=5"])
+    assert [(c.method, c.seed, c.train.steps, c.profile) for c in units] == [
+        ("pemma-lora", 0, 5, "ci"),
+        ("pemma-lora", 1, 5, "ci"),
+    ]
+    (tmp_path / "bad.yaml").write_text("include: base.yaml\ngrid: {train.stpes: [1]}\n")
+    with pytest.raises(ConfigError, match="did you mean 'train.steps'"):
+        expand(load_suite(str(tmp_path / "bad.yaml")))
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_every_suite_runs_at_the_ci_profile(suite, tiny_cohort, tmp_path_factory):
+    results = tmp_path_factory.getbasetemp() / "suites-results"  # shared: bases are reused across suites
+    out = runner.invoke(
+        app,
+        [
+            "run",
+            "--suite",
+            suite,
+            "--profile",
+            "ci",
+            "--minimal",
+            "--results",
+            str(results),
+            "--data",
+            str(tiny_cohort),
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    units = expand(load_suite(suite), minimal=True)
+    runs = Tracker(results).runs(suite)
+    assert len(runs) == len(units) and set(runs["status"]) == {"FINISHED"}
