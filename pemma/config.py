@@ -179,6 +179,28 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class ContinualConfig:
+    """Continual learning after the adaptation centre: further centres, one stage each."""
+
+    order: tuple[str, ...] = ()
+    """Centres in training order; empty means no continual stages."""
+    inputs: str = "ctpet"
+    """What each stage's data holds: ctpet | ct | pet (a CT-only update should not erase PET)."""
+    steps: int = 100
+
+    def __post_init__(self) -> None:
+        _require(
+            self.inputs in ("ctpet", "ct", "pet"),
+            "continual.inputs",
+            f"expected ctpet, ct or pet, got {self.inputs!r}",
+        )
+        _require(self.steps >= 1, "continual.steps", f"must be >= 1, got {self.steps}")
+        _require(
+            len(set(self.order)) == len(self.order), "continual.order", f"a centre repeats in {self.order}"
+        )
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     sw_batch_size: int = 4
     overlap: float = 0.25
@@ -202,6 +224,22 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
+
+    def __post_init__(self) -> None:
+        outside = set(self.continual.order) - set(self.data.continual_centres)
+        _require(
+            not outside,
+            "continual.order",
+            f"{', '.join(sorted(outside))} not among the plan's continual centres "
+            f"{self.data.continual_centres}",
+        )
+        clash = set(self.continual.order) & {*self.data.pretrain_centres, self.data.adapt_centre}
+        _require(
+            not clash,
+            "continual.order",
+            f"{', '.join(sorted(clash))} already serve(s) pretraining or adaptation",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,6 +7,7 @@ import torch
 CTPET, CT, PET = "ctpet", "ct", "pet"
 SUBSETS: tuple[str, ...] = (CTPET, CT, PET)
 LABELS = {CTPET: "CT+PET", CT: "CT", PET: "PET"}
+MODALITIES = {CTPET: frozenset({"ct", "pet"}), CT: frozenset({"ct"}), PET: frozenset({"pet"})}
 
 
 class UnsupportedModalityError(ValueError):

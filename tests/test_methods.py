@@ -144,3 +144,20 @@ def test_pemma_trainable_share_is_small_at_paper_scale():
         p.numel() for p in ef.parameters()
     )
     assert 0.05 < share < 0.12, share
+
+
+def test_pemma_continual_stage_updates_only_the_adapters(base):
+    """A CT-only continual stage must leave the PET pathway (embedding, skips, betas) untouched."""
+    from pemma.methods import set_trainable
+
+    method = METHODS.get("pemma-lora")()
+    model = method.create(base, CFG).model
+    _one_step(model, ("ctpet",))  # adaptation: make LoRA B non-zero so every adapter weight moves next
+    set_trainable(model, method.continual_patterns(CFG))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _one_step(model, (method.stage_subset("ct"),))
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(".lora_" in n for n in changed), sorted(changed)[:5]
+    assert method.stage_subset("ct") == "ct" and METHODS.get("ct-only").stage_subset("ctpet") == "ct"
+    with pytest.raises(UnsupportedModalityError):
+        METHODS.get("ct-only").stage_subset("pet")

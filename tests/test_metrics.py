@@ -51,3 +51,20 @@ def test_false_positive_on_empty_truth_scores_zero_not_excluded():
     assert acc.aggregated()["gtvn"] == 0.0
     assert np.isnan(acc.aggregated()["gtvp"])  # nothing predicted or true anywhere: undefined
     assert acc.aggregated()["mean"] == 0.0  # mean over the defined classes
+
+
+def test_continual_summary_against_hand_computed_values():
+    from pemma.metrics.continual import continual_summary
+
+    r = np.array(
+        [
+            [0.80, 0.30, 0.20],  # after the adaptation centre
+            [0.70, 0.75, 0.40],  # after centre 2
+            [0.60, 0.65, 0.90],  # after centre 3
+        ]
+    )
+    got = continual_summary(r)
+    assert math.isclose(got["acc"], (0.60 + 0.65 + 0.90) / 3)
+    assert math.isclose(got["bwt"], ((0.60 - 0.80) + (0.65 - 0.75)) / 2)
+    assert math.isclose(got["forgetting"], ((0.80 - 0.60) + (0.75 - 0.65)) / 2)
+    assert math.isnan(continual_summary(r[:1, :1])["bwt"])

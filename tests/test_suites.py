@@ -64,3 +64,33 @@ def test_every_suite_runs_at_the_ci_profile(suite, tiny_cohort, tmp_path_factory
     units = expand(load_suite(suite), minimal=True)
     runs = Tracker(results).runs(suite)
     assert len(runs) == len(units) and set(runs["status"]) == {"FINISHED"}
+
+
+def test_continual_suite_logs_the_result_matrix_and_summaries(tiny_cohort, tmp_path):
+    out = runner.invoke(
+        app,
+        [
+            "run",
+            "--suite",
+            "continual",
+            "--profile",
+            "ci",
+            "--methods",
+            "pemma-lora",
+            "--minimal",
+            "--results",
+            str(tmp_path),
+            "--data",
+            str(tiny_cohort),
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    run = Tracker(tmp_path).runs("continual").iloc[0]
+    assert run["params.continual.order"] == "('HGJ', 'HMR')" and run["params.continual.inputs"] == "ct"
+    for subset in ("ctpet", "ct", "pet"):
+        for stage in range(3):
+            for centre in ("MDA", "HGJ", "HMR"):
+                assert 0 <= run[f"metrics.cl/{subset}/R/{stage}/{centre}"] <= 1
+        for key in ("acc", "bwt", "forgetting"):
+            assert f"metrics.cl/{subset}/{key}" in run
+    assert "metrics.cl/ct/base/HGJ" in run

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,6 +34,8 @@ class Plan:
 
     pretrain: dict[str, list[Case]]
     adapt: dict[str, list[Case]]
+    continual: dict[str, dict[str, list[Case]]] = field(default_factory=dict)
+    """Continual-learning centre -> its splits (patients with CT, PET and label)."""
 
 
 def make_plan(
@@ -42,9 +44,10 @@ def make_plan(
     adapt_centre: str,
     fractions: tuple[float, float, float],
     seed: int,
+    continual_centres: tuple[str, ...] = (),
 ) -> Plan:
     by_centre = cohort.centres()
-    for name in (*pretrain_centres, adapt_centre):
+    for name in (*pretrain_centres, adapt_centre, *continual_centres):
         if name not in by_centre:
             raise CohortError(
                 f"{cohort.root}: centre {name} is named in the plan but has no patients "
@@ -55,6 +58,9 @@ def make_plan(
         usable = [c for c in by_centre[name] if c.label is not None]
         for split, part in split_centre(usable, fractions, seed).items():
             pretrain[split].extend(part)
-    usable = [c for c in by_centre[adapt_centre] if c.label is not None and c.pet is not None]
-    adapt = split_centre(usable, fractions, seed)
-    return Plan(pretrain, adapt)
+
+    def multimodal(name: str) -> dict[str, list[Case]]:
+        usable = [c for c in by_centre[name] if c.label is not None and c.pet is not None]
+        return split_centre(usable, fractions, seed)
+
+    return Plan(pretrain, multimodal(adapt_centre), {name: multimodal(name) for name in continual_centres})

@@ -10,9 +10,10 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.utils import set_determinism
 
@@ -26,8 +27,11 @@ from pemma.engine.checkpoint import save_json
 from pemma.engine.evaluate import evaluate
 from pemma.engine.pretrain import pretrained_base
 from pemma.engine.train import dtype_name, train
-from pemma.methods import METHODS
+from pemma.methods import METHODS, set_trainable
+from pemma.metrics.continual import continual_summary
 from pemma.metrics.params import REFERENCE_METHOD, count_parameters
+from pemma.modalities import CT
+from pemma.models.fusion import CTOnly
 from pemma.tracking import Tracker, provenance, run_key
 
 log = logging.getLogger(__name__)
@@ -84,7 +88,7 @@ class Runner:
         self.device = device or default_device()
         self.tracker = tracker or Tracker(self.results)
         self.reporter = reporter or Reporter()
-        self._data: dict[DataConfig, LoadedData] = {}
+        self._data: dict[tuple[DataConfig, tuple[str, ...]], LoadedData] = {}
         self._fingerprints: dict[str, str] = {}
         self._reference: dict[str, int] = {}
 
@@ -103,16 +107,19 @@ class Runner:
 
     def load_data(self, cfg: RunConfig) -> LoadedData:
         d = cfg.data
-        if d not in self._data:
+        order = tuple(sorted(cfg.continual.order))
+        if (d, order) not in self._data:
             root = Path(d.root) if d.root else self.synthetic_root(d)
             if d.root is None and not root.exists():
                 write_cohort(root, scale=d.synth_scale, seed=d.synth_seed)
             cohort = read_cohort(root)
             fingerprint = cohort.fingerprint()
             self.check_once(cohort, fingerprint)
-            plan = make_plan(cohort, d.pretrain_centres, d.adapt_centre, d.split, d.split_seed)
-            self._data[d] = LoadedData(cohort, plan, CohortData(d, fingerprint, self.results / "cache"))
-        return self._data[d]
+            plan = make_plan(cohort, d.pretrain_centres, d.adapt_centre, d.split, d.split_seed, order)
+            self._data[d, order] = LoadedData(
+                cohort, plan, CohortData(d, fingerprint, self.results / "cache")
+            )
+        return self._data[d, order]
 
     def check_once(self, cohort: Cohort, fingerprint: str) -> None:
         """Read every file once per cohort fingerprint; bad data fails here, before any run starts."""
@@ -241,4 +248,54 @@ class Runner:
             metrics.update({f"dice_case/{subset}/{k}": v for k, v in result.case_mean.items()})
             metrics[f"infer_volumes_per_s/{subset}"] = result.volumes_per_s
         metrics["test_cases"] = len(volumes)
+        if cfg.continual.order:
+            metrics.update(self._continual(cfg, method, built.model, base, loaded))
         return metrics, tags
+
+    def _continual(
+        self, cfg: RunConfig, method, model: torch.nn.Module, base, loaded: LoadedData
+    ) -> dict[str, float]:
+        """Train through the continual centres; after each stage score every centre (seen or not)."""
+        centres = (cfg.data.adapt_centre, *cfg.continual.order)
+        splits = {cfg.data.adapt_centre: loaded.plan.adapt, **loaded.plan.continual}
+        tests = {c: loaded.data.volumes(splits[c]["test"], ADAPT_KEYS) for c in centres}
+        subsets = method.inputs()
+        r = {s: np.full((len(centres), len(centres)), np.nan) for s in subsets}
+        metrics: dict[str, float] = {}
+
+        def score(stage: int) -> None:
+            for j, centre in enumerate(centres):
+                result = evaluate(
+                    model, tests[centre], subsets, cfg.model.roi, cfg.eval, self.device, cfg.train.amp
+                )
+                for s in subsets:
+                    r[s][stage, j] = result[s].aggregated["mean"]
+                    metrics[f"cl/{s}/R/{stage}/{centre}"] = r[s][stage, j]
+
+        if base is not None:  # the unwrapped CT base: the reference row a wrapped model is compared against
+            for centre in centres:
+                result = evaluate(CTOnly(base), tests[centre], (CT,), cfg.model.roi, cfg.eval, self.device)
+                metrics[f"cl/ct/base/{centre}"] = result[CT].aggregated["mean"]
+        score(0)
+        set_trainable(model, method.continual_patterns(cfg))
+        subset = method.stage_subset(cfg.continual.inputs)
+        budget = replace(cfg.train, steps=cfg.continual.steps)
+        for stage, centre in enumerate(cfg.continual.order, start=1):
+            crops = loaded.data.crops(
+                splits[centre]["train"], ADAPT_KEYS, cfg.model.roi, seed=cfg.seed + stage
+            )
+            train(
+                model,
+                crops,
+                budget,
+                subsets=(subset,),
+                probabilities=(1.0,),
+                seed=cfg.seed + stage,
+                device=self.device,
+                on_step=self.reporter.stage(f"continual stage {centre}", budget.steps),
+            )
+            score(stage)
+        for s in subsets:
+            metrics.update({f"cl/{s}/{k}": v for k, v in continual_summary(r[s]).items()})
+        metrics["cl_stage_steps"] = budget.steps
+        return metrics

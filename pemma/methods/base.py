@@ -13,7 +13,7 @@ from typing import ClassVar
 from torch import nn
 
 from pemma.config import RunConfig
-from pemma.modalities import LABELS, SUBSETS
+from pemma.modalities import LABELS, MODALITIES, SUBSETS, UnsupportedModalityError
 from pemma.models.backbones import BACKBONES, Backbone
 from pemma.models.base import SegmentationModel
 from pemma.registry import Registry
@@ -43,6 +43,20 @@ class Method:
     def trainable_patterns(self, cfg: RunConfig) -> tuple[str, ...] | None:
         """Regexes (searched in parameter names) of what trains; None means every parameter."""
         return None
+
+    def continual_patterns(self, cfg: RunConfig) -> tuple[str, ...] | None:
+        """What a continual-learning stage updates; by default what the method trains."""
+        return self.trainable_patterns(cfg)
+
+    @classmethod
+    def stage_subset(cls, data_inputs: str) -> str:
+        """The subset a stage trains on when its data holds `data_inputs` (or the part the model takes)."""
+        if data_inputs in cls.inputs():
+            return data_inputs
+        for subset in cls.inputs():
+            if MODALITIES[subset] <= MODALITIES[data_inputs]:
+                return subset
+        raise UnsupportedModalityError(f"{cls.name} accepts no part of {LABELS[data_inputs]} stage data")
 
     def build(self, base: nn.Module | None, cfg: RunConfig, backbone: Backbone) -> Built:
         raise NotImplementedError

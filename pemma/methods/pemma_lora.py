@@ -23,6 +23,10 @@ class PemmaLoraMethod(Method):
         head = (r"^base\.out\.",) if cfg.adapter.head_trainable else ()
         return (*PET_PATHWAY, r"\.lora_", *head)
 
+    def continual_patterns(self, cfg):
+        """Continual stages update the low-rank adapters only, so neither modality is overwritten."""
+        return (r"\.lora_",)
+
     def build(self, base, cfg, backbone):
         net = copy.deepcopy(base)
         adapted = inject_lora(
