@@ -143,6 +143,8 @@ class TrainConfig:
     class_weights: tuple[float, float, float] = (1.0, 2.0, 5.0)
     modality_dropout: tuple[float, float, float] = (0.6, 0.2, 0.2)
     """Probabilities of CT+PET / CT / PET batches, for methods that train on single modalities."""
+    modality_warmup_steps: int = 0
+    """A curriculum: the first steps use CT+PET only, then modality dropout begins."""
     amp: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
     warmup_steps: int = 3

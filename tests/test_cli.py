@@ -193,3 +193,32 @@ def test_methods_and_suites_list_and_validate():
     assert out.exit_code == 0 and all(name in out.output for name in METHODS.names())
     out = runner.invoke(app, ["validate"])
     assert out.exit_code == 0 and "smoke" in out.output
+
+
+def test_an_interrupted_unit_is_marked_killed_and_rerun_cleanly(tiny_cohort, tmp_path, monkeypatch):
+    from pemma.engine.runner import Runner
+
+    original = Runner._train_and_evaluate
+
+    def interrupted(self, cfg):
+        raise KeyboardInterrupt
+
+    args = [
+        "run",
+        "--profile",
+        "ci",
+        "--results",
+        str(tmp_path),
+        "--data",
+        str(tiny_cohort),
+        "--methods",
+        "pemma-lora",
+    ]
+    monkeypatch.setattr(Runner, "_train_and_evaluate", interrupted)
+    runner.invoke(app, args)
+    tracker = Tracker(tmp_path)
+    assert len(tracker.runs("smoke", status="KILLED")) == 1 and tracker.runs("smoke").empty
+    monkeypatch.setattr(Runner, "_train_and_evaluate", original)
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert len(tracker.runs("smoke")) == 1 and tracker.runs("smoke", status="RUNNING").empty

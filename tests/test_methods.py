@@ -161,3 +161,34 @@ def test_pemma_continual_stage_updates_only_the_adapters(base):
     assert method.stage_subset("ct") == "ct" and METHODS.get("ct-only").stage_subset("ctpet") == "ct"
     with pytest.raises(UnsupportedModalityError):
         METHODS.get("ct-only").stage_subset("pet")
+
+
+def test_modality_curriculum_starts_with_both_modalities():
+    from pemma.modalities import subset_of
+    from pemma.models.base import SegmentationModel
+
+    class Recorder(SegmentationModel):
+        accepts = SUBSETS
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 3, 1)
+            self.seen = []
+
+        def segment(self, ct, pet):
+            self.seen.append(subset_of(ct, pet))
+            return self.conv(ct if ct is not None else pet)
+
+    model = Recorder()
+    budget = TrainConfig(steps=30, batch_size=1, lr=1e-3, warmup_steps=0, modality_warmup_steps=10)
+    train(
+        model,
+        _Batches(),
+        budget,
+        subsets=SUBSETS,
+        probabilities=(0.2, 0.4, 0.4),
+        seed=0,
+        device=torch.device("cpu"),
+    )
+    assert model.seen[:10] == ["ctpet"] * 10
+    assert {"ct", "pet"} <= set(model.seen[10:])

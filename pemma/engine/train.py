@@ -14,7 +14,7 @@ from monai.losses import DiceCELoss
 
 from pemma.config import TrainConfig
 from pemma.engine.throughput import PeakMemory
-from pemma.modalities import split_inputs
+from pemma.modalities import CTPET, split_inputs
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,8 @@ def train(
             batch = next(batches)
             t_data = time.perf_counter() - t0
             subset = subsets[rng.choice(len(subsets), p=probabilities)]
+            if step < budget.modality_warmup_steps and CTPET in subsets:
+                subset = CTPET
             ct, pet = (plain(t, device) for t in split_inputs(batch, subset))
             label = plain(batch["label"], device).long()
             with autocast(device, amp):
