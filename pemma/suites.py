@@ -151,4 +151,8 @@ def expand(
             raise ConfigError(f"{suite.path}: {err}") from err
     for cfg in units:
         BACKBONES.get(cfg.backbone).check(cfg.model)
-    return units
+    # A command-line override can collapse grid points into one config: run it once.
+    unique: dict[str, RunConfig] = {}
+    for cfg in units:
+        unique.setdefault(repr(cfg), cfg)
+    return list(unique.values())

@@ -94,3 +94,8 @@ def test_continual_suite_logs_the_result_matrix_and_summaries(tiny_cohort, tmp_p
         for key in ("acc", "bwt", "forgetting"):
             assert f"metrics.cl/{subset}/{key}" in run
     assert "metrics.cl/ct/base/HGJ" in run
+
+
+def test_an_override_that_collapses_grid_points_yields_each_unit_once():
+    units = expand(load_suite("continual"), methods=["pemma-lora"], overrides=["continual.inputs=ct"])
+    assert len(units) == 2  # the two orders; the three input values collapsed into one
