@@ -222,3 +222,31 @@ def test_an_interrupted_unit_is_marked_killed_and_rerun_cleanly(tiny_cohort, tmp
     out = runner.invoke(app, args)
     assert out.exit_code == 0, out.output
     assert len(tracker.runs("smoke")) == 1 and tracker.runs("smoke", status="RUNNING").empty
+
+
+def test_a_units_result_does_not_depend_on_the_units_run_before_it(tiny_cohort, tmp_path):
+    def lora_run(methods, folder):
+        out = runner.invoke(
+            app,
+            [
+                "run",
+                "--profile",
+                "ci",
+                "--results",
+                str(folder),
+                "--data",
+                str(tiny_cohort),
+                "--methods",
+                methods,
+                "--set",
+                "train.steps=4",
+            ],
+        )
+        assert out.exit_code == 0, out.output
+        runs = Tracker(folder).runs("smoke")
+        return runs[runs["tags.method"] == "pemma-lora"].iloc[0]
+
+    alone = lora_run("pemma-lora", tmp_path / "alone")
+    after = lora_run("late-fusion,pemma-lora", tmp_path / "after")
+    for key in ("metrics.train_first_loss", "metrics.train_final_loss", "metrics.dice_agg/ctpet/gtvp"):
+        assert alone[key] == after[key], key

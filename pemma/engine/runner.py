@@ -143,7 +143,8 @@ class Runner:
         )
         if memo not in self._reference:
             reference = METHODS.get(REFERENCE_METHOD)()
-            built = reference.create(base if reference.needs_base else None, cfg)
+            with torch.random.fork_rng():  # a unit's random stream must not depend on the units before it
+                built = reference.create(base if reference.needs_base else None, cfg)
             self._reference[memo] = count_parameters(built.model)[1]
         return self._reference[memo]
 
