@@ -137,3 +137,18 @@ def test_data_check_prints_the_summary(tiny_cohort):
     assert "MDA" in out.output and "no problems found" in out.output
     report = check_cohort(read_cohort(tiny_cohort))
     assert (report["gtvp_ml"] > 0).all() and report["pet_shape"].notna().all()
+
+
+def test_pet_without_its_ct(cohort):
+    (cohort / "imagesTr/CHUP-002__CT.nii.gz").unlink()
+    with pytest.raises(CohortError, match="patient CHUP-002: PET image .* has no CT beside it"):
+        read_cohort(cohort)
+
+
+def test_label_that_does_not_overlap_the_ct(cohort):
+    def shift(data, affine):
+        affine[:3, 3] -= 400.0
+        return data, affine
+
+    _rewrite(cohort / "labelsTr/CHUM-001.nii.gz", shift)
+    _expect(cohort, "patient CHUM-001", "CHUM-001.nii.gz", "cannot be aligned")
