@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import torch
 
@@ -49,20 +48,3 @@ class PeakMemory:
             self._thread.join()
             self._peak = max(self._peak, _rss_bytes())
             self.peak_mb = self._peak / 2**20
-
-
-class Stopwatch:
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.seconds = 0.0
-
-    def __enter__(self) -> Stopwatch:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self._t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.seconds += time.perf_counter() - self._t0
