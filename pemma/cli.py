@@ -376,6 +376,35 @@ def bench_data(
     )
 
 
+@app.command()
+def params(
+    profile: Annotated[str, typer.Option(help="ci | smoke | paper (model size).")] = "paper",
+    backbones: Annotated[list[str] | None, typer.Option(help="Backbones (default: all).")] = None,
+    methods: Annotated[list[str] | None, typer.Option("--methods", help="Methods (default: all).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value.")] = None,
+) -> None:
+    """Parameter accounting for every method and backbone, without training."""
+    import pandas as pd
+
+    from pemma.config import ConfigError, parse_override, resolve
+    from pemma.engine.benchmark import parameter_table
+    from pemma.methods import METHODS
+    from pemma.models.backbones import BACKBONES
+    from pemma.registry import RegistryError
+
+    try:
+        names = [METHODS.canonical(m) for m in _split(methods) or METHODS.names()]
+        tables = []
+        for backbone in [BACKBONES.canonical(b) for b in _split(backbones) or BACKBONES.names()]:
+            cfg = resolve(
+                {"profile": profile, "backbone": backbone}, *(parse_override(s) for s in set_ or [])
+            )
+            tables.append(parameter_table(cfg, names))
+    except (ConfigError, RegistryError) as err:
+        raise _fail(str(err)) from err
+    _print_frame(pd.concat(tables, ignore_index=True), f"parameters: profile {profile}")
+
+
 def main() -> None:  # pragma: no cover
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     app()

@@ -88,6 +88,11 @@ class ModelConfig:
         _require(self.num_classes == 3, "model.num_classes", "HECKTOR has 3 classes (background, GTVp, GTVn)")
 
 
+ADAPTER_TARGETS = ("qkv", "attn", "attn-mlp")
+"""Adapter target sets every backbone maps to module patterns: fused qkv; qkv + output projection;
+those + the MLP."""
+
+
 @dataclass(frozen=True)
 class AdapterConfig:
     rank: int = 8
@@ -96,6 +101,7 @@ class AdapterConfig:
     """If set, the LoRA alpha is alpha_ratio x rank (the rank ablation's "alpha = 2 x rank")."""
     dropout: float = 0.1
     targets: str = "qkv"
+    """Which frozen layers get adapters: qkv | attn | attn-mlp (see ADAPTER_TARGETS)."""
     beta: str = "learned"
     """PET skip weight: learned | fixed (1.0) | absent (no PET skip pathways)."""
     beta_init: float = 1.0
@@ -111,7 +117,9 @@ class AdapterConfig:
         _require(self.alpha_ratio is None or self.alpha_ratio > 0, "adapter.alpha_ratio", "must be > 0")
         _require(0 <= self.dropout < 1, "adapter.dropout", f"must be in [0, 1), got {self.dropout}")
         _require(
-            self.targets in ("qkv",), "adapter.targets", f"unknown target set {self.targets!r}; known: qkv"
+            self.targets in ADAPTER_TARGETS,
+            "adapter.targets",
+            f"unknown target set {self.targets!r}; known: {', '.join(ADAPTER_TARGETS)}",
         )
         _require(
             self.beta in ("learned", "fixed", "absent"),

@@ -250,3 +250,9 @@ def test_a_units_result_does_not_depend_on_the_units_run_before_it(tiny_cohort, 
     after = lora_run("late-fusion,pemma-lora", tmp_path / "after")
     for key in ("metrics.train_first_loss", "metrics.train_final_loss", "metrics.dice_agg/ctpet/gtvp"):
         assert alone[key] == after[key], key
+
+
+def test_params_reports_every_method_without_training():
+    out = runner.invoke(app, ["params", "--profile", "ci"])
+    assert out.exit_code == 0, out.output
+    assert all(name in out.output for name in METHODS.names()) and "saved MB" in out.output

@@ -192,3 +192,27 @@ def test_modality_curriculum_starts_with_both_modalities():
     )
     assert model.seen[:10] == ["ctpet"] * 10
     assert {"ct", "pet"} <= set(model.seen[10:])
+
+
+@pytest.mark.parametrize(("targets", "per_block"), [("qkv", 1), ("attn", 2), ("attn-mlp", 4)])
+def test_adapter_target_sets_adapt_exactly_their_encoder_layers(base, targets, per_block):
+    cfg = resolve({"profile": "ci", "adapter": {"targets": targets}})
+    built = METHODS.get("pemma-lora")().create(base, cfg)
+    assert len(built.adapted_modules) == per_block * cfg.model.num_layers
+    assert all(m.startswith("base.vit.blocks.") for m in built.adapted_modules)
+
+
+def test_an_adapter_pattern_outside_the_encoder_is_refused(base):
+    from pemma.models.adapters import AdapterTargetError, inject_lora
+
+    net = BACKBONES.get("unetr").build(CFG.model, 1)
+    with pytest.raises(AdapterTargetError, match="outside the encoder"):
+        inject_lora(
+            net,
+            r"(vit\.blocks\.0\.attn\.qkv|decoder2\.transp_conv\.conv)",
+            CFG.adapter,
+            dora=False,
+            encoder_prefix="vit.",
+        )
+    with pytest.raises(AdapterTargetError, match="matches no module"):
+        inject_lora(net, r"vit\.blocks\.\d+\.attn\.nothing", CFG.adapter, dora=False, encoder_prefix="vit.")

@@ -137,3 +137,37 @@ def data_cache(
             }
         ]
     )
+
+
+def parameter_table(cfg: RunConfig, methods: list[str]) -> pd.DataFrame:
+    """Total and trainable parameters, share of early fusion's, and the size of what each method saves.
+
+    No training: models are built with a random CT base. The saved size is the safetensors file of
+    the trainable parameters, which is what a method needs to ship on top of the CT base.
+    """
+    from safetensors.torch import save
+
+    torch.manual_seed(cfg.seed)
+    base = BACKBONES.get(cfg.backbone).build(cfg.model, 1)
+    rows = []
+    for name in methods:
+        method = METHODS.get(name)()
+        built = method.create(base if method.needs_base else None, cfg)
+        total, trainable = count_parameters(built.model)
+        state = {n: p.detach().contiguous() for n, p in built.model.named_parameters() if p.requires_grad}
+        rows.append(
+            {
+                "method": name,
+                "backbone": cfg.backbone,
+                "params total": total,
+                "params trainable": trainable,
+                "saved MB": len(save(state)) / 2**20,
+                "adapted modules": len(built.adapted_modules),
+            }
+        )
+        del built
+    table = pd.DataFrame(rows)
+    ref = table.loc[table["method"] == REFERENCE_METHOD, "params trainable"]
+    if not ref.empty:
+        table.insert(4, "trainable % of EF", 100 * table["params trainable"] / ref.iloc[0])
+    return table

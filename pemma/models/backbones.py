@@ -147,7 +147,11 @@ BACKBONES.add(
         name="unetr",
         build=_build_unetr,
         wrap_pemma=_wrap_unetr,
-        lora_targets={"qkv": r"vit\.blocks\.\d+\.attn\.qkv"},
+        lora_targets={
+            "qkv": r"vit\.blocks\.\d+\.attn\.qkv",
+            "attn": r"vit\.blocks\.\d+\.attn\.(qkv|out_proj)",
+            "attn-mlp": r"vit\.blocks\.\d+\.(attn\.(qkv|out_proj)|mlp\.linear[12])",
+        },
         encoder_prefix="vit.",
         check=_check_unetr,
     ),
