@@ -36,6 +36,11 @@ def _split(values: list[str] | None) -> list[str] | None:
     return [v.strip() for text in values for v in text.split(",") if v.strip()]
 
 
+def _wide() -> Console:
+    """Tables are wide: outside a terminal (logs, CI) print them at 200 columns rather than 80."""
+    return console if console.is_terminal else Console(width=max(console.width, 200))
+
+
 def _fail(message: str) -> typer.Exit:
     console.print(f"[bold red]error:[/] {message}")
     return typer.Exit(code=2)
@@ -88,7 +93,7 @@ def data_check(root: Path) -> None:
         raise _fail(str(err)) from err
     summary, notes = summarise(report)
     title = f"{root}: {len(report)} patients, {len(summary)} centres, fingerprint {cohort.fingerprint()}"
-    wide = Console(width=max(console.width, 200)) if not console.is_terminal else console
+    wide = _wide()
     wide.print(_table(summary, title))
     for note in notes:
         console.print(f"- {note}")
@@ -106,7 +111,7 @@ def methods() -> None:
         table.add_column(col)
     for row in rows:
         table.add_row(*row.values())
-    console.print(table)
+    _wide().print(table)
 
 
 @app.command()
@@ -128,7 +133,7 @@ def suites() -> None:
         table.add_row(
             name, units, str(path.relative_to(path.parent.parent)), suite.description.strip() if suite else ""
         )
-    console.print(table)
+    _wide().print(table)
 
 
 @app.command()
@@ -278,7 +283,7 @@ def _print_report(tracker, suite: str, results: Path, keys: set[str] | None = No
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(to_markdown(table, f"pemma-bench suite {suite}"))
     if not table.empty:
-        wide = Console(width=max(console.width, 200)) if not console.is_terminal else console
+        wide = _wide()
         wide.print(_table(table, f"suite {suite}"))
     console.print(f"table written to {out}")
     return out
@@ -305,7 +310,7 @@ def _print_frame(table, title: str) -> None:
     for col in shown.columns:
         if shown[col].dtype.kind == "f":
             shown[col] = shown[col].map(lambda v: f"{v:,.2f}")
-    wide = Console(width=max(console.width, 200)) if not console.is_terminal else console
+    wide = _wide()
     wide.print(_table(shown, title))
 
 
