@@ -95,6 +95,21 @@ class Tracker:
         )
         return {r.data.tags.get("run_key") for r in runs}
 
+    def close_stale(self, suite: str, key: str) -> int:
+        """Mark runs of `key` left RUNNING by a killed process as KILLED, so none stays RUNNING forever."""
+        exp = self.experiment_id(suite, create=False)
+        if exp is None:
+            return 0
+        stale = self.client.search_runs(
+            [exp], filter_string=f"attributes.status = 'RUNNING' and tags.run_key = '{key}'", max_results=1000
+        )
+        for run in stale:
+            self.client.set_tag(
+                run.info.run_id, "error", "the process running this unit ended without closing it"
+            )
+            self.client.set_terminated(run.info.run_id, "KILLED")
+        return len(stale)
+
     def start(self, suite: str, key: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         from mlflow.entities import Param
 

@@ -256,3 +256,26 @@ def test_params_reports_every_method_without_training():
     out = runner.invoke(app, ["params", "--profile", "ci"])
     assert out.exit_code == 0, out.output
     assert all(name in out.output for name in METHODS.names()) and "saved MB" in out.output
+
+
+def test_a_run_left_running_by_a_dead_process_is_closed_on_the_next_attempt(tiny_cohort, tmp_path):
+    args = [
+        "run",
+        "--profile",
+        "ci",
+        "--results",
+        str(tmp_path),
+        "--data",
+        str(tiny_cohort),
+        "--methods",
+        "pemma-lora",
+    ]
+    dry = runner.invoke(app, [*args, "--dry-run"])
+    key = dry.output.split("to run")[1].split()[0]
+    tracker = Tracker(tmp_path)
+    tracker.start("smoke", key, {}, {"method": "pemma-lora"})  # as if the process had been killed here
+    assert len(tracker.runs("smoke", status="RUNNING")) == 1
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert tracker.runs("smoke", status="RUNNING").empty
+    assert len(tracker.runs("smoke", status="KILLED")) == 1 and len(tracker.runs("smoke")) == 1

@@ -169,6 +169,7 @@ class Runner:
             "backbone": cfg.backbone,
             "seed": str(cfg.seed),
         }
+        self.tracker.close_stale(cfg.suite, key)
         run_id = self.tracker.start(cfg.suite, key, cfg.flat(), tags)
         try:
             metrics, extra_tags = self._train_and_evaluate(cfg)
