@@ -38,7 +38,7 @@ def _split(values: list[str] | None) -> list[str] | None:
 
 def _wide() -> Console:
     """Tables are wide: outside a terminal (logs, CI) print them at 200 columns rather than 80."""
-    return console if console.is_terminal else Console(width=max(console.width, 200))
+    return console if console.is_terminal else Console(width=max(console.width, 260))
 
 
 def _fail(message: str) -> typer.Exit:
@@ -273,7 +273,7 @@ def run(
 
 def _print_report(tracker, suite: str, results: Path, keys: set[str] | None = None) -> Path:
     """The suite's table from its FINISHED runs (only those of `keys` when given)."""
-    from pemma.report.tables import summary, to_markdown
+    from pemma.report.tables import continual_matrices, summary, to_markdown
 
     runs = tracker.runs(suite)
     if keys is not None and not runs.empty:
@@ -281,7 +281,11 @@ def _print_report(tracker, suite: str, results: Path, keys: set[str] | None = No
     table = summary(runs)
     out = Path(results) / suite / "results.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(to_markdown(table, f"pemma-bench suite {suite}"))
+    text = to_markdown(table, f"pemma-bench suite {suite}")
+    matrices = continual_matrices(runs) if not runs.empty else ""
+    if matrices:
+        text += "\n## Continual learning: R[stage, centre], aggregated Dice\n\n" + matrices
+    out.write_text(text)
     if not table.empty:
         wide = _wide()
         wide.print(_table(table, f"suite {suite}"))

@@ -63,6 +63,7 @@ def test_ci_suite_leaves_finished_runs_with_metrics_and_tags(smoke_run):
     assert lora["tags.adapted_modules"].count("attn.qkv") == 2
     table = (results / "smoke" / "results.md").read_text()
     assert "| pemma-lora | unetr |" in table and "Dice CT+PET" in table
+    assert "ACC" not in table  # columns no run logged are left out
 
 
 def test_rerun_trains_nothing(smoke_run, tiny_cohort):

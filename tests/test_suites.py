@@ -94,6 +94,8 @@ def test_continual_suite_logs_the_result_matrix_and_summaries(tiny_cohort, tmp_p
         for key in ("acc", "bwt", "forgetting"):
             assert f"metrics.cl/{subset}/{key}" in run
     assert "metrics.cl/ct/base/HGJ" in run
+    report = (tmp_path / "continual" / "results.md").read_text()
+    assert "| after stage | MDA | HGJ | HMR |" in report and "BWT CT+PET" in report
 
 
 def test_an_override_that_collapses_grid_points_yields_each_unit_once():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +34,11 @@ COLUMNS = [
     Column("train samples/s", "train_samples_per_s", True, 2),
     Column("infer vol/s", "infer_volumes_per_s/ctpet", True, 2),
     Column("peak MB", "train_peak_memory_mb", False, 0),
+    *(Column(f"ACC {LABELS[s]}", f"cl/{s}/acc", True) for s in SUBSETS),
+    *(Column(f"BWT {LABELS[s]}", f"cl/{s}/bwt", True) for s in SUBSETS),
+    *(Column(f"forgetting {LABELS[s]}", f"cl/{s}/forgetting", False) for s in SUBSETS),
 ]
+"""Columns whose metric no run of the suite logged are left out of its table."""
 
 
 LABEL_PARAMS = {"params.suite", "params.seed", "params.method", "params.backbone", "params.data.root"}
@@ -72,7 +77,13 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
             row[col.header] = _cell(values, col.digits)
         rows.append((order.get(method, len(order)), backbone, variant, row))
     rows.sort(key=lambda r: (r[1], r[0], r[2]))
-    return pd.DataFrame([r for *_, r in rows])
+    table = pd.DataFrame([r for *_, r in rows])
+    logged = [
+        c.header
+        for c in COLUMNS
+        if f"metrics.{c.metric}" in runs and runs[f"metrics.{c.metric}"].notna().any()
+    ]
+    return table.drop(columns=[c.header for c in COLUMNS if c.header not in logged])
 
 
 def _cell(values: np.ndarray, digits: int) -> str:
@@ -102,3 +113,37 @@ def to_markdown(table: pd.DataFrame, title: str = "") -> str:
         "early fusion's. Mean ± sample std over seeds."
     )
     return "\n".join(lines) + "\n\n" + notes + "\n"
+
+
+def continual_matrices(runs: pd.DataFrame) -> str:
+    """Markdown of every continual run's R[stage, centre] per input subset (rows: after each stage)."""
+    parts = []
+    for _, run in runs.iterrows():
+        keys = [k for k in run.index if k.startswith("metrics.cl/") and "/R/" in k and run[k] == run[k]]
+        if not keys:
+            continue
+        parts.append(f"### {run['tags.run_key']}\n")
+        for subset in SUBSETS:
+            cells = {}
+            for k in keys:
+                _, s, _, stage, centre = k.removeprefix("metrics.").split("/")
+                if s == subset:
+                    cells[(int(stage), centre)] = run[k]
+            if not cells:
+                continue
+            centres = [run["params.data.adapt_centre"], *ast.literal_eval(run["params.continual.order"])]
+            stages = sorted({st for st, _ in cells})
+            lines = [
+                f"{LABELS[subset]} input",
+                "",
+                "| after stage | " + " | ".join(centres) + " |",
+                "|---|" + "---:|" * len(centres),
+            ]
+            for st in stages:
+                lines.append(
+                    f"| {st} | "
+                    + " | ".join(f"{cells.get((st, c), float('nan')):.3f}" for c in centres)
+                    + " |"
+                )
+            parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
