@@ -10,13 +10,18 @@ from pemma.tracking import Tracker, parse_run_key
 runner = CliRunner()
 
 
+def ci_run(results, *extra, data=None):
+    """`pemma-bench run --suite smoke --profile ci --results RESULTS [--data DATA] EXTRA...`."""
+    args = ["run", "--suite", "smoke", "--profile", "ci", "--results", str(results)]
+    if data is not None:
+        args += ["--data", str(data)]
+    return runner.invoke(app, [*args, *extra])
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tiny_cohort, tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
-    out = runner.invoke(
-        app,
-        ["run", "--suite", "smoke", "--profile", "ci", "--results", str(results), "--data", str(tiny_cohort)],
-    )
+    out = ci_run(results, data=tiny_cohort)
     return results, out
 
 
@@ -69,68 +74,25 @@ def test_ci_suite_leaves_finished_runs_with_metrics_and_tags(smoke_run):
 def test_rerun_trains_nothing(smoke_run, tiny_cohort):
     results, _ = smoke_run
     bases = sorted(p.stat().st_mtime_ns for p in (results / "bases").rglob("base.pt"))
-    out = runner.invoke(
-        app,
-        ["run", "--suite", "smoke", "--profile", "ci", "--results", str(results), "--data", str(tiny_cohort)],
-    )
+    out = ci_run(results, data=tiny_cohort)
     assert out.exit_code == 0, out.output
     assert out.output.count("skipped") == len(METHODS) and "finished " not in out.output
     assert len(Tracker(results).runs("smoke")) == len(METHODS)
     assert sorted(p.stat().st_mtime_ns for p in (results / "bases").rglob("base.pt")) == bases
-    dry = runner.invoke(
-        app,
-        [
-            "run",
-            "--suite",
-            "smoke",
-            "--profile",
-            "ci",
-            "--results",
-            str(results),
-            "--data",
-            str(tiny_cohort),
-            "--dry-run",
-        ],
-    )
+    dry = ci_run(results, "--dry-run", data=tiny_cohort)
     assert dry.output.count("finished ") == len(METHODS)
-    changed = runner.invoke(
-        app,
-        [
-            "run",
-            "--suite",
-            "smoke",
-            "--profile",
-            "ci",
-            "--results",
-            str(results),
-            "--data",
-            str(tiny_cohort),
-            "--dry-run",
-            "--set",
-            "train.lr=0.01",
-        ],
-    )
+    changed = ci_run(results, "--dry-run", "--set", "train.lr=0.01", data=tiny_cohort)
     assert changed.output.count("to run") == len(METHODS), "an override must change the run key"
 
 
 def test_a_failing_unit_is_marked_failed_and_the_suite_goes_on(tiny_cohort, tmp_path):
-    out = runner.invoke(
-        app,
-        [
-            "run",
-            "--suite",
-            "smoke",
-            "--profile",
-            "ci",
-            "--results",
-            str(tmp_path),
-            "--data",
-            str(tiny_cohort),
-            "--methods",
-            "ct-only,early-fusion",
-            "--set",
-            "pretrain.checkpoint=/nonexistent/base.pt",
-        ],
+    out = ci_run(
+        tmp_path,
+        "--methods",
+        "ct-only,early-fusion",
+        "--set",
+        "pretrain.checkpoint=/nonexistent/base.pt",
+        data=tiny_cohort,
     )
     assert out.exit_code == 1
     tracker = Tracker(tmp_path)
@@ -143,24 +105,11 @@ def test_a_failing_unit_is_marked_failed_and_the_suite_goes_on(tiny_cohort, tmp_
 
 def test_generated_cohort_and_the_same_cohort_read_back_give_identical_results(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
-    out = runner.invoke(app, ["run", "--profile", "ci", "--results", str(first), "--methods", "pemma-lora"])
+    out = ci_run(first, "--methods", "pemma-lora")
     assert out.exit_code == 0, out.output
     written = next(first.glob("data/*"))
     assert (written / "imagesTr" / "MDA-001__PT.nii.gz").exists()
-    out = runner.invoke(
-        app,
-        [
-            "run",
-            "--profile",
-            "ci",
-            "--results",
-            str(second),
-            "--methods",
-            "pemma-lora",
-            "--data",
-            str(written),
-        ],
-    )
+    out = ci_run(second, "--methods", "pemma-lora", data=written)
     assert out.exit_code == 0, out.output
     a, b = (Tracker(r).runs("smoke").iloc[0] for r in (first, second))
     assert a["tags.data_fingerprint"] == b["tags.data_fingerprint"]
@@ -183,7 +132,7 @@ def test_generated_cohort_and_the_same_cohort_read_back_give_identical_results(t
     ],
 )
 def test_bad_options_fail_clearly_without_running(args, message, tmp_path):
-    out = runner.invoke(app, ["run", "--profile", "ci", "--results", str(tmp_path), *args])
+    out = ci_run(tmp_path, *args)
     assert out.exit_code == 2
     assert message in " ".join(out.output.split())
     assert Tracker(tmp_path).runs("smoke").empty
@@ -227,22 +176,7 @@ def test_an_interrupted_unit_is_marked_killed_and_rerun_cleanly(tiny_cohort, tmp
 
 def test_a_units_result_does_not_depend_on_the_units_run_before_it(tiny_cohort, tmp_path):
     def lora_run(methods, folder):
-        out = runner.invoke(
-            app,
-            [
-                "run",
-                "--profile",
-                "ci",
-                "--results",
-                str(folder),
-                "--data",
-                str(tiny_cohort),
-                "--methods",
-                methods,
-                "--set",
-                "train.steps=4",
-            ],
-        )
+        out = ci_run(folder, "--methods", methods, "--set", "train.steps=4", data=tiny_cohort)
         assert out.exit_code == 0, out.output
         runs = Tracker(folder).runs("smoke")
         return runs[runs["tags.method"] == "pemma-lora"].iloc[0]

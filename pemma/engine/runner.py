@@ -24,7 +24,7 @@ from pemma.data.hecktor import Cohort, read_cohort
 from pemma.data.splits import Plan, make_plan
 from pemma.data.synth import GENERATOR_VERSION, write_cohort
 from pemma.engine.checkpoint import save_json
-from pemma.engine.evaluate import evaluate
+from pemma.engine.evaluate import SubsetResult, evaluate
 from pemma.engine.pretrain import pretrained_base
 from pemma.engine.train import dtype_name, train
 from pemma.methods import METHODS, set_trainable
@@ -251,13 +251,22 @@ class Runner:
             metrics[f"infer_volumes_per_s/{subset}"] = result.volumes_per_s
         metrics["test_cases"] = len(volumes)
         if cfg.continual.order:
-            metrics.update(self._continual(cfg, method, built.model, base, loaded))
+            metrics.update(self._continual(cfg, method, built.model, base, loaded, results))
         return metrics, tags
 
     def _continual(
-        self, cfg: RunConfig, method, model: torch.nn.Module, base, loaded: LoadedData
+        self,
+        cfg: RunConfig,
+        method,
+        model: torch.nn.Module,
+        base,
+        loaded: LoadedData,
+        adapted: dict[str, SubsetResult],
     ) -> dict[str, float]:
-        """Train through the continual centres; after each stage score every centre (seen or not)."""
+        """Train through the continual centres; after each stage score every centre (seen or not).
+
+        `adapted` is the unit's own evaluation on the adaptation centre: stage 0's first column.
+        """
         centres = (cfg.data.adapt_centre, *cfg.continual.order)
         splits = {cfg.data.adapt_centre: loaded.plan.adapt, **loaded.plan.continual}
         tests = {c: loaded.data.volumes(splits[c]["test"], ADAPT_KEYS) for c in centres}
@@ -267,8 +276,12 @@ class Runner:
 
         def score(stage: int) -> None:
             for j, centre in enumerate(centres):
-                result = evaluate(
-                    model, tests[centre], subsets, cfg.model.roi, cfg.eval, self.device, cfg.train.amp
+                result = (
+                    adapted
+                    if stage == 0 and j == 0
+                    else evaluate(
+                        model, tests[centre], subsets, cfg.model.roi, cfg.eval, self.device, cfg.train.amp
+                    )
                 )
                 for s in subsets:
                     r[s][stage, j] = result[s].aggregated["mean"]
