@@ -174,6 +174,9 @@ class RichReporter:
 
         return on_step
 
+    def note(self, text: str) -> None:
+        self.progress.console.print(f"[dim]{text}[/]", highlight=False)
+
     def done(self, outcome) -> None:
         style = {"FINISHED": "green", "SKIPPED": "dim", "FAILED": "red"}[outcome.status]
         detail = f" ({outcome.seconds:.0f}s)" if outcome.status == "FINISHED" else ""

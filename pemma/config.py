@@ -76,6 +76,10 @@ class ModelConfig:
     num_classes: int = 3
     sdpa: bool = True
     """Use PyTorch scaled-dot-product attention in the transformer blocks."""
+    swin_depths: tuple[int, ...] = (2, 2, 2, 2)
+    """Swin UNETR: blocks per stage (feature_size is its embedding width, a multiple of 12)."""
+    swin_heads: tuple[int, ...] = (3, 6, 12, 24)
+    swin_window: int = 7
 
     def __post_init__(self) -> None:
         _require(
@@ -86,11 +90,18 @@ class ModelConfig:
         _require(self.num_layers >= 1, "model.num_layers", "must be >= 1")
         _require(all(r > 0 for r in self.roi), "model.roi", f"must be positive, got {self.roi}")
         _require(self.num_classes == 3, "model.num_classes", "HECKTOR has 3 classes (background, GTVp, GTVn)")
+        _require(
+            len(self.swin_depths) == 4 and len(self.swin_heads) == 4,
+            "model.swin_depths",
+            f"Swin UNETR has four stages: give four depths and four head counts, got {self.swin_depths} "
+            f"and {self.swin_heads}",
+        )
+        _require(self.swin_window >= 1, "model.swin_window", f"must be >= 1, got {self.swin_window}")
 
 
-ADAPTER_TARGETS = ("qkv", "attn", "attn-mlp")
-"""Adapter target sets every backbone maps to module patterns: fused qkv; qkv + output projection;
-those + the MLP."""
+ADAPTER_TARGETS = ("qkv", "qv", "attn", "attn-mlp")
+"""Adapter target sets every backbone maps to module patterns: fused qkv; q and v only (the fused
+projection split into three, as the public code had it); qkv + output projection; those + the MLP."""
 
 
 @dataclass(frozen=True)
@@ -101,14 +112,15 @@ class AdapterConfig:
     """If set, the LoRA alpha is alpha_ratio x rank (the rank ablation's "alpha = 2 x rank")."""
     dropout: float = 0.1
     targets: str = "qkv"
-    """Which frozen layers get adapters: qkv | attn | attn-mlp (see ADAPTER_TARGETS)."""
+    """Which frozen layers get adapters: qkv | qv | attn | attn-mlp (see ADAPTER_TARGETS)."""
     beta: str = "learned"
     """PET skip weight: learned | fixed (1.0) | absent (no PET skip pathways)."""
     beta_init: float = 1.0
     pet_init: str = "copy"
     """PET patch embedding at adaptation start: copy of the CT one, or random."""
     skip_levels: str = "all"
-    """PET skip pathways at every skip level (all) or at the input level only (input)."""
+    """PET skip pathways at every skip level (all) or at the input level only (input). Swin UNETR
+    fuses PET at the embedding, so its PET skip exists at the input level only, whatever this says."""
     head_trainable: bool = False
 
     def __post_init__(self) -> None:
@@ -367,12 +379,20 @@ def load_profile(name: str) -> dict[str, Any]:
 
 
 def resolve(*layers: dict[str, Any]) -> RunConfig:
-    """Merge layers (later wins) on top of the profile that the merged layers name."""
+    """Merge layers (later wins) on top of the profile that the merged layers name.
+
+    A profile's ``backbones:`` section holds per-backbone sizes (Swin UNETR needs crops divisible by
+    32 and a feature size divisible by 12); they apply on top of the profile, below every layer.
+    """
     merged: dict[str, Any] = {}
     for layer in layers:
         merged = deep_merge(merged, layer)
     profile = merged.get("profile", RunConfig.profile)
-    merged = deep_merge(deep_merge({"profile": profile}, load_profile(profile)), merged)
+    backbone = merged.get("backbone", RunConfig.backbone)
+    sizes = load_profile(profile)
+    by_backbone = sizes.pop("backbones", None) or {}
+    sizes = deep_merge(sizes, by_backbone.get(backbone, {}))
+    merged = deep_merge(deep_merge({"profile": profile}, sizes), merged)
     plan = (merged.get("data") or {}).get("plan")
     if plan:
         merged = deep_merge(merged, {"data": load_plan(plan)})

@@ -98,6 +98,15 @@ def _nested(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
+def _canonical(key: str, value: Any) -> Any:
+    """Registry names for method and backbone values (aliases such as `lora` or `swin` allowed)."""
+    if key == "method":
+        return METHODS.canonical(value)
+    if key == "backbone":
+        return BACKBONES.canonical(value)
+    return value
+
+
 def expand(
     suite: Suite,
     *,
@@ -144,7 +153,7 @@ def expand(
                 for vk, vv in v.items():
                     point = deep_merge(point, _nested(vk, vv))
             else:
-                point = deep_merge(point, _nested(k, METHODS.canonical(v) if k == "method" else v))
+                point = deep_merge(point, _nested(k, _canonical(k, v)))
         try:
             units.append(resolve(suite.defaults, point, cli))
         except ConfigError as err:

@@ -11,45 +11,60 @@ from pemma.methods import METHODS
 from pemma.modalities import SUBSETS, UnsupportedModalityError
 from pemma.models.backbones import BACKBONES
 
-CFG = resolve({"profile": "ci"})
+CFGS = {name: resolve({"profile": "ci", "backbone": name}) for name in BACKBONES.names()}
+CFG = CFGS["unetr"]
 ROI = CFG.model.roi
+_BASES: dict[str, torch.nn.Module] = {}
+
+
+def _base(backbone: str) -> torch.nn.Module:
+    """One random CT base per backbone, shared by the tests (methods copy it; tests must not modify it)."""
+    if backbone not in _BASES:
+        torch.manual_seed(0)
+        _BASES[backbone] = BACKBONES.get(backbone).build(CFGS[backbone].model, 1)
+    return _BASES[backbone]
 
 
 @pytest.fixture(scope="module")
 def base():
-    torch.manual_seed(0)
-    return BACKBONES.get("unetr").build(CFG.model, 1)
+    return _base("unetr")
 
 
-def _inputs(subset):
+def _inputs(subset, roi=ROI):
     g = torch.Generator().manual_seed(1)
-    ct = torch.rand(1, 1, *ROI, generator=g) if subset in ("ctpet", "ct") else None
-    pet = torch.randn(1, 1, *ROI, generator=g) if subset in ("ctpet", "pet") else None
+    ct = torch.rand(1, 1, *roi, generator=g) if subset in ("ctpet", "ct") else None
+    pet = torch.randn(1, 1, *roi, generator=g) if subset in ("ctpet", "pet") else None
     return ct, pet
 
 
 class _Batches(torch.utils.data.Dataset):
+    def __init__(self, roi=ROI):
+        self.roi = roi
+
     def __len__(self):
         return 2
 
     def __getitem__(self, i):
         g = torch.Generator().manual_seed(i)
-        label = torch.zeros(1, *ROI, dtype=torch.uint8)
+        label = torch.zeros(1, *self.roi, dtype=torch.uint8)
         label[0, 8:16, 8:16, 8:16] = 1
         label[0, 20:24, 20:24, 20:24] = 2
         return {
-            "ct": torch.rand(1, *ROI, generator=g),
-            "pet": label.float() * 3 + torch.rand(1, *ROI, generator=g),
+            "ct": torch.rand(1, *self.roi, generator=g),
+            "pet": label.float() * 3 + torch.rand(1, *self.roi, generator=g),
             "label": label,
         }
 
 
-def _one_step(model, subsets):
+MATRIX = [(m, b) for b in BACKBONES.names() for m in METHODS.names()]
+
+
+def _one_step(model, subsets, roi=ROI):
     budget = TrainConfig(steps=1, batch_size=1, lr=1e-2, weight_decay=0.0, warmup_steps=0)
     probabilities = tuple(1 / len(subsets) for _ in subsets)
     train(
         model,
-        _Batches(),
+        _Batches(roi),
         budget,
         subsets=subsets,
         probabilities=probabilities,
@@ -58,23 +73,24 @@ def _one_step(model, subsets):
     )
 
 
-@pytest.mark.parametrize("name", METHODS.names())
-def test_method_trains_exactly_its_declared_set(name, base):
+@pytest.mark.parametrize(("name", "backbone"), MATRIX)
+def test_method_trains_exactly_its_declared_set(name, backbone):
+    cfg, base = CFGS[backbone], _base(backbone)
     method = METHODS.get(name)()
-    built = method.create(base if method.needs_base else None, CFG)
+    built = method.create(base if method.needs_base else None, cfg)
     model = built.model
-    patterns = method.trainable_patterns(CFG)
+    patterns = method.trainable_patterns(cfg)
     declared = {
         n for n, _ in model.named_parameters() if patterns is None or any(re.search(p, n) for p in patterns)
     }
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    subsets, _ = method.train_schedule(CFG)
+    subsets, _ = method.train_schedule(cfg)
     reached: set[str] = set()
     # One step per training subset, so every declared parameter is reached at least once.
     for subset in subsets:
         for p in model.parameters():
             p.grad = None
-        _one_step(model, (subset,))
+        _one_step(model, (subset,), cfg.model.roi)
         got_grad = {n for n, p in model.named_parameters() if p.grad is not None}
         assert got_grad <= declared, f"{name}: gradients reached undeclared {sorted(got_grad - declared)[:5]}"
         reached |= got_grad
@@ -86,6 +102,7 @@ def test_method_trains_exactly_its_declared_set(name, base):
     assert not (changed & frozen), f"{name}: frozen parameters changed: {sorted(changed & frozen)[:5]}"
     assert changed, f"{name}: nothing changed after a training step"
     assert {n for n, p in model.named_parameters() if p.requires_grad} == declared
+    assert sorted(built.trained) == sorted(declared)
 
 
 def test_pemma_lora_freezes_the_ct_network_and_adapts_every_attention(base):
@@ -117,16 +134,17 @@ def test_pemma_with_frozen_adapters_is_the_base_on_ct_when_pet_pathway_is_absent
         torch.testing.assert_close(built(ct, None), base.eval()(ct), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", METHODS.names())
-def test_method_accepts_its_inputs_and_refuses_others(name, base):
+@pytest.mark.parametrize(("name", "backbone"), MATRIX)
+def test_method_accepts_its_inputs_and_refuses_others(name, backbone):
+    cfg, base = CFGS[backbone], _base(backbone)
     method = METHODS.get(name)()
-    model = method.create(base if method.needs_base else None, CFG).model.eval()
+    model = method.create(base if method.needs_base else None, cfg).model.eval()
     for subset in SUBSETS:
-        ct, pet = _inputs(subset)
+        ct, pet = _inputs(subset, cfg.model.roi)
         if subset in method.inputs():
             with torch.no_grad():
                 out = model(ct, pet)
-            assert out.shape == (1, 3, *ROI)
+            assert out.shape == (1, 3, *cfg.model.roi)
         else:
             with pytest.raises(UnsupportedModalityError, match="accepts"):
                 model(ct, pet)
@@ -194,25 +212,26 @@ def test_modality_curriculum_starts_with_both_modalities():
     assert {"ct", "pet"} <= set(model.seen[10:])
 
 
-@pytest.mark.parametrize(("targets", "per_block"), [("qkv", 1), ("attn", 2), ("attn-mlp", 4)])
-def test_adapter_target_sets_adapt_exactly_their_encoder_layers(base, targets, per_block):
-    cfg = resolve({"profile": "ci", "adapter": {"targets": targets}})
-    built = METHODS.get("pemma-lora")().create(base, cfg)
-    assert len(built.adapted_modules) == per_block * cfg.model.num_layers
-    assert all(m.startswith("base.vit.blocks.") for m in built.adapted_modules)
+@pytest.mark.parametrize("backbone", BACKBONES.names())
+@pytest.mark.parametrize(("targets", "per_block"), [("qkv", 1), ("qv", 2), ("attn", 2), ("attn-mlp", 4)])
+def test_adapter_target_sets_adapt_exactly_their_encoder_layers(backbone, targets, per_block):
+    cfg = resolve({"profile": "ci", "backbone": backbone, "adapter": {"targets": targets}})
+    built = METHODS.get("pemma-lora")().create(_base(backbone), cfg)
+    blocks = cfg.model.num_layers if backbone == "unetr" else sum(cfg.model.swin_depths)
+    assert len(built.adapted_modules) == per_block * blocks
+    prefix = "base." + BACKBONES.get(backbone).encoder_prefix
+    assert all(m.startswith(prefix) for m in built.adapted_modules)
+    if targets == "qv":
+        assert {m.rsplit(".", 1)[1] for m in built.adapted_modules} == {"q", "v"}
 
 
 def test_an_adapter_pattern_outside_the_encoder_is_refused(base):
     from pemma.models.adapters import AdapterTargetError, inject_lora
 
     net = BACKBONES.get("unetr").build(CFG.model, 1)
+    loose = {"qkv": r"(vit\.blocks\.0\.attn\.qkv|decoder2\.transp_conv\.conv)"}
     with pytest.raises(AdapterTargetError, match="outside the encoder"):
-        inject_lora(
-            net,
-            r"(vit\.blocks\.0\.attn\.qkv|decoder2\.transp_conv\.conv)",
-            CFG.adapter,
-            dora=False,
-            encoder_prefix="vit.",
-        )
+        inject_lora(net, loose, CFG.adapter, dora=False, encoder_prefix="vit.")
+    nothing = {"qkv": r"vit\.blocks\.\d+\.attn\.nothing"}
     with pytest.raises(AdapterTargetError, match="matches no module"):
-        inject_lora(net, r"vit\.blocks\.\d+\.attn\.nothing", CFG.adapter, dora=False, encoder_prefix="vit.")
+        inject_lora(net, nothing, CFG.adapter, dora=False, encoder_prefix="vit.")

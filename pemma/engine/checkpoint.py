@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 
-def _atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -24,14 +24,14 @@ def _atomic(path: Path, write) -> None:
 
 
 def save_state(state: dict[str, Any], path: Path) -> None:
-    _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+    write_atomic(Path(path), lambda tmp: torch.save(state, tmp))
 
 
 def save_json(obj: Any, path: Path) -> None:
     def write(tmp: str) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
 
-    _atomic(Path(path), write)
+    write_atomic(Path(path), write)
 
 
 def load_state(path: Path) -> dict[str, Any]:

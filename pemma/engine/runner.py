@@ -32,6 +32,7 @@ from pemma.metrics.continual import continual_summary
 from pemma.metrics.params import REFERENCE_METHOD, count_parameters
 from pemma.modalities import CT
 from pemma.models.fusion import CTOnly
+from pemma.models.portable import save_trained
 from pemma.tracking import Tracker, provenance, run_key
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class Reporter:
 
     def stage(self, text: str, total: int) -> Callable[[int, float], None] | None:
         return None
+
+    def note(self, text: str) -> None:
+        pass
 
     def done(self, outcome: UnitOutcome) -> None:
         pass
@@ -216,6 +220,11 @@ class Runner:
         )
         tags["params_reference_method"] = REFERENCE_METHOD
         tags["adapted_modules"] = ",".join(built.adapted_modules) or "none"
+        if built.adapted_modules:
+            self.reporter.note(
+                f"{cfg.method} on {cfg.backbone} adapts {len(built.adapted_modules)} modules: "
+                + ", ".join(built.adapted_modules)
+            )
         subsets, probabilities = method.train_schedule(cfg)
         tags["train_schedule"] = ", ".join(
             f"{s}={p:.2f}" for s, p in zip(subsets, probabilities, strict=True)
@@ -250,6 +259,14 @@ class Runner:
             metrics.update({f"dice_case/{subset}/{k}": v for k, v in result.case_mean.items()})
             metrics[f"infer_volumes_per_s/{subset}"] = result.volumes_per_s
         metrics["test_cases"] = len(volumes)
+        saved = self.results / cfg.suite / "trained" / f"{self.key(cfg)}.safetensors"
+        metrics["saved_bytes"] = save_trained(
+            built.model,
+            built.trained,
+            saved,
+            {"method": cfg.method, "backbone": cfg.backbone, "run_key": self.key(cfg)},
+        )
+        tags["trained_file"] = str(saved.relative_to(self.results))
         if cfg.continual.order:
             metrics.update(self._continual(cfg, method, built.model, base, loaded, results))
         return metrics, tags

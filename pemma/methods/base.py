@@ -23,6 +23,8 @@ from pemma.registry import Registry
 class Built:
     model: SegmentationModel
     adapted_modules: list[str] = field(default_factory=list)
+    trained: list[str] = field(default_factory=list)
+    """Names of the parameters the method trains: what a saved result holds."""
 
 
 class Method:
@@ -63,7 +65,7 @@ class Method:
 
     def create(self, base: nn.Module | None, cfg: RunConfig) -> Built:
         built = self.build(base, cfg, BACKBONES.get(cfg.backbone))
-        set_trainable(built.model, self.trainable_patterns(cfg))
+        built.trained = set_trainable(built.model, self.trainable_patterns(cfg))
         return built
 
     def train_schedule(self, cfg: RunConfig) -> tuple[tuple[str, ...], tuple[float, ...]]:

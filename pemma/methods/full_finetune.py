@@ -6,13 +6,13 @@ import copy
 
 from pemma.methods.base import Built, Method, register_method
 from pemma.modalities import SUBSETS
-from pemma.models.pemma import PemmaUNETR
+from pemma.models.pemma import PemmaModel
 
 
 @register_method("full-finetune", aliases=("fft",))
 class FullFinetuneMethod(Method):
     summary = "PEMMA architecture, everything (CT backbone and decoder included)"
-    model_cls = PemmaUNETR
+    model_cls = PemmaModel
     train_inputs = SUBSETS
 
     def build(self, base, cfg, backbone):

@@ -7,21 +7,19 @@ import copy
 from pemma.methods.base import Built, Method, register_method
 from pemma.modalities import SUBSETS
 from pemma.models.adapters import inject_lora
-from pemma.models.pemma import PemmaUNETR
-
-PET_PATHWAY = (r"^pet_embedding\.", r"^pet_skips\.", r"^betas$")
+from pemma.models.pemma import NEW_MODULES, PemmaModel
 
 
 @register_method("pemma-lora", aliases=("lora",))
 class PemmaLoraMethod(Method):
     summary = "PET embedding, PET skip branches + betas, LoRA on the frozen attention"
-    model_cls = PemmaUNETR
+    model_cls = PemmaModel
     train_inputs = SUBSETS
     dora = False
 
     def trainable_patterns(self, cfg):
         head = (r"^base\.out\.",) if cfg.adapter.head_trainable else ()
-        return (*PET_PATHWAY, r"\.lora_", *head)
+        return (*NEW_MODULES, r"\.lora_", *head)
 
     def continual_patterns(self, cfg):
         """Continual stages update the low-rank adapters only, so neither modality is overwritten."""
@@ -31,7 +29,7 @@ class PemmaLoraMethod(Method):
         net = copy.deepcopy(base)
         adapted = inject_lora(
             net,
-            backbone.lora_targets[cfg.adapter.targets],
+            backbone.lora_targets,
             cfg.adapter,
             dora=self.dora,
             encoder_prefix=backbone.encoder_prefix,

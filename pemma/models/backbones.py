@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from monai.networks.nets import UNETR
+from monai.networks.nets import UNETR, SwinUNETR
 from monai.networks.nets.vit import ViT
 from torch import nn
 
@@ -98,6 +98,42 @@ class FlexibleUNETR(UNETR):
         return self.decode(x, skips)
 
 
+class FlexibleSwinUNETR(SwinUNETR):
+    """MONAI's Swin UNETR with its forward split into embed / stages / decode.
+
+    PEMMA-Swin fuses PET between the patch embedding and the first Swin stage, so it needs the
+    pieces; `forward` composes them and matches SwinUNETR.forward exactly (tested).
+    """
+
+    def embed(self, x_in: torch.Tensor) -> torch.Tensor:
+        return self.swinViT.pos_drop(self.swinViT.patch_embed(x_in))
+
+    def stages(self, x0: torch.Tensor) -> list[torch.Tensor]:
+        """The hidden states of the embedding and of the four Swin stages, normalised as MONAI does."""
+        vit = self.swinViT
+        out = [vit.proj_out(x0, self.normalize)]
+        x = x0
+        for i in range(1, 5):
+            if vit.use_v2:
+                x = getattr(vit, f"layers{i}c")[0](x.contiguous())
+            x = getattr(vit, f"layers{i}")[0](x.contiguous())
+            out.append(vit.proj_out(x, self.normalize))
+        return out
+
+    def decode(self, enc0: torch.Tensor, hidden: list[torch.Tensor]) -> torch.Tensor:
+        enc1 = self.encoder2(hidden[0])
+        enc2 = self.encoder3(hidden[1])
+        enc3 = self.encoder4(hidden[2])
+        dec3 = self.decoder5(self.encoder10(hidden[4]), hidden[3])
+        dec0 = self.decoder2(self.decoder3(self.decoder4(dec3, enc3), enc2), enc1)
+        return self.out(self.decoder1(dec0, enc0))
+
+    def forward(self, x_in: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and not torch.jit.is_tracing():
+            self._check_input_size(x_in.shape[2:])
+        return self.decode(self.encoder1(x_in), self.stages(self.embed(x_in)))
+
+
 @dataclass(frozen=True)
 class Backbone:
     name: str
@@ -108,6 +144,9 @@ class Backbone:
     """Adapter target set name -> regex over module names of the CT network."""
     encoder_prefix: str
     """Module-name prefix of the encoder: adapters outside it are refused."""
+    input_convs: str
+    """Regex over module names: the convolutions that read the raw input volume (widened to take
+    PET as a second channel by early-fusion-lora)."""
     check: Callable[[ModelConfig], None]
 
 
@@ -149,10 +188,72 @@ BACKBONES.add(
         wrap_pemma=_wrap_unetr,
         lora_targets={
             "qkv": r"vit\.blocks\.\d+\.attn\.qkv",
+            "qv": r"vit\.blocks\.\d+\.attn\.qkv\.[qv]",
             "attn": r"vit\.blocks\.\d+\.attn\.(qkv|out_proj)",
             "attn-mlp": r"vit\.blocks\.\d+\.(attn\.(qkv|out_proj)|mlp\.linear[12])",
         },
         encoder_prefix="vit.",
+        input_convs=r"vit\.patch_embedding\.patch_embeddings|encoder1\.layer\.conv[13]\.conv",
         check=_check_unetr,
     ),
+)
+
+
+def _build_swin(cfg: ModelConfig, in_channels: int) -> nn.Module:
+    net = FlexibleSwinUNETR(
+        in_channels=in_channels,
+        out_channels=cfg.num_classes,
+        feature_size=cfg.feature_size,
+        depths=cfg.swin_depths,
+        num_heads=cfg.swin_heads,
+        window_size=cfg.swin_window,
+        norm_name="instance",
+        spatial_dims=3,
+    )
+    for module in net.modules():
+        if hasattr(module, "use_flash_attention"):
+            module.use_flash_attention = cfg.sdpa
+    return net
+
+
+def _check_swin(cfg: ModelConfig) -> None:
+    if any(r % 32 or r < 64 for r in cfg.roi):
+        raise ConfigError(
+            "model.roi: Swin UNETR halves the crop five times and instance-normalises the last stage, "
+            f"so every side must be a multiple of 32 and at least 64; got {cfg.roi}"
+        )
+    if cfg.feature_size % 12:
+        raise ConfigError(f"model.feature_size: Swin UNETR needs a multiple of 12; got {cfg.feature_size}")
+    for stage, heads in enumerate(cfg.swin_heads):
+        if (cfg.feature_size * 2**stage) % heads:
+            raise ConfigError(
+                f"model.swin_heads: stage {stage + 1} has width {cfg.feature_size * 2**stage}, "
+                f"not divisible by {heads} heads"
+            )
+
+
+def _wrap_swin(base: nn.Module, cfg: AdapterConfig) -> nn.Module:
+    from pemma.models.pemma import PemmaSwin
+
+    return PemmaSwin(base, cfg)
+
+
+_SWIN_BLOCK = r"swinViT\.layers[1-4]\.0\.blocks\.\d+"
+BACKBONES.add(
+    "swin-unetr",
+    Backbone(
+        name="swin-unetr",
+        build=_build_swin,
+        wrap_pemma=_wrap_swin,
+        lora_targets={
+            "qkv": _SWIN_BLOCK + r"\.attn\.qkv",
+            "qv": _SWIN_BLOCK + r"\.attn\.qkv\.[qv]",
+            "attn": _SWIN_BLOCK + r"\.attn\.(qkv|proj)",
+            "attn-mlp": _SWIN_BLOCK + r"\.(attn\.(qkv|proj)|mlp\.linear[12])",
+        },
+        encoder_prefix="swinViT.layers",
+        input_convs=r"swinViT\.patch_embed\.proj|encoder1\.layer\.conv[13]\.conv",
+        check=_check_swin,
+    ),
+    aliases=("swin",),
 )
