@@ -1,0 +1,139 @@
+"""Module surgery and portable results: Swin split forward, q,v split, saved state round trips, merging."""
+
+import pytest
+import torch
+from monai.networks.nets import UNETR, SwinUNETR
+from peft.tuners.tuners_utils import BaseTunerLayer
+from test_methods import CFGS, MATRIX, _base, _inputs, _one_step
+
+from pemma.config import resolve
+from pemma.methods import METHODS
+from pemma.models.adapters import SplitQKV, WidenedConv, fuse_qkv, merge_adapters, split_qkv
+from pemma.models.backbones import BACKBONES
+from pemma.models.portable import PortableStateError, load_trained, read_metadata, save_trained
+
+
+def _outputs(model, method, roi):
+    model.eval()
+    with torch.no_grad():
+        return {s: model(*_inputs(s, roi)) for s in method.inputs()}
+
+
+def _trained(name, backbone, cfg=None):
+    """A method's model after one training step per training subset (so every adapter is non-zero)."""
+    cfg = cfg or CFGS[backbone]
+    method = METHODS.get(name)()
+    torch.manual_seed(1)
+    built = method.create(_base(backbone) if method.needs_base else None, cfg)
+    for subset in method.train_schedule(cfg)[0]:
+        _one_step(built.model, (subset,), cfg.model.roi)
+    return method, built
+
+
+def test_swin_split_forward_is_monai_swin_unetr():
+    cfg = CFGS["swin-unetr"]
+    net = _base("swin-unetr").eval()
+    x = torch.rand(1, 1, *cfg.model.roi)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), SwinUNETR.forward(net, x), atol=0, rtol=0)
+
+
+def test_pemma_swin_starts_as_the_ct_base_on_ct():
+    """The merge starts as identity on CT and the CT adapter's residual at zero: CT input = the base."""
+    cfg = resolve({"profile": "ci", "backbone": "swin-unetr", "adapter": {"beta": "absent"}})
+    base = _base("swin-unetr").eval()
+    model = METHODS.get("pemma-lora")().create(base, cfg).model.eval()
+    ct, _ = _inputs("ct", cfg.model.roi)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ct, None), base(ct), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES.names())
+def test_qkv_split_keeps_outputs_and_fuses_back(backbone):
+    cfg = CFGS[backbone]
+    net = BACKBONES.get(backbone).build(cfg.model, 1).eval()
+    x = torch.rand(1, 1, *cfg.model.roi)
+    with torch.no_grad():
+        before = net(x)
+        names = split_qkv(net, BACKBONES.get(backbone).lora_targets["qkv"])
+        after = net(x)
+    assert names and all(isinstance(net.get_submodule(n), SplitQKV) for n in names)
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=1e-5)
+    assert fuse_qkv(net) == len(names)
+    assert not any(isinstance(m, SplitQKV) for m in net.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), before, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "backbone"), MATRIX)
+def test_saved_trained_state_loads_onto_a_fresh_base_with_identical_outputs(name, backbone, tmp_path):
+    cfg = CFGS[backbone]
+    method, built = _trained(name, backbone)
+    expected = _outputs(built.model, method, cfg.model.roi)
+    path = tmp_path / "trained.safetensors"
+    size = save_trained(built.model, built.trained, path, {"method": name, "backbone": backbone})
+    assert size == path.stat().st_size
+    assert read_metadata(path)["method"] == name
+
+    torch.manual_seed(99)  # whatever the fresh model's random init, the file must restore the result
+    fresh = method.create(_base(backbone) if method.needs_base else None, cfg)
+    load_trained(fresh.model, fresh.trained, path)
+    got = _outputs(fresh.model, method, cfg.model.roi)
+    for subset in expected:
+        torch.testing.assert_close(got[subset], expected[subset], atol=0, rtol=0)
+
+
+def test_a_trained_state_is_refused_by_another_base_or_method(tmp_path):
+    cfg = CFGS["unetr"]
+    method, built = _trained("pemma-lora", "unetr")
+    path = tmp_path / "lora.safetensors"
+    save_trained(built.model, built.trained, path, {"method": "pemma-lora", "backbone": "unetr"})
+
+    torch.manual_seed(5)
+    other_base = BACKBONES.get("unetr").build(cfg.model, 1)
+    fresh = method.create(other_base, cfg)
+    with pytest.raises(PortableStateError, match="different frozen weights"):
+        load_trained(fresh.model, fresh.trained, path)
+
+    dora = METHODS.get("pemma-dora")().create(_base("unetr"), cfg)
+    with pytest.raises(PortableStateError, match="trainable set"):
+        load_trained(dora.model, dora.trained, path)
+
+    rank4 = method.create(_base("unetr"), resolve({"profile": "ci", "adapter": {"rank": 4}}))
+    with pytest.raises(PortableStateError, match="shapes differ"):
+        load_trained(rank4.model, rank4.trained, path)
+
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(PortableStateError, match="junk.safetensors"):
+        load_trained(fresh.model, fresh.trained, tmp_path / "junk.safetensors")
+
+
+MERGEABLE = [
+    (name, backbone, targets)
+    for backbone in BACKBONES.names()
+    for name, targets in [
+        ("pemma-lora", "qkv"),
+        ("pemma-dora", "qkv"),
+        ("pemma-lora", "qv"),
+        ("pemma-dora", "attn-mlp"),
+        ("early-fusion-lora", "qkv"),
+    ]
+]
+
+
+@pytest.mark.parametrize(("name", "backbone", "targets"), MERGEABLE)
+def test_merged_adapters_match_unmerged_and_leave_plain_monai(name, backbone, targets):
+    cfg = resolve({"profile": "ci", "backbone": backbone, "adapter": {"targets": targets}})
+    method, built = _trained(name, backbone, cfg)
+    model = built.model
+    expected = _outputs(model, method, cfg.model.roi)
+    tuners = sum(isinstance(m, BaseTunerLayer) for m in model.modules())
+    folded = merge_adapters(model)
+    assert tuners > 0 and folded["adapters"] == tuners
+    assert folded["qkv"] == (len(built.adapted_modules) // 2 if targets == "qv" else 0)
+    assert not any(isinstance(m, BaseTunerLayer | SplitQKV | WidenedConv) for m in model.modules())
+    net = model.base if hasattr(model, "base") else model.net
+    assert isinstance(net, UNETR if backbone == "unetr" else SwinUNETR)
+    got = _outputs(model, method, cfg.model.roi)
+    for subset in expected:
+        torch.testing.assert_close(got[subset], expected[subset], atol=1e-5, rtol=1e-4)
