@@ -335,10 +335,13 @@ def bench_throughput(
     from pemma.engine.benchmark import throughput
     from pemma.engine.runner import default_device
     from pemma.methods import METHODS
+    from pemma.models.backbones import BACKBONES
     from pemma.registry import RegistryError
 
     try:
+        backbone = BACKBONES.canonical(backbone)
         cfg = resolve({"profile": profile, "backbone": backbone}, *(parse_override(s) for s in set_ or []))
+        BACKBONES.get(backbone).check(cfg.model)
         names = [METHODS.canonical(m) for m in _split(methods) or METHODS.names()]
     except (ConfigError, RegistryError) as err:
         raise _fail(str(err)) from err
@@ -351,6 +354,44 @@ def bench_throughput(
     )
     if out:
         table.to_csv(out, index=False)
+
+
+@bench_app.command("merge")
+def bench_merge(
+    profile: Annotated[str, typer.Option(help="ci | smoke | paper (model size and crop).")] = "smoke",
+    backbones: Annotated[list[str] | None, typer.Option(help="Backbones (default: all).")] = None,
+    methods: Annotated[
+        list[str] | None, typer.Option("--methods", help="Methods (default: those with adapters).")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value.")] = None,
+) -> None:
+    """Inference speed with LoRA / DoRA unmerged vs merged into the base, and their output difference."""
+    import pandas as pd
+
+    from pemma.config import ConfigError, parse_override, resolve
+    from pemma.engine.benchmark import merged_inference
+    from pemma.engine.runner import default_device
+    from pemma.methods import METHODS
+    from pemma.models.backbones import BACKBONES
+    from pemma.registry import RegistryError
+
+    device = default_device()
+    try:
+        names = [
+            METHODS.canonical(m) for m in _split(methods) or ["pemma-lora", "pemma-dora", "early-fusion-lora"]
+        ]
+        tables = []
+        for backbone in [BACKBONES.canonical(b) for b in _split(backbones) or BACKBONES.names()]:
+            cfg = resolve(
+                {"profile": profile, "backbone": backbone}, *(parse_override(s) for s in set_ or [])
+            )
+            BACKBONES.get(backbone).check(cfg.model)
+            tables.append(merged_inference(cfg, names, device))
+    except (ConfigError, RegistryError) as err:
+        raise _fail(str(err)) from err
+    _print_frame(
+        pd.concat(tables, ignore_index=True), f"merged vs unmerged adapters: profile {profile}, {device}"
+    )
 
 
 @bench_app.command("data")

@@ -1,4 +1,7 @@
-"""Peak memory while a block runs: CUDA max allocated on GPU, sampled resident set size on CPU."""
+"""Peak memory while a block runs: CUDA max allocated on GPU; on CPU, the sampled resident set size
+above what the process held when the block began (so methods measured one after another in one
+process are comparable: weights already built are not counted, activations, gradients and
+optimiser state are)."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            self._peak = _rss_bytes()
+            self._start = self._peak = _rss_bytes()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
@@ -47,4 +50,4 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             self._peak = max(self._peak, _rss_bytes())
-            self.peak_mb = self._peak / 2**20
+            self.peak_mb = (self._peak - self._start) / 2**20

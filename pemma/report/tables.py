@@ -45,9 +45,15 @@ LABEL_PARAMS = {"params.suite", "params.seed", "params.method", "params.backbone
 
 
 def variant_columns(runs: pd.DataFrame) -> list[str]:
-    """Config params that differ between runs of a suite (besides method, backbone and seed)."""
+    """Config params that differ between runs of one backbone (besides method and seed).
+
+    Sizes that differ only between backbones (a profile's per-backbone crop or width) are not a variant.
+    """
     cols = [c for c in runs.columns if c.startswith("params.") and c not in LABEL_PARAMS]
-    return [c for c in cols if runs[c].nunique(dropna=False) > 1]
+    if "tags.backbone" not in runs:
+        return [c for c in cols if runs[c].nunique(dropna=False) > 1]
+    groups = runs.groupby("tags.backbone")
+    return [c for c in cols if (groups[c].nunique(dropna=False) > 1).any()]
 
 
 def summary(runs: pd.DataFrame) -> pd.DataFrame:
@@ -57,11 +63,7 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     order = {m: i for i, m in enumerate(METHODS.names())}
     varying = variant_columns(runs)
     runs = runs.assign(
-        variant=runs[varying]
-        .astype(str)
-        .apply(lambda row: ", ".join(f"{c.removeprefix('params.')}={v}" for c, v in row.items()), axis=1)
-        if varying
-        else ""
+        variant=runs.apply(lambda run: _variant(run, runs, varying), axis=1) if varying else ""
     )
     rows = []
     for (method, backbone, variant), group in runs.groupby(
@@ -84,6 +86,13 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
         if f"metrics.{c.metric}" in runs and runs[f"metrics.{c.metric}"].notna().any()
     ]
     return table.drop(columns=[c.header for c in COLUMNS if c.header not in logged])
+
+
+def _variant(run: pd.Series, runs: pd.DataFrame, varying: list[str]) -> str:
+    """`key=value` for the varying params that vary among the runs of this run's backbone."""
+    same = runs[runs["tags.backbone"] == run["tags.backbone"]] if "tags.backbone" in runs else runs
+    cols = [c for c in varying if same[c].nunique(dropna=False) > 1]
+    return ", ".join(f"{c.removeprefix('params.')}={run[c]}" for c in cols)
 
 
 def _cell(values: np.ndarray, digits: int) -> str:
