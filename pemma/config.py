@@ -234,12 +234,45 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class PrognosisConfig:
+    """Prognosis units (`task: prognosis`): a survival head on the method's encoder, Cox loss."""
+
+    ehr: bool = False
+    """Add the clinical variables as tokens (CT+PET+EHR); off: images only."""
+    steps: int = 150
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    mix: str = "mean"
+    """How the head combines image and EHR tokens: mean (linear in each token) | attention."""
+    horizons: tuple[float, ...] = (365.0, 730.0, 1095.0)
+    """Days at which time-dependent AUC is reported (those inside the follow-up)."""
+    bootstrap: int = 500
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 1, "prognosis.steps", f"must be >= 1, got {self.steps}")
+        _require(self.batch_size >= 2, "prognosis.batch_size", "a Cox batch needs at least 2 patients")
+        _require(
+            self.mix in ("mean", "attention"),
+            "prognosis.mix",
+            f"expected mean or attention, got {self.mix!r}",
+        )
+        _require(self.bootstrap >= 0, "prognosis.bootstrap", "must be >= 0")
+
+
+TASKS = ("segmentation", "prognosis")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     suite: str = "adhoc"
     method: str = "pemma-lora"
     backbone: str = "unetr"
     seed: int = 0
     profile: str = "smoke"
+    task: str = "segmentation"
+    """segmentation (Dice) or prognosis (C-index; see `prognosis`)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -247,8 +280,10 @@ class RunConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     continual: ContinualConfig = field(default_factory=ContinualConfig)
+    prognosis: PrognosisConfig = field(default_factory=PrognosisConfig)
 
     def __post_init__(self) -> None:
+        _require(self.task in TASKS, "task", f"expected one of {', '.join(TASKS)}, got {self.task!r}")
         outside = set(self.continual.order) - set(self.data.continual_centres)
         _require(
             not outside,

@@ -26,13 +26,28 @@ from pemma.data.synth import GENERATOR_VERSION, write_cohort
 from pemma.engine.checkpoint import save_json
 from pemma.engine.evaluate import SubsetResult, evaluate
 from pemma.engine.pretrain import pretrained_base
+from pemma.engine.prognosis import (
+    KEYS as PROGNOSIS_KEYS,
+)
+from pemma.engine.prognosis import (
+    baseline_scores,
+    clinical_columns,
+    fit_risk_model,
+    image_forward,
+    load_patients,
+    predict,
+    prognosis_split,
+)
 from pemma.engine.train import dtype_name, train
 from pemma.methods import METHODS, set_trainable
 from pemma.metrics.continual import continual_summary
 from pemma.metrics.params import REFERENCE_METHOD, count_parameters
-from pemma.modalities import CT
+from pemma.metrics.survival import survival_scores, write_task2_submission
+from pemma.modalities import CT, LABELS
+from pemma.models.backbones import BACKBONES
 from pemma.models.fusion import CTOnly
 from pemma.models.portable import save_trained
+from pemma.models.prognosis import PrognosisModel, TableEncoding
 from pemma.tracking import Tracker, provenance, run_key
 
 log = logging.getLogger(__name__)
@@ -190,23 +205,14 @@ class Runner:
             return UnitOutcome(key, "FAILED", time.perf_counter() - t0, error=f"{type(err).__name__}: {err}")
 
     def _train_and_evaluate(self, cfg: RunConfig) -> tuple[dict[str, float], dict[str, str]]:
+        if cfg.task == "prognosis":
+            return self._prognosis(cfg)
         seed_everything(cfg.seed)
         loaded = self.load_data(cfg)
         method = METHODS.get(cfg.method)()
         metrics: dict[str, float] = {}
         tags = {"data_fingerprint": loaded.data.fingerprint, "data_root": str(loaded.cohort.root)}
-        base = None
-        if method.needs_base:
-            base, info = pretrained_base(
-                cfg,
-                loaded.data,
-                loaded.plan,
-                self.results / "bases",
-                self.device,
-                self.reporter.stage("CT pretraining", cfg.pretrain.steps),
-            )
-            tags["base_key"] = info.get("key", info.get("source", ""))
-            metrics.update({f"base_dice_agg/ct/{k}": v for k, v in info.get("val_dice_agg", {}).items()})
+        base = self._base_for(cfg, method, loaded, metrics, tags)
         seed_everything(cfg.seed)
         built = method.create(base, cfg)
         total, trainable = count_parameters(built.model)
@@ -269,6 +275,103 @@ class Runner:
         tags["trained_file"] = str(saved.relative_to(self.results))
         if cfg.continual.order:
             metrics.update(self._continual(cfg, method, built.model, base, loaded, results))
+        return metrics, tags
+
+    def _base_for(self, cfg: RunConfig, method, loaded: LoadedData, metrics, tags):
+        if not method.needs_base:
+            return None
+        base, info = pretrained_base(
+            cfg,
+            loaded.data,
+            loaded.plan,
+            self.results / "bases",
+            self.device,
+            self.reporter.stage("CT pretraining", cfg.pretrain.steps),
+        )
+        tags["base_key"] = info.get("key", info.get("source", ""))
+        metrics.update({f"base_dice_agg/ct/{k}": v for k, v in info.get("val_dice_agg", {}).items()})
+        return base
+
+    def _prognosis(self, cfg: RunConfig) -> tuple[dict[str, float], dict[str, str]]:
+        """A survival head on the method's model (its trainable set + the head train), Cox loss."""
+        seed_everything(cfg.seed)
+        loaded = self.load_data(cfg)
+        method = METHODS.get(cfg.method)()
+        backbone = BACKBONES.get(cfg.backbone)
+        p = cfg.prognosis
+        metrics: dict[str, float] = {}
+        tags = {"data_fingerprint": loaded.data.fingerprint, "data_root": str(loaded.cohort.root)}
+        splits = prognosis_split(loaded.cohort, cfg.data.split, cfg.data.split_seed)
+        patients = {
+            name: load_patients(
+                cases,
+                loaded.data.volumes(cases, PROGNOSIS_KEYS),
+                loaded.cohort,
+                cfg.model.roi,
+                cfg.data.spacing,
+            )
+            for name, cases in splits.items()
+        }
+        train_p, test_p = patients["train"], patients["test"]
+        base = self._base_for(cfg, method, loaded, metrics, tags)
+        seed_everything(cfg.seed)
+        built = method.create(base, cfg)
+        encoding = None
+        if p.ehr:
+            encoding = TableEncoding.fit(train_p.clinical, clinical_columns(train_p.clinical))
+        model = PrognosisModel(
+            built.model,
+            backbone.bottleneck,
+            backbone.bottleneck_dim(cfg.model),
+            len(encoding.columns) if encoding else 0,
+            mix=p.mix,
+        ).to(self.device)
+        subset = method.inputs()[0]
+        tags["prognosis_inputs"] = LABELS[subset] + ("+EHR" if p.ehr else "")
+        total, trainable = count_parameters(model)
+        metrics.update({"params_total": total, "params_trainable": trainable})
+        t0 = time.perf_counter()
+        losses = fit_risk_model(
+            model,
+            image_forward(model, train_p, subset, encoding, self.device),
+            len(train_p.ids),
+            train_p.time,
+            train_p.event,
+            p,
+            cfg.seed,
+            self.device,
+        )
+        metrics.update(
+            {
+                "train_seconds": time.perf_counter() - t0,
+                "train_first_loss": losses[0],
+                "train_final_loss": losses[-1],
+            }
+        )
+        risks = {
+            name: predict(
+                model,
+                image_forward(model, pts, subset, encoding, self.device),
+                len(pts.ids),
+                self.device,
+                p.amp,
+            )
+            for name, pts in patients.items()
+        }
+        scores = survival_scores(
+            (train_p.time.numpy(), train_p.event.numpy(), risks["train"]),
+            (test_p.time.numpy(), test_p.event.numpy(), risks["test"]),
+            p.horizons,
+            n_boot=p.bootstrap,
+            seed=cfg.seed,
+        )
+        metrics.update({f"surv/{k}": v for k, v in scores.items()})
+        metrics.update(baseline_scores(train_p, test_p, p, cfg.seed))
+        metrics["train_patients"] = len(train_p.ids)
+        out = self.results / cfg.suite / "predictions" / f"{self.key(cfg)}.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_task2_submission(test_p.ids, risks["test"], out)
+        tags["predictions_file"] = str(out.relative_to(self.results))
         return metrics, tags
 
     def _continual(

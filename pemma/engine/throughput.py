@@ -1,10 +1,16 @@
 """Peak memory while a block runs: CUDA max allocated on GPU; on CPU, the sampled resident set size
-above what the process held when the block began (so methods measured one after another in one
-process are comparable: weights already built are not counted, activations, gradients and
-optimiser state are)."""
+above what the process held when the block began. Before a CPU block starts, freed heap memory is
+handed back to the system (glibc malloc_trim), so a block's growth is not hidden by memory an
+earlier block freed but the allocator kept: methods measured one after another in one process are
+then comparable (weights already built are not counted; activations, gradients and optimiser
+state are)."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import gc
 import os
 import threading
 
@@ -21,6 +27,15 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def release_freed_memory() -> None:
+    """Collect garbage and return the C heap's free pages to the system where glibc allows it."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+            ctypes.CDLL(name).malloc_trim(0)
+
+
 class PeakMemory:
     """Context manager; ``.peak_mb`` after exit."""
 
@@ -34,6 +49,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            release_freed_memory()
             self._start = self._peak = _rss_bytes()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()

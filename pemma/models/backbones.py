@@ -148,6 +148,9 @@ class Backbone:
     """Regex over module names: the convolutions that read the raw input volume (widened to take
     PET as a second channel by early-fusion-lora)."""
     check: Callable[[ModelConfig], None]
+    bottleneck: str = ""
+    """Module name whose output is the encoder's deepest representation (for prognosis heads)."""
+    bottleneck_dim: Callable[[ModelConfig], int] | None = None
 
 
 BACKBONES: Registry[Backbone] = Registry("backbone")
@@ -195,6 +198,8 @@ BACKBONES.add(
         encoder_prefix="vit.",
         input_convs=r"vit\.patch_embedding\.patch_embeddings|encoder1\.layer\.conv[13]\.conv",
         check=_check_unetr,
+        bottleneck="vit.norm",
+        bottleneck_dim=lambda m: m.hidden_size,
     ),
 )
 
@@ -254,6 +259,8 @@ BACKBONES.add(
         encoder_prefix="swinViT.layers",
         input_convs=r"swinViT\.patch_embed\.proj|encoder1\.layer\.conv[13]\.conv",
         check=_check_swin,
+        bottleneck="swinViT.layers4",
+        bottleneck_dim=lambda m: 16 * m.feature_size,
     ),
     aliases=("swin",),
 )
