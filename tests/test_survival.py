@@ -118,3 +118,50 @@ def test_tabular_path_matches_a_lifelines_cox_model_on_real_data(dataset):
     ours = harrell_cindex(test["time"], test["event"], predict_tabular(head, encoding, test))
     assert cox_c > 0.55, "the Cox reference itself should find signal"
     assert abs(ours - cox_c) < 0.02, (ours, cox_c)
+
+
+def test_prognosis_unit_logs_survival_metrics_baselines_and_a_task2_file(tiny_cohort, tmp_path):
+    from typer.testing import CliRunner
+
+    from pemma.cli import app
+    from pemma.tracking import Tracker
+
+    args = [
+        "run",
+        "--suite",
+        "prognosis",
+        "--profile",
+        "ci",
+        "--results",
+        str(tmp_path),
+        "--data",
+        str(tiny_cohort),
+    ]
+    out = CliRunner().invoke(
+        app,
+        [
+            *args,
+            "--methods",
+            "ct-only,pemma-lora",
+            "--backbones",
+            "unetr",
+            "--seeds",
+            "0",
+            "--set",
+            "prognosis.ehr=true",
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    runs = Tracker(tmp_path).runs("prognosis")
+    assert set(runs["status"]) == {"FINISHED"} and len(runs) == 2
+    lora = runs[runs["tags.method"] == "pemma-lora"].iloc[0]
+    assert lora["tags.prognosis_inputs"] == "CT+PET+EHR"
+    assert runs["tags.prognosis_inputs"].tolist().count("CT+EHR") == 1
+    for key in ("surv/test_patients", "train_patients", "cox_image/test_patients", "params_trainable"):
+        assert np.isfinite(lora[f"metrics.{key}"]), key
+    if lora["metrics.surv/test_events"] > 0:
+        low, c, high = (lora[f"metrics.surv/cindex_harrell{s}"] for s in ("_low", "", "_high"))
+        assert 0 <= c <= 1 and (np.isnan(low) or low <= c <= high)
+    task2 = pd.read_csv(tmp_path / lora["tags.predictions_file"])
+    assert list(task2.columns) == ["PatientID", "Prediction"]
+    assert len(task2) == lora["metrics.surv/test_patients"] and task2["Prediction"].notna().all()

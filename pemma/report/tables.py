@@ -37,6 +37,15 @@ COLUMNS = [
     *(Column(f"ACC {LABELS[s]}", f"cl/{s}/acc", True) for s in SUBSETS),
     *(Column(f"BWT {LABELS[s]}", f"cl/{s}/bwt", True) for s in SUBSETS),
     *(Column(f"forgetting {LABELS[s]}", f"cl/{s}/forgetting", False) for s in SUBSETS),
+    Column("C-index", "surv/cindex_harrell", True),
+    Column("C 95% CI low", "surv/cindex_harrell_low", None),
+    Column("C 95% CI high", "surv/cindex_harrell_high", None),
+    Column("ΔC vs CT-only %", "surv/cindex_harrell_rel_ct_pct", True, 1),
+    Column("Uno C", "surv/cindex_uno", True),
+    Column("AUC 2y", "surv/auc_730d", True),
+    Column("IBS", "surv/ibs", False),
+    Column("Cox clinical C", "cox_clinical/cindex_harrell", True),
+    Column("Cox volume+SUVmax C", "cox_image/cindex_harrell", True),
 ]
 """Columns whose metric no run of the suite logged are left out of its table."""
 
@@ -61,6 +70,7 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame()
     order = {m: i for i, m in enumerate(METHODS.names())}
+    runs = relative_to_ct_only(runs)
     varying = variant_columns(runs)
     runs = runs.assign(
         variant=runs.apply(lambda run: _variant(run, runs, varying), axis=1) if varying else ""
@@ -86,6 +96,29 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
         if f"metrics.{c.metric}" in runs and runs[f"metrics.{c.metric}"].notna().any()
     ]
     return table.drop(columns=[c.header for c in COLUMNS if c.header not in logged])
+
+
+REFERENCE_PROGNOSIS = "ct-only"
+"""Prognosis C-indices are also given relative to this method's (images only, same backbone and seed),
+as the papers state their claims (+10% for CT+PET, +23% for CT+PET+EHR)."""
+
+
+def relative_to_ct_only(runs: pd.DataFrame) -> pd.DataFrame:
+    """Add `surv/cindex_harrell_rel_ct_pct`: 100 x (C / C of the CT-only run - 1), matched by backbone
+    and seed, the reference trained on images only (prognosis.ehr false)."""
+    key = "metrics.surv/cindex_harrell"
+    if key not in runs or runs[key].isna().all():
+        return runs
+    ehr = runs.get("params.prognosis.ehr", pd.Series("False", index=runs.index)).astype(str)
+    ref = runs[(runs["tags.method"] == REFERENCE_PROGNOSIS) & (ehr == "False")]
+    lookup = {(r["tags.backbone"], str(r.get("params.seed"))): r[key] for _, r in ref.iterrows()}
+    rel = [
+        100.0 * (r[key] / lookup[k] - 1.0)
+        if (k := (r["tags.backbone"], str(r.get("params.seed")))) in lookup
+        else np.nan
+        for _, r in runs.iterrows()
+    ]
+    return runs.assign(**{"metrics.surv/cindex_harrell_rel_ct_pct": rel})
 
 
 def _variant(run: pd.Series, runs: pd.DataFrame, varying: list[str]) -> str:
