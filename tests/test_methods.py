@@ -235,3 +235,22 @@ def test_an_adapter_pattern_outside_the_encoder_is_refused(base):
     nothing = {"qkv": r"vit\.blocks\.\d+\.attn\.nothing"}
     with pytest.raises(AdapterTargetError, match="matches no module"):
         inject_lora(net, nothing, CFG.adapter, dora=False, encoder_prefix="vit.")
+
+
+@pytest.mark.parametrize(("name", "backbone"), MATRIX)
+def test_every_method_and_backbone_feeds_a_survival_head(name, backbone):
+    """The prognosis head hooks each model's bottleneck (two of them in late fusion) and trains with it."""
+    from pemma.models.prognosis import PrognosisModel
+
+    cfg, base = CFGS[backbone], _base(backbone)
+    method = METHODS.get(name)()
+    built = method.create(base if method.needs_base else None, cfg)
+    spec = BACKBONES.get(backbone)
+    model = PrognosisModel(built.model, spec.bottleneck, spec.bottleneck_dim(cfg.model), variables=3)
+    subset = method.inputs()[0]
+    ct, pet = _inputs(subset, cfg.model.roi)
+    values, present = torch.randn(1, 3), torch.tensor([[True, False, True]])
+    risk = model(ct, pet, values, present)
+    assert risk.shape == (1,) and torch.isfinite(risk).all()
+    risk.sum().backward()
+    assert model.head.image[1].weight.grad is not None and model.head.ehr.missing.grad is not None

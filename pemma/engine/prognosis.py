@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from lifelines import CoxPHFitter
 from monai import transforms as T
 from torchsurv.loss.cox import neg_partial_log_likelihood
 
@@ -23,7 +22,6 @@ from pemma.config import PrognosisConfig
 from pemma.data.hecktor import Case, Cohort
 from pemma.data.splits import split_centre
 from pemma.engine.train import autocast, plain
-from pemma.metrics.survival import survival_scores
 from pemma.models.prognosis import CLINICAL_VARIABLES, SurvivalHead, TableEncoding
 
 KEYS = ("ct", "pet", "label")
@@ -215,8 +213,10 @@ def cox_baseline(
 ) -> tuple[np.ndarray, np.ndarray]:
     """lifelines Cox PH (penalizer 0.1) on `columns`, missing values filled with training means.
 
-    Returns (train risks, test risks): partial hazards, higher = more risk.
+    Returns (train risks, test risks): log partial hazards, higher = more risk.
     """
+    from lifelines import CoxPHFitter
+
     means = train[columns].mean()
     fill = means.where(means.notna(), 0.0)
     tr = train[columns + ["time", "event"]].fillna(fill)
@@ -231,6 +231,7 @@ def cox_baseline(
 
 def baseline_scores(train: Patients, test: Patients, cfg: PrognosisConfig, seed: int) -> dict[str, float]:
     """Cox on clinical variables and Cox on image features, scored like the models."""
+    from pemma.metrics.survival import survival_scores
     from pemma.models.prognosis import numeric
 
     out: dict[str, float] = {}

@@ -259,7 +259,7 @@ BACKBONES.add(
         encoder_prefix="swinViT.layers",
         input_convs=r"swinViT\.patch_embed\.proj|encoder1\.layer\.conv[13]\.conv",
         check=_check_swin,
-        bottleneck="swinViT.layers4",
+        bottleneck="swinViT.layers4.0",
         bottleneck_dim=lambda m: 16 * m.feature_size,
     ),
     aliases=("swin",),
