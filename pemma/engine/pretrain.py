@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pemma.config import RunConfig, stable_hash
+from pemma.config import ModelConfig, PretrainConfig, RunConfig, stable_hash
 from pemma.data.datasets import CohortData
 from pemma.data.splits import Plan
 from pemma.engine.checkpoint import load_state, save_json, save_state
@@ -26,13 +26,19 @@ log = logging.getLogger(__name__)
 CT_KEYS = ("ct", "label")
 
 
+def _changed(section, default) -> dict:
+    """A section's values that differ from its defaults: adding an option keeps cached bases valid."""
+    ref = asdict(default)
+    return {k: v for k, v in asdict(section).items() if v != ref[k]}
+
+
 def base_key(cfg: RunConfig, data_fingerprint: str) -> str:
     d = cfg.data
     return stable_hash(
         {
             "backbone": cfg.backbone,
-            "model": asdict(cfg.model),
-            "pretrain": asdict(cfg.pretrain),
+            "model": _changed(cfg.model, ModelConfig()),
+            "pretrain": _changed(cfg.pretrain, PretrainConfig()),
             "data": data_fingerprint,
             "spacing": d.spacing,
             "ct_window": d.ct_window,
