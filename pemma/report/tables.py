@@ -154,6 +154,14 @@ def to_markdown(table: pd.DataFrame, title: str = "") -> str:
         "'—': input subset the method does not accept. % of EF: trainable parameters as a share of "
         "early fusion's. Mean ± sample std over seeds."
     )
+    if any(c.startswith("C-index") for c in table.columns):
+        notes = (
+            "C-index: Harrell's on the test split of every centre (higher risk = earlier relapse), "
+            "95% percentile bootstrap CI over test patients; ΔC: relative to the CT-only model on images "
+            "only (same backbone and seed). Uno C: IPCW, truncated at the 90th percentile of training "
+            "follow-up. AUC 2y: cumulative/dynamic AUC at 730 days. IBS: integrated Brier score of "
+            "Breslow curves. Cox columns: lifelines Cox PH on the same split. Mean ± sample std over seeds."
+        )
     return "\n".join(lines) + "\n\n" + notes + "\n"
 
 
