@@ -4,7 +4,8 @@ Data: every patient with CT, PET, label and endpoint, split per centre by seed (
 test scores). Each patient is one crop of `model.roi` centred on the ground-truth tumour's bounding
 box (as HECKTOR task 2 baselines do); risks come from the segmentation encoder's bottleneck features,
 optionally with clinical tokens. Every unit also fits two lifelines Cox baselines on the same split:
-clinical variables, and image features (GTV volume, PET maximum in the GTV).
+clinical variables, and image features (GTV volume, PET maximum in the GTV). The PET maximum is taken
+after preprocessing, i.e. of the per-patient z-scored PET, not an SUV.
 """
 
 from __future__ import annotations

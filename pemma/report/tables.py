@@ -45,7 +45,7 @@ COLUMNS = [
     Column("AUC 2y", "surv/auc_730d", True),
     Column("IBS", "surv/ibs", False),
     Column("Cox clinical C", "cox_clinical/cindex_harrell", True),
-    Column("Cox volume+SUVmax C", "cox_image/cindex_harrell", True),
+    Column("Cox volume+PET max C", "cox_image/cindex_harrell", True),
 ]
 """Columns whose metric no run of the suite logged are left out of its table."""
 
