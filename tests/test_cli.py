@@ -10,12 +10,17 @@ from pemma.tracking import Tracker, parse_run_key
 runner = CliRunner()
 
 
-def ci_run(results, *extra, data=None):
-    """`pemma-bench run --suite smoke --profile ci --results RESULTS [--data DATA] EXTRA...`."""
-    args = ["run", "--suite", "smoke", "--profile", "ci", "--results", str(results)]
+def ci_args(results, *extra, data=None, suite="smoke"):
+    """`run --suite SUITE --profile ci --results RESULTS [--data DATA] EXTRA...` as CLI arguments."""
+    args = ["run", "--suite", suite, "--profile", "ci", "--results", str(results)]
     if data is not None:
         args += ["--data", str(data)]
-    return runner.invoke(app, [*args, *extra])
+    return [*args, *extra]
+
+
+def ci_run(results, *extra, data=None, suite="smoke"):
+    """`pemma-bench run` at the ci profile (see ci_args)."""
+    return runner.invoke(app, ci_args(results, *extra, data=data, suite=suite))
 
 
 @pytest.fixture(scope="module")
@@ -153,17 +158,7 @@ def test_an_interrupted_unit_is_marked_killed_and_rerun_cleanly(tiny_cohort, tmp
     def interrupted(self, cfg):
         raise KeyboardInterrupt
 
-    args = [
-        "run",
-        "--profile",
-        "ci",
-        "--results",
-        str(tmp_path),
-        "--data",
-        str(tiny_cohort),
-        "--methods",
-        "pemma-lora",
-    ]
+    args = ci_args(tmp_path, "--methods", "pemma-lora", data=tiny_cohort)
     monkeypatch.setattr(Runner, "_train_and_evaluate", interrupted)
     runner.invoke(app, args)
     tracker = Tracker(tmp_path)
@@ -194,17 +189,7 @@ def test_params_reports_every_method_without_training():
 
 
 def test_a_run_left_running_by_a_dead_process_is_closed_on_the_next_attempt(tiny_cohort, tmp_path):
-    args = [
-        "run",
-        "--profile",
-        "ci",
-        "--results",
-        str(tmp_path),
-        "--data",
-        str(tiny_cohort),
-        "--methods",
-        "pemma-lora",
-    ]
+    args = ci_args(tmp_path, "--methods", "pemma-lora", data=tiny_cohort)
     dry = runner.invoke(app, [*args, "--dry-run"])
     key = dry.output.split("to run")[1].split()[0]
     tracker = Tracker(tmp_path)

@@ -121,36 +121,12 @@ def test_tabular_path_matches_a_lifelines_cox_model_on_real_data(dataset):
 
 
 def test_prognosis_unit_logs_survival_metrics_baselines_and_a_task2_file(tiny_cohort, tmp_path):
-    from typer.testing import CliRunner
+    from test_cli import ci_run
 
-    from pemma.cli import app
     from pemma.tracking import Tracker
 
-    args = [
-        "run",
-        "--suite",
-        "prognosis",
-        "--profile",
-        "ci",
-        "--results",
-        str(tmp_path),
-        "--data",
-        str(tiny_cohort),
-    ]
-    out = CliRunner().invoke(
-        app,
-        [
-            *args,
-            "--methods",
-            "ct-only,pemma-lora",
-            "--backbones",
-            "unetr",
-            "--seeds",
-            "0",
-            "--set",
-            "prognosis.ehr=true",
-        ],
-    )
+    methods = ("--methods", "ct-only,pemma-lora", "--backbones", "unetr", "--seeds", "0")
+    out = ci_run(tmp_path, *methods, "--set", "prognosis.ehr=true", data=tiny_cohort, suite="prognosis")
     assert out.exit_code == 0, out.output
     runs = Tracker(tmp_path).runs("prognosis")
     assert set(runs["status"]) == {"FINISHED"} and len(runs) == 2

@@ -201,6 +201,8 @@ def parameter_table(cfg: RunConfig, methods: list[str]) -> pd.DataFrame:
     """
     from safetensors.torch import save
 
+    from pemma.models.portable import trained_state
+
     torch.manual_seed(cfg.seed)
     base = BACKBONES.get(cfg.backbone).build(cfg.model, 1)
     rows = []
@@ -208,7 +210,7 @@ def parameter_table(cfg: RunConfig, methods: list[str]) -> pd.DataFrame:
         method = METHODS.get(name)()
         built = method.create(base if method.needs_base else None, cfg)
         total, trainable = count_parameters(built.model)
-        state = {n: p.detach().contiguous() for n, p in built.model.named_parameters() if p.requires_grad}
+        state = trained_state(built.model, built.trained)
         rows.append(
             {
                 "method": name,

@@ -23,6 +23,7 @@ from pemma.config import PrognosisConfig
 from pemma.data.hecktor import Case, Cohort
 from pemma.data.splits import split_centre
 from pemma.engine.train import autocast, plain
+from pemma.modalities import split_inputs
 from pemma.models.prognosis import CLINICAL_VARIABLES, SurvivalHead, TableEncoding
 
 KEYS = ("ct", "pet", "label")
@@ -47,24 +48,19 @@ def prognosis_split(cohort: Cohort, fractions, seed: int) -> dict[str, list[Case
     if cohort.endpoints is None:
         raise ValueError(f"{cohort.root}: no endpoint CSV, so no prognosis")
     known = set(cohort.endpoints["PatientID"])
-    usable = [c for c in cohort.cases if c.pet is not None and c.label is not None and c.patient_id in known]
     out: dict[str, list[Case]] = {"train": [], "test": []}
-    for _, cases in sorted(_by_centre(usable).items()):
+    usable = 0
+    for _, cases in sorted(cohort.centres().items()):
+        cases = [c for c in cases if c.pet is not None and c.label is not None and c.patient_id in known]
+        usable += len(cases)
         if len(cases) < 2:
             continue
         parts = split_centre(cases, fractions, seed)
         out["train"] += parts["train"] + parts["val"]
         out["test"] += parts["test"]
     if len(out["train"]) < 4 or not out["test"]:
-        raise ValueError(f"{cohort.root}: too few patients with an endpoint for prognosis ({len(usable)})")
+        raise ValueError(f"{cohort.root}: too few patients with an endpoint for prognosis ({usable})")
     return out
-
-
-def _by_centre(cases: list[Case]) -> dict[str, list[Case]]:
-    groups: dict[str, list[Case]] = {}
-    for c in cases:
-        groups.setdefault(c.centre, []).append(c)
-    return groups
 
 
 def load_patients(cases: list[Case], volumes, cohort: Cohort, roi, spacing) -> Patients:
@@ -171,8 +167,8 @@ def image_forward(model, patients: Patients, subset: str, encoding: TableEncodin
         values, present = encoding.transform(patients.clinical)
 
     def forward(idx: torch.Tensor) -> torch.Tensor:
-        ct = plain(patients.ct[idx], device) if subset in ("ctpet", "ct") else None
-        pet = plain(patients.pet[idx], device) if subset in ("ctpet", "pet") else None
+        ct, pet = split_inputs({"ct": patients.ct[idx], "pet": patients.pet[idx]}, subset)
+        ct, pet = plain(ct, device), plain(pet, device)
         v = values[idx].to(device) if values is not None else None
         m = present[idx].to(device) if present is not None else None
         return model(ct, pet, v, m)

@@ -265,12 +265,13 @@ class Runner:
             metrics.update({f"dice_case/{subset}/{k}": v for k, v in result.case_mean.items()})
             metrics[f"infer_volumes_per_s/{subset}"] = result.volumes_per_s
         metrics["test_cases"] = len(volumes)
-        saved = self.results / cfg.suite / "trained" / f"{self.key(cfg)}.safetensors"
+        key = self.key(cfg)
+        saved = self.results / cfg.suite / "trained" / f"{key}.safetensors"
         metrics["saved_bytes"] = save_trained(
             built.model,
             built.trained,
             saved,
-            {"method": cfg.method, "backbone": cfg.backbone, "run_key": self.key(cfg)},
+            {"method": cfg.method, "backbone": cfg.backbone, "run_key": key},
         )
         tags["trained_file"] = str(saved.relative_to(self.results))
         if cfg.continual.order:

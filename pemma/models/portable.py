@@ -33,10 +33,15 @@ def frozen_digest(model: nn.Module, trained: list[str]) -> str:
     return h.hexdigest()
 
 
+def trained_state(model: nn.Module, trained: list[str]) -> dict[str, torch.Tensor]:
+    """The parameters named in `trained`, detached on CPU: what a saved result holds."""
+    params = dict(model.named_parameters())
+    return {name: params[name].detach().to("cpu").contiguous() for name in trained}
+
+
 def save_trained(model: nn.Module, trained: list[str], path: Path, metadata: dict[str, str]) -> int:
     """Write the parameters named in `trained` to `path` atomically; returns the file's size in bytes."""
-    params = dict(model.named_parameters())
-    state = {name: params[name].detach().to("cpu").contiguous() for name in trained}
+    state = trained_state(model, trained)
     meta = {**metadata, "frozen_digest": frozen_digest(model, trained)}
     write_atomic(Path(path), lambda tmp: save_file(state, tmp, metadata=meta))
     return Path(path).stat().st_size
