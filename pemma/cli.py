@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -115,6 +116,27 @@ def methods() -> None:
 
 
 @app.command()
+def tasks() -> None:
+    """List the registered tasks: what each reads and the metrics its table shows."""
+    from pemma.methods import reference_method
+    from pemma.tasks import TASKS
+
+    table = Table(title="tasks")
+    for col in ("task", "what", "reads", "table columns (↑ higher is better, ↓ lower)"):
+        table.add_column(col)
+    for name, task in TASKS.items():
+        shown = [m for m in task.metrics if m.column]
+        arrows = {True: " ↑", False: " ↓", None: ""}
+        table.add_row(
+            name,
+            task.summary,
+            ", ".join(task.data_keys),
+            "; ".join(m.title_for(reference_method) + arrows[m.higher_is_better] for m in shown),
+        )
+    _wide().print(table)
+
+
+@app.command()
 def suites() -> None:
     """List the shipped suites with their size in units."""
     from pemma.config import ConfigError
@@ -154,6 +176,39 @@ def validate() -> None:
         raise typer.Exit(code=1)
 
 
+class LineReporter:
+    """Progress as plain lines, for logs (CI, nohup, cluster jobs): one per stage and per unit."""
+
+    def __init__(self, total_units: int) -> None:
+        self.total = total_units
+
+    def stage(self, text: str, total: int):
+        t0 = time.perf_counter()
+        console.print(f"  {text}: {total} steps", highlight=False)
+
+        def on_step(step: int, loss: float) -> None:
+            if step + 1 == total:
+                console.print(
+                    f"  {text}: done in {time.perf_counter() - t0:.0f}s, loss {loss:.3f}", highlight=False
+                )
+
+        return on_step
+
+    def note(self, text: str) -> None:
+        console.print(f"  {text}", highlight=False)
+
+    def start(self, key: str, index: int, total: int) -> None:
+        console.print(f"[{index + 1}/{total}] start    {key}", highlight=False)
+
+    def done(self, outcome) -> None:
+        detail = f" {outcome.seconds:.0f}s" if outcome.status != "SKIPPED" else ""
+        if outcome.headline:
+            detail += f", {outcome.headline}"
+        if outcome.error:
+            detail += f": {outcome.error}"
+        console.print(f"{outcome.status.lower():8} {outcome.key}{detail}", highlight=False)
+
+
 class RichReporter:
     def __init__(self, progress: Progress, total_units: int) -> None:
         self.progress = progress
@@ -177,9 +232,14 @@ class RichReporter:
     def note(self, text: str) -> None:
         self.progress.console.print(f"[dim]{text}[/]", highlight=False)
 
+    def start(self, key: str, index: int, total: int) -> None:
+        pass
+
     def done(self, outcome) -> None:
         style = {"FINISHED": "green", "SKIPPED": "dim", "FAILED": "red"}[outcome.status]
         detail = f" ({outcome.seconds:.0f}s)" if outcome.status == "FINISHED" else ""
+        if outcome.headline:
+            detail += f" {outcome.headline}"
         if outcome.error:
             detail = f": {outcome.error}"
         self.progress.console.print(f"[{style}]{outcome.status.lower():8}[/] {outcome.key}{detail}")
@@ -250,10 +310,20 @@ def run(
             console.print(f"{'finished' if key in finished else 'to run  '}  {key}")
         return
     console.print("checking the data (the first use writes the synthetic cohort and reads every file)")
+    t0 = time.perf_counter()
     try:
         runner.prepare(units)
     except CohortError as err:
         raise _fail(str(err)) from err
+    console.print(f"data ready in {time.perf_counter() - t0:.0f}s")
+    if not console.is_terminal:
+        runner.reporter = LineReporter(len(units))
+        try:
+            outcomes = runner.run(units)
+        except (ConfigError, CohortError) as err:
+            raise _fail(str(err)) from err
+        _finish_run(runner, spec.name, results, keys, outcomes)
+        return
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -267,7 +337,11 @@ def run(
             outcomes = runner.run(units)
         except (ConfigError, CohortError) as err:
             raise _fail(str(err)) from err
-    _print_report(runner.tracker, spec.name, results, keys=set(keys))
+    _finish_run(runner, spec.name, results, keys, outcomes)
+
+
+def _finish_run(runner, suite: str, results: Path, keys: list[str], outcomes) -> None:
+    _print_report(runner.tracker, suite, results, keys=set(keys))
     failed = [o for o in outcomes if o.status == "FAILED"]
     if failed:
         console.print(f"[red]{len(failed)} unit(s) failed[/]; their MLflow runs hold the error")
@@ -276,7 +350,7 @@ def run(
 
 def _print_report(tracker, suite: str, results: Path, keys: set[str] | None = None) -> Path:
     """The suite's table from its FINISHED runs (only those of `keys` when given)."""
-    from pemma.report.tables import continual_matrices, summary, to_markdown
+    from pemma.report.tables import appendices, summary, to_markdown
 
     runs = tracker.runs(suite)
     if keys is not None and not runs.empty:
@@ -285,9 +359,9 @@ def _print_report(tracker, suite: str, results: Path, keys: set[str] | None = No
     out = Path(results) / suite / "results.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     text = to_markdown(table, f"pemma-bench suite {suite}")
-    matrices = continual_matrices(runs) if not runs.empty else ""
-    if matrices:
-        text += "\n## Continual learning: R[stage, centre], aggregated Dice\n\n" + matrices
+    extra = appendices(runs)
+    if extra:
+        text += "\n" + extra
     out.write_text(text)
     if not table.empty:
         wide = _wide()
@@ -409,21 +483,21 @@ def bench_data(
 
     from pemma.config import ConfigError, resolve
     from pemma.data.hecktor import CohortError
+    from pemma.data.store import DataStore
     from pemma.engine.benchmark import data_cache
-    from pemma.engine.runner import Runner
+    from pemma.engine.runner import default_device
 
     try:
         layers = [{"profile": profile, "method": method}]
         if data:
             layers.append({"data": {"root": str(data.resolve())}})
         cfg = resolve(*layers)
-        runner = Runner(results, tracker=object())
-        loaded = runner.load_data(cfg)
+        loaded = DataStore(results).load(cfg)
     except (ConfigError, CohortError) as err:
         raise _fail(str(err)) from err
     results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=results) as cold:
-        table = data_cache(cfg, loaded, Path(cold), runner.device, steps)
+        table = data_cache(cfg, loaded, Path(cold), default_device(), steps)
     _print_frame(
         table, f"preprocessing cache: profile {profile}, {len(loaded.cohort.cases)} patients in cohort"
     )

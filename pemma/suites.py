@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +14,27 @@ import yaml
 from pemma.config import ConfigError, RunConfig, deep_merge, parse_override, resolve
 from pemma.methods import METHODS
 from pemma.models.backbones import BACKBONES
+from pemma.tasks import TASKS
 
 SUITE_FOLDERS = ("benchmarks", "ablations")
 VARIANT = "variant"
 """A grid axis whose values are bundles of config keys, for one-at-a-time ablations."""
-ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).resolve().parent
+SHIPPED = PACKAGE / "_shipped"
+"""Where a wheel carries the top-level suite folders (pyproject.toml's force-include)."""
+
+
+def shipped_dirs() -> list[Path]:
+    """benchmarks/ and ablations/: inside the installed package, or beside it in a source checkout."""
+    if SHIPPED.is_dir():
+        return [SHIPPED / f for f in SUITE_FOLDERS]
+    return [PACKAGE.parent / f for f in SUITE_FOLDERS]
 
 
 def suite_dirs() -> list[Path]:
-    """The shipped folders, plus any listed in PEMMA_SUITE_PATH (os.pathsep-separated)."""
+    """The shipped folders, after any listed in PEMMA_SUITE_PATH (os.pathsep-separated)."""
     extra = [Path(p) for p in os.environ.get("PEMMA_SUITE_PATH", "").split(os.pathsep) if p]
-    return [*extra, *(ROOT / f for f in SUITE_FOLDERS)]
+    return [*extra, *shipped_dirs()]
 
 
 def available() -> dict[str, Path]:
@@ -104,6 +114,8 @@ def _canonical(key: str, value: Any) -> Any:
         return METHODS.canonical(value)
     if key == "backbone":
         return BACKBONES.canonical(value)
+    if key == "task":
+        return TASKS.canonical(value)
     return value
 
 
@@ -158,6 +170,7 @@ def expand(
             units.append(resolve(suite.defaults, point, cli))
         except ConfigError as err:
             raise ConfigError(f"{suite.path}: {err}") from err
+    units = [replace(cfg, task=TASKS.canonical(cfg.task)) for cfg in units]
     for cfg in units:
         BACKBONES.get(cfg.backbone).check(cfg.model)
     # A command-line override can collapse grid points into one config: run it once.

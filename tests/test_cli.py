@@ -153,17 +153,17 @@ def test_methods_and_suites_list_and_validate():
 def test_an_interrupted_unit_is_marked_killed_and_rerun_cleanly(tiny_cohort, tmp_path, monkeypatch):
     from pemma.engine.runner import Runner
 
-    original = Runner._train_and_evaluate
+    original = Runner.measure
 
-    def interrupted(self, cfg):
+    def interrupted(self, cfg, key):
         raise KeyboardInterrupt
 
     args = ci_args(tmp_path, "--methods", "pemma-lora", data=tiny_cohort)
-    monkeypatch.setattr(Runner, "_train_and_evaluate", interrupted)
+    monkeypatch.setattr(Runner, "measure", interrupted)
     runner.invoke(app, args)
     tracker = Tracker(tmp_path)
     assert len(tracker.runs("smoke", status="KILLED")) == 1 and tracker.runs("smoke").empty
-    monkeypatch.setattr(Runner, "_train_and_evaluate", original)
+    monkeypatch.setattr(Runner, "measure", original)
     out = runner.invoke(app, args)
     assert out.exit_code == 0, out.output
     assert len(tracker.runs("smoke")) == 1 and tracker.runs("smoke", status="RUNNING").empty

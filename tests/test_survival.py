@@ -103,7 +103,7 @@ def test_tabular_path_matches_a_lifelines_cox_model_on_real_data(dataset):
     from lifelines.datasets import load_lung, load_rossi
 
     from pemma.config import PrognosisConfig
-    from pemma.engine.prognosis import cox_baseline, fit_tabular, predict_tabular
+    from pemma.tasks.prognosis.cox import cox_baseline, fit_tabular, predict_tabular
 
     df, t, e = (load_lung(), "time", "status") if dataset == "lung" else (load_rossi(), "week", "arrest")
     df = df.drop(columns=[c for c in ("inst",) if c in df]).rename(columns={t: "time", e: "event"})

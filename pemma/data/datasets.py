@@ -14,7 +14,7 @@ from monai.transforms import Compose
 from pemma.config import DataConfig, stable_hash
 from pemma.data.hecktor import Case
 from pemma.data.transforms import augment, preprocess
-from pemma.engine.checkpoint import save_json
+from pemma.files import save_json
 
 log = logging.getLogger(__name__)
 

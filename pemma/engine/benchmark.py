@@ -17,8 +17,8 @@ import torch
 from pemma.config import RunConfig
 from pemma.engine.evaluate import evaluate
 from pemma.engine.train import dtype_name, train
-from pemma.methods import METHODS
-from pemma.metrics.params import REFERENCE_METHOD, count_parameters
+from pemma.methods import METHODS, build_method, reference_method
+from pemma.metrics.params import count_parameters
 from pemma.modalities import split_inputs
 from pemma.models.backbones import BACKBONES
 
@@ -55,7 +55,7 @@ def throughput(
     rows = []
     for name in methods:
         method = METHODS.get(name)()
-        built = method.create(base if method.needs_base else None, cfg)
+        built = build_method(name, cfg, base)
         total, trainable = count_parameters(built.model)
         subsets, probabilities = method.train_schedule(cfg)
         t0 = time.perf_counter()
@@ -90,11 +90,12 @@ def throughput(
         if device.type == "cuda":
             torch.cuda.empty_cache()
     table = pd.DataFrame(rows)
-    if REFERENCE_METHOD in set(table["method"]):
-        ref = table[table["method"] == REFERENCE_METHOD].iloc[0]
-        table["trainable % of EF"] = 100 * table["params trainable"] / ref["params trainable"]
-        table["step speed vs EF"] = table["train samples/s"] / ref["train samples/s"]
-        table["memory vs EF"] = table["train peak MB"] / ref["train peak MB"]
+    reference = reference_method("parameters")
+    if reference in set(table["method"]):
+        ref = table[table["method"] == reference].iloc[0]
+        table[f"trainable % of {reference}"] = 100 * table["params trainable"] / ref["params trainable"]
+        table[f"step speed vs {reference}"] = table["train samples/s"] / ref["train samples/s"]
+        table[f"memory vs {reference}"] = table["train peak MB"] / ref["train peak MB"]
     table.attrs["device"] = str(device)
     table.attrs["dtype"] = dtype_name(device, cfg.train.amp)
     return table
@@ -105,11 +106,11 @@ def data_cache(
 ) -> pd.DataFrame:
     """Epoch time with a cold preprocessing cache vs a warm one, and the share of a step spent on data."""
     from pemma.data.datasets import CohortData
-    from pemma.engine.runner import ADAPT_KEYS
+    from pemma.tasks.segmentation.task import KEYS
 
     data = CohortData(cfg.data, loaded.data.fingerprint, cold_cache)
     cases = loaded.plan.adapt["train"]
-    crops = data.crops(cases, ADAPT_KEYS, cfg.model.roi, seed=cfg.seed)
+    crops = data.crops(cases, KEYS, cfg.model.roi, seed=cfg.seed)
     epochs = []
     for _ in range(2):
         t0 = time.perf_counter()
@@ -119,7 +120,7 @@ def data_cache(
     torch.manual_seed(cfg.seed)
     base = BACKBONES.get(cfg.backbone).build(cfg.model, 1)
     method = METHODS.get(cfg.method)()
-    built = method.create(base if method.needs_base else None, cfg)
+    built = build_method(cfg.method, cfg, base)
     subsets, probabilities = method.train_schedule(cfg)
     budget = replace(cfg.train, steps=steps + cfg.train.warmup_steps)
     stats = train(
@@ -160,7 +161,7 @@ def merged_inference(
     rows = []
     for name in methods:
         method = METHODS.get(name)()
-        built = method.create(base if method.needs_base else None, cfg)
+        built = build_method(name, cfg, base)
         budget = replace(cfg.train, steps=2, lr=1e-2, weight_decay=0.0, warmup_steps=0)
         subset = method.inputs()[0]
         train(
@@ -207,8 +208,7 @@ def parameter_table(cfg: RunConfig, methods: list[str]) -> pd.DataFrame:
     base = BACKBONES.get(cfg.backbone).build(cfg.model, 1)
     rows = []
     for name in methods:
-        method = METHODS.get(name)()
-        built = method.create(base if method.needs_base else None, cfg)
+        built = build_method(name, cfg, base)
         total, trainable = count_parameters(built.model)
         state = trained_state(built.model, built.trained)
         rows.append(
@@ -223,7 +223,8 @@ def parameter_table(cfg: RunConfig, methods: list[str]) -> pd.DataFrame:
         )
         del built
     table = pd.DataFrame(rows)
-    ref = table.loc[table["method"] == REFERENCE_METHOD, "params trainable"]
+    reference = reference_method("parameters")
+    ref = table.loc[table["method"] == reference, "params trainable"]
     if not ref.empty:
-        table.insert(4, "trainable % of EF", 100 * table["params trainable"] / ref.iloc[0])
+        table.insert(4, f"trainable % of {reference}", 100 * table["params trainable"] / ref.iloc[0])
     return table

@@ -59,6 +59,12 @@ class PeakMemory:
         while not self._stop.wait(self.interval_s):
             self._peak = max(self._peak, _rss_bytes())
 
+    def so_far_mb(self) -> float:
+        """The peak so far, while the block still runs."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return (max(self._peak, _rss_bytes()) - self._start) / 2**20
+
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20

@@ -1,20 +1,37 @@
-"""The one training loop: every method, the CT pretraining too. What differs comes in as arguments."""
+"""The one training loop: every method, the CT pretraining too. What differs comes in as arguments.
+
+Resumable: given a checkpoint path, the loop saves everything a rerun needs to continue as if it had
+never stopped (trainable weights and buffers, optimiser, step, losses, every random stream: torch,
+CUDA, NumPy, Python, the modality draw, each random transform of the data pipeline, and the data
+loader's shuffle and position in its epoch) every `checkpoint_every` steps and at the end. A rerun
+with the same path continues from it; a finished one is loaded instead of retrained.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from monai.data import DataLoader, Dataset
 from monai.losses import DiceCELoss
+from monai.transforms import Randomizable, Transform
+from torch.utils.data import BatchSampler, RandomSampler
 
 from pemma.config import TrainConfig
 from pemma.engine.throughput import PeakMemory
+from pemma.files import load_state, save_state
 from pemma.modalities import CTPET, split_inputs
+
+log = logging.getLogger(__name__)
+CHECKPOINT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -45,9 +62,136 @@ def plain(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if t is None else t.as_subclass(torch.Tensor).to(device, non_blocking=True)
 
 
-def _forever(loader: DataLoader) -> Iterator[dict]:
-    while True:
-        yield from loader
+class SkippingBatchSampler(BatchSampler):
+    """Batches of a seeded shuffle whose first `skip` batches of the next epoch are passed over
+    without loading their data (how a resumed loop finds its place in an epoch)."""
+
+    skip = 0
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        for i, batch in enumerate(super().__iter__()):
+            if i >= skip:
+                yield batch
+
+
+class Batches:
+    """An endless stream of batches, epoch after epoch, whose position can be saved and restored."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, generator: torch.Generator) -> None:
+        self.generator = generator
+        self.sampler = SkippingBatchSampler(
+            RandomSampler(dataset, generator=generator), batch_size, drop_last=len(dataset) >= batch_size
+        )
+        # The same sampler and collation DataLoader(shuffle=True, generator=...) would build.
+        self.loader = DataLoader(dataset, batch_sampler=self.sampler, generator=generator, num_workers=0)
+        self.epoch_start: torch.Tensor | None = None
+        self.position = 0
+        self._batches = None
+
+    def __next__(self) -> dict:
+        while True:
+            if self._batches is None:
+                self.epoch_start = self.generator.get_state()
+                self._batches = iter(self.loader)
+            try:
+                batch = next(self._batches)
+            except StopIteration:
+                self._batches, self.position = None, 0
+                continue
+            self.position += 1
+            return batch
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch_start": self.epoch_start, "position": self.position}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state["epoch_start"] is None:
+            return
+        self.generator.set_state(state["epoch_start"])
+        self.sampler.skip = self.position = state["position"]
+        self.epoch_start = state["epoch_start"]
+        self._batches = iter(self.loader)
+
+
+def _transform_streams(dataset: Dataset) -> list[np.random.RandomState]:
+    """The random streams of every random transform in a dataset's pipeline, in a stable order."""
+    found: dict[int, np.random.RandomState] = {}
+
+    def visit(obj: Any) -> None:
+        if isinstance(obj, list | tuple):
+            for item in obj:
+                visit(item)
+        elif isinstance(obj, Transform | Randomizable):
+            if isinstance(obj, Randomizable):
+                found.setdefault(id(obj.R), obj.R)
+            for value in vars(obj).values():
+                visit(value)
+
+    visit(getattr(dataset, "transform", None))
+    return list(found.values())
+
+
+def _numpy_state(state: tuple) -> dict[str, Any]:
+    """A legacy NumPy RandomState state as plain values and a tensor (torch.load weights_only)."""
+    name, keys, pos, has_gauss, cached = state
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": pos,
+        "gauss": has_gauss,
+        "cached": cached,
+    }
+
+
+def _from_numpy_state(s: dict[str, Any]) -> tuple:
+    return (s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["gauss"], s["cached"])
+
+
+def _random_state(draw: np.random.Generator, streams: list[np.random.RandomState]) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": _numpy_state(np.random.get_state()),
+        "python": random.getstate(),
+        "draw": draw.bit_generator.state,
+        "transforms": [_numpy_state(r.get_state()) for r in streams],
+    }
+
+
+def _restore_random_state(
+    state: dict[str, Any], draw: np.random.Generator, streams: list[np.random.RandomState]
+) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(_from_numpy_state(state["numpy"]))
+    random.setstate(state["python"])
+    draw.bit_generator.state = state["draw"]
+    for stream, saved in zip(streams, state["transforms"], strict=True):
+        stream.set_state(_from_numpy_state(saved))
+
+
+def _trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What training changes: parameters that require grad, and every buffer."""
+    state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    state.update({f"buffer:{n}": b.detach().cpu().clone() for n, b in model.named_buffers()})
+    return state
+
+
+def _load_trained_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    buffers = dict(model.named_buffers())
+    names = {n for n in state if not n.startswith("buffer:")}
+    if names != set(params):
+        raise ValueError(
+            f"{path}: checkpoint holds another trainable set ({len(names)} tensors, the model trains "
+            f"{len(params)}); delete it to train from the start"
+        )
+    with torch.no_grad():
+        for name, value in state.items():
+            target = buffers[name.removeprefix("buffer:")] if name.startswith("buffer:") else params[name]
+            target.copy_(value)
 
 
 def train(
@@ -60,8 +204,13 @@ def train(
     seed: int,
     device: torch.device,
     on_step: Callable[[int, float], None] | None = None,
+    checkpoint: Path | None = None,
 ) -> TrainStats:
-    """Train what requires grad for `budget.steps` steps; `subsets` drawn per batch by `probabilities`."""
+    """Train what requires grad for `budget.steps` steps; `subsets` drawn per batch by `probabilities`.
+
+    With `checkpoint`, resume from it if it exists and save it every `budget.checkpoint_every` steps
+    and at the end (the caller removes it when the unit is done).
+    """
     steps, batch_size, lr = budget.steps, budget.batch_size, budget.lr
     weight_decay, class_weights, amp, warmup_steps = (
         budget.weight_decay,
@@ -74,23 +223,46 @@ def train(
     loss_fn = DiceCELoss(
         to_onehot_y=True, softmax=True, weight=torch.tensor(class_weights, dtype=torch.float32, device=device)
     )
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=generator,
-        num_workers=0,
-        drop_last=len(dataset) >= batch_size,
-    )
+    batches = Batches(dataset, batch_size, torch.Generator().manual_seed(seed))
+    streams = _transform_streams(dataset)
     rng = np.random.default_rng(seed)
-    batches = _forever(loader)
     model.to(device).train()
     losses: list[float] = []
-    timed_seconds = data_seconds = 0.0
-    timed_samples = 0
+    timed = {"seconds": 0.0, "data_seconds": 0.0, "samples": 0, "peak_mb": 0.0}
+    identity = {"steps": steps, "batch_size": batch_size, "subsets": list(subsets), "seed": seed}
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        saved = load_state(Path(checkpoint))
+        if saved.get("version") != CHECKPOINT_VERSION or saved.get("identity") != identity:
+            raise ValueError(
+                f"{checkpoint}: a checkpoint of another training budget ({saved.get('identity')}, this one "
+                f"is {identity}); delete it to train from the start"
+            )
+        _load_trained_state(model, saved["trained"], Path(checkpoint))
+        optimiser.load_state_dict(saved["optimiser"])
+        batches.restore(saved["batches"])
+        _restore_random_state(saved["random"], rng, streams)
+        losses, timed, start = list(saved["losses"]), dict(saved["timed"]), saved["step"]
+        log.info("%s: resuming at step %d of %d", checkpoint, start, steps)
+
+    def save(step: int) -> None:
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "identity": identity,
+            "step": step,
+            "trained": _trained_state(model),
+            "optimiser": optimiser.state_dict(),
+            "scaler": None,  # bf16 autocast needs no gradient scaler
+            "batches": batches.state(),
+            "random": _random_state(rng, streams),
+            "losses": losses,
+            "timed": timed,
+        }
+        save_state(state, Path(checkpoint))
+
+    every = budget.checkpoint_every
     with PeakMemory(device) as memory:
-        for step in range(steps):
+        for step in range(start, steps):
             t0 = time.perf_counter()
             batch = next(batches)
             t_data = time.perf_counter() - t0
@@ -113,18 +285,25 @@ def train(
                 torch.cuda.synchronize(device)
             losses.append(loss.item())
             if step >= warmup_steps:
-                timed_seconds += time.perf_counter() - t0
-                data_seconds += t_data
-                timed_samples += label.shape[0]
+                timed["seconds"] += time.perf_counter() - t0
+                timed["data_seconds"] += t_data
+                timed["samples"] += label.shape[0]
             if on_step:
                 on_step(step, losses[-1])
+            if checkpoint is not None and every and (step + 1) % every == 0 and step + 1 < steps:
+                timed["peak_mb"] = max(timed["peak_mb"], memory.so_far_mb())
+                save(step + 1)
+    timed["peak_mb"] = max(timed["peak_mb"], memory.peak_mb)
+    if checkpoint is not None and start < steps:
+        save(steps)
     tail = losses[-max(1, steps // 10) :]
+    seconds = timed["seconds"]
     return TrainStats(
         steps=steps,
-        seconds=timed_seconds,
-        samples_per_s=timed_samples / timed_seconds if timed_seconds > 0 else float("nan"),
-        data_wait_share=data_seconds / timed_seconds if timed_seconds > 0 else float("nan"),
-        peak_memory_mb=memory.peak_mb,
+        seconds=seconds,
+        samples_per_s=timed["samples"] / seconds if seconds > 0 else float("nan"),
+        data_wait_share=timed["data_seconds"] / seconds if seconds > 0 else float("nan"),
+        peak_memory_mb=timed["peak_mb"],
         first_loss=losses[0],
         final_loss=float(np.mean(tail)),
     )

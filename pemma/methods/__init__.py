@@ -5,6 +5,22 @@ from pemma.methods import ct_only, early_fusion, late_fusion, full_finetune, pem
 from pemma.methods import early_fusion_lora  # noqa: F401
 
 # isort: on
-from pemma.methods.base import METHODS, Built, Method, register_method, set_trainable
+from pemma.methods.base import (
+    METHODS,
+    Built,
+    Method,
+    build_method,
+    reference_method,
+    register_method,
+    set_trainable,
+)
 
-__all__ = ["METHODS", "Built", "Method", "register_method", "set_trainable"]
+__all__ = [
+    "METHODS",
+    "Built",
+    "Method",
+    "build_method",
+    "reference_method",
+    "register_method",
+    "set_trainable",
+]

@@ -36,6 +36,8 @@ class Method:
     """Input subsets used in training; more than one means modality dropout."""
     needs_base: ClassVar[bool] = True
     """Whether the method starts from the CT-pretrained base."""
+    reference_for: ClassVar[tuple[str, ...]] = ()
+    """Comparisons this method is the reference of (see REFERENCE_ROLES); one method per role."""
 
     @classmethod
     def inputs(cls) -> tuple[str, ...]:
@@ -84,6 +86,28 @@ class Method:
             "test inputs": ", ".join(LABELS[s] for s in cls.inputs()),
             "starts from": "CT base" if cls.needs_base else "scratch",
         }
+
+
+REFERENCE_ROLES = {
+    "parameters": "trainable-parameter shares are given as a percentage of this method's count",
+    "modalities": "gains from adding a modality are given relative to this method (images of CT alone)",
+}
+
+
+def reference_method(role: str) -> str:
+    """The registered method that declares itself the reference for `role`."""
+    if role not in REFERENCE_ROLES:
+        raise KeyError(f"unknown reference role {role!r}; known: {', '.join(REFERENCE_ROLES)}")
+    found = [name for name, cls in METHODS.items() if role in cls.reference_for]
+    if len(found) != 1:
+        raise RuntimeError(f"{len(found)} methods declare themselves the {role} reference: {found}")
+    return found[0]
+
+
+def build_method(name: str, cfg: RunConfig, base: nn.Module | None) -> Built:
+    """The method's model for `cfg`, from `base` when the method starts from the CT base."""
+    method = METHODS.get(name)()
+    return method.create(base if method.needs_base else None, cfg)
 
 
 def set_trainable(model: nn.Module, patterns: tuple[str, ...] | None) -> list[str]:

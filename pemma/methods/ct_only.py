@@ -11,6 +11,7 @@ from pemma.models.fusion import CTOnly
 
 @register_method("ct-only", aliases=("ct",))
 class CTOnlyMethod(Method):
+    reference_for = ("modalities",)
     summary = "the whole CT base, on the adaptation centre's CT"
     model_cls = CTOnly
     train_inputs = (CT,)

@@ -9,6 +9,7 @@ from pemma.models.fusion import EarlyFusion
 
 @register_method("early-fusion", aliases=("ef",))
 class EarlyFusionMethod(Method):
+    reference_for = ("parameters",)
     summary = "a 2-channel network, everything"
     model_cls = EarlyFusion
     train_inputs = (CTPET,)

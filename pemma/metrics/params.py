@@ -1,11 +1,9 @@
-"""Parameter accounting: total, trainable, and trainable as a share of early fusion's (the papers' 8%)."""
+"""Parameter accounting: total and trainable (shares are against the method declared the parameters
+reference: `pemma.methods.reference_method("parameters")`)."""
 
 from __future__ import annotations
 
 from torch import nn
-
-REFERENCE_METHOD = "early-fusion"
-"""Trainable-parameter ratios are reported against this method's trainable count."""
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -20,8 +20,8 @@ from torch import nn
 
 from pemma.config import AdapterConfig
 from pemma.modalities import SUBSETS
-from pemma.models.backbones import FlexibleSwinUNETR, FlexibleUNETR
 from pemma.models.base import SegmentationModel
+from pemma.models.networks import FlexibleSwinUNETR, FlexibleUNETR
 
 NEW_MODULES = (r"^pet_embedding\.", r"^pet_skips\.", r"^betas$", r"^fusion\.")
 """Parameter-name patterns of what PEMMA adds to a CT network, for every backbone: the trainable

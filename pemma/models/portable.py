@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pemma.engine.checkpoint import write_atomic
+from pemma.files import write_atomic
 
 
 class PortableStateError(ValueError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -15,9 +16,9 @@ from torch import nn
 from pemma.config import ModelConfig, PretrainConfig, RunConfig, stable_hash
 from pemma.data.datasets import CohortData
 from pemma.data.splits import Plan
-from pemma.engine.checkpoint import load_state, save_json, save_state
 from pemma.engine.evaluate import evaluate
 from pemma.engine.train import train
+from pemma.files import load_state, save_json, save_state
 from pemma.modalities import CT
 from pemma.models.backbones import BACKBONES
 from pemma.models.fusion import CTOnly
@@ -59,7 +60,13 @@ def pretrained_base(
     cache_root: Path,
     device: torch.device,
     on_step: Callable[[int, float], None] | None = None,
+    checkpoint_root: Path | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
+    """The CT base for `cfg`: the user's checkpoint, the cached one, or trained now and cached.
+
+    Training resumes from `checkpoint_root`/base-<key>/pretrain.pt after a crash; the checkpoint
+    goes once the base is cached.
+    """
     backbone = BACKBONES.get(cfg.backbone)
     torch.manual_seed(cfg.seed)
     net = backbone.build(cfg.model, 1)
@@ -75,6 +82,7 @@ def pretrained_base(
     budget = replace(
         cfg.train, steps=cfg.pretrain.steps, batch_size=cfg.pretrain.batch_size, lr=cfg.pretrain.lr
     )
+    resume = Path(checkpoint_root) / f"base-{folder.name}" if checkpoint_root else None
     stats = train(
         model,
         crops,
@@ -84,6 +92,7 @@ def pretrained_base(
         seed=cfg.seed,
         device=device,
         on_step=on_step,
+        checkpoint=resume / "pretrain.pt" if resume else None,
     )
     check_cases = plan.pretrain["val"] or plan.pretrain["test"]
     result = evaluate(
@@ -107,4 +116,6 @@ def pretrained_base(
     net.cpu()
     save_state(net.state_dict(), folder / "base.pt")
     save_json(info, folder / "base.json")
+    if resume:
+        shutil.rmtree(resume, ignore_errors=True)
     return net, info

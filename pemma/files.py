@@ -1,4 +1,4 @@
-"""Checkpoints written atomically: a crash leaves the old file or none, never half of one."""
+"""Files written atomically (a crash leaves the old file or none, never half of one), JSON, torch states."""
 
 from __future__ import annotations
 

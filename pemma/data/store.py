@@ -1,0 +1,63 @@
+"""The cohorts a results folder works on: the synthetic one written on first use, every cohort read,
+checked once per fingerprint, split by its centre plan, with its preprocessing cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pemma.config import DataConfig, RunConfig
+from pemma.data.check import check_cohort
+from pemma.data.datasets import CohortData
+from pemma.data.hecktor import Cohort, read_cohort
+from pemma.data.splits import Plan, make_plan
+from pemma.data.synth import GENERATOR_VERSION, write_cohort
+from pemma.files import save_json
+
+
+@dataclass
+class LoadedData:
+    cohort: Cohort
+    plan: Plan
+    data: CohortData
+
+
+class DataStore:
+    def __init__(self, results: Path) -> None:
+        self.results = Path(results)
+        self._loaded: dict[tuple[DataConfig, tuple[str, ...]], LoadedData] = {}
+        self._fingerprints: dict[str, str] = {}
+
+    def synthetic_root(self, d: DataConfig) -> Path:
+        return self.results / "data" / f"{GENERATOR_VERSION}-seed{d.synth_seed}-scale{d.synth_scale:g}"
+
+    def fingerprint(self, d: DataConfig) -> str:
+        """Cheap identity of the data a unit reads: the generator's recipe, or the files' fingerprint."""
+        if d.root is None:
+            return f"{GENERATOR_VERSION}-seed{d.synth_seed}-scale{d.synth_scale:g}"
+        if d.root not in self._fingerprints:
+            self._fingerprints[d.root] = read_cohort(d.root).fingerprint()
+        return self._fingerprints[d.root]
+
+    def load(self, cfg: RunConfig) -> LoadedData:
+        d = cfg.data
+        order = tuple(sorted(cfg.continual.order))
+        if (d, order) not in self._loaded:
+            root = Path(d.root) if d.root else self.synthetic_root(d)
+            if d.root is None and not root.exists():
+                write_cohort(root, scale=d.synth_scale, seed=d.synth_seed)
+            cohort = read_cohort(root)
+            fingerprint = cohort.fingerprint()
+            self.check_once(cohort, fingerprint)
+            plan = make_plan(cohort, d.pretrain_centres, d.adapt_centre, d.split, d.split_seed, order)
+            self._loaded[d, order] = LoadedData(
+                cohort, plan, CohortData(d, fingerprint, self.results / "cache")
+            )
+        return self._loaded[d, order]
+
+    def check_once(self, cohort: Cohort, fingerprint: str) -> None:
+        """Read every file once per cohort fingerprint; bad data fails here, before any run starts."""
+        marker = self.results / "cache" / f"{fingerprint}-checked.json"
+        if not marker.exists():
+            report = check_cohort(cohort)
+            save_json({"patients": len(report), "root": str(cohort.root)}, marker)

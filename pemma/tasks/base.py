@@ -1,0 +1,177 @@
+"""The task protocol: what a task reads, how it builds its model from a method, how it trains and
+evaluates a unit, and the metrics it logs (with direction and meaning).
+
+The runner and the report only talk to this protocol; neither ever names a task. A task that needs
+more grows an optional hook here with a no-op default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+from pemma.config import RunConfig
+from pemma.methods import Built, Method
+from pemma.modalities import LABELS, SUBSETS
+from pemma.registry import Registry
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pemma.data.store import LoadedData
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One logged metric (or a family: `<name>` segments stand for any value, e.g. a stage)."""
+
+    key: str
+    title: str
+    higher_is_better: bool | None
+    """True / False: which direction is better; None: neither (a count, an interval bound)."""
+    meaning: str
+    digits: int = 3
+    column: bool = True
+    """Shown in the suite table when some run logged it."""
+    reference: str | None = None
+    """A reference role (methods.REFERENCE_ROLES); `{reference}` in the title names its method."""
+    derived_from: str | None = None
+    """Computed by the report, not logged: 100 x (this run's `derived_from` / the reference run's - 1),
+    the reference run matched by backbone and seed (and `reference_params`)."""
+    reference_params: tuple[tuple[str, str], ...] = ()
+
+    def title_for(self, reference_name: Callable[[str], str]) -> str:
+        return self.title.format(reference=reference_name(self.reference)) if self.reference else self.title
+
+    def matches(self, name: str) -> bool:
+        pattern = re.sub(r"<[^>]+>", "[^/]+", re.escape(self.key).replace(r"\<", "<").replace(r"\>", ">"))
+        return re.fullmatch(pattern, name) is not None
+
+
+def per_subset(key: str, title: str, higher: bool | None, meaning: str, **kw) -> tuple[Metric, ...]:
+    """`key` and `title` with `{subset}` filled for every input subset (CT+PET, CT, PET)."""
+    return tuple(
+        Metric(key.format(subset=s), title.format(subset=LABELS[s]), higher, meaning, **kw) for s in SUBSETS
+    )
+
+
+PARAMETER_METRICS = (
+    Metric("params_total", "total params", None, "parameters of the unit's model", 0, column=False),
+    Metric("params_trainable", "trainable", None, "parameters the unit trains", 0),
+    Metric(
+        "params_trainable_pct_of_reference",
+        "% of {reference}",
+        False,
+        "trainable parameters as a percentage of the reference method's (same backbone and sizes)",
+        1,
+        reference="parameters",
+    ),
+)
+"""Logged by the runner for every unit; a task lists them where its table should show them."""
+
+LOSS_METRICS = (
+    Metric(
+        "train_seconds", "train s", False, "training time (first warm-up steps excluded)", 0, column=False
+    ),
+    Metric("train_first_loss", "first loss", None, "loss of the first training step", column=False),
+    Metric(
+        "train_final_loss", "final loss", None, "mean loss over the last tenth of the steps", column=False
+    ),
+)
+
+UNIT_METRICS = (
+    *PARAMETER_METRICS,
+    Metric("unit_seconds", "unit s", False, "wall time of the whole unit", 0, column=False),
+    Metric(
+        "base_dice_agg/ct/<class>",
+        "CT base Dice",
+        True,
+        "the CT base's aggregated Dice on its pretraining validation cases",
+        column=False,
+    ),
+)
+"""Metrics the runner logs for every unit, whatever its task."""
+
+
+@dataclass
+class Unit:
+    """Everything a task needs to train and evaluate one unit; built once by the runner."""
+
+    cfg: RunConfig
+    key: str
+    method: Method
+    data: LoadedData
+    base: nn.Module | None
+    device: torch.device
+    results: Path
+    stage: Callable[[str, int], Callable[[int, float], None] | None] = field(default=lambda text, total: None)
+    """Progress hook: `stage(text, steps)` returns a per-step callback (or None)."""
+    note: Callable[[str], None] = field(default=lambda text: None)
+
+    def output(self, kind: str, suffix: str) -> Path:
+        """Where the unit writes an output of `kind`: results/<suite>/<kind>/<run key><suffix>."""
+        return self.results / self.cfg.suite / kind / f"{self.key}{suffix}"
+
+    def checkpoint(self, name: str) -> Path:
+        """A resumable training stage's checkpoint, removed when the unit finishes."""
+        return checkpoint_folder(self.results, self.key) / f"{name}.pt"
+
+
+def checkpoint_folder(results: Path, key: str) -> Path:
+    return Path(results) / "checkpoints" / key
+
+
+@dataclass
+class Measured:
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class Task:
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    data_keys: ClassVar[tuple[str, ...]]
+    """The images each patient must have (of ct, pet, label)."""
+    metrics: ClassVar[tuple[Metric, ...]]
+    """What the task logs, in the order its table shows them."""
+    note: ClassVar[str] = ""
+    """What the task's table columns mean, printed under a table that shows them."""
+    parameter_share: ClassVar[bool] = True
+    """Log trainable parameters as a share of the parameters-reference method's model."""
+
+    def build(self, unit: Unit) -> Built:
+        """The unit's model from its method (by default the method's own model)."""
+        return unit.method.create(unit.base, unit.cfg)
+
+    def run(self, unit: Unit, built: Built) -> Measured:
+        raise NotImplementedError
+
+    def appendix(self, runs: pd.DataFrame) -> str:
+        """Markdown the report adds under the suite table for these runs (e.g. matrices)."""
+        return ""
+
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+def register_task(name: str, *, aliases: tuple[str, ...] = ()):
+    def decorator(cls: type[Task]) -> type[Task]:
+        cls.name = name
+        TASKS.add(name, cls, aliases=aliases)
+        return cls
+
+    return decorator
+
+
+def all_metrics() -> list[Metric]:
+    """Every task's metrics in registry order, then the runner's, each key once."""
+    seen: dict[str, Metric] = {}
+    for metric in (*(m for _, task in TASKS.items() for m in task.metrics), *UNIT_METRICS):
+        seen.setdefault(metric.key, metric)
+    return list(seen.values())

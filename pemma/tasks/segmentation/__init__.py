@@ -1,0 +1,3 @@
+"""Segmentation: Dice on every input subset a method accepts, with optional continual stages."""
+
+from pemma.tasks.segmentation import task  # noqa: F401

@@ -1,0 +1,127 @@
+"""Segmentation units: train the method's model on the adaptation centre, score every input subset
+it accepts by sliding-window inference, save what it trained, then run continual stages if asked."""
+
+from __future__ import annotations
+
+from pemma.engine.evaluate import evaluate
+from pemma.engine.train import train
+from pemma.methods import Built
+from pemma.modalities import CTPET
+from pemma.models.portable import save_trained
+from pemma.tasks.base import (
+    LOSS_METRICS,
+    PARAMETER_METRICS,
+    Measured,
+    Metric,
+    Task,
+    Unit,
+    per_subset,
+    register_task,
+)
+from pemma.tasks.segmentation import continual
+
+KEYS = ("ct", "pet", "label")
+
+_DICE = "HECKTOR aggregated Dice on the adaptation centre's test split (intersections and volumes pooled)"
+
+
+def _dice_columns() -> tuple[Metric, ...]:
+    means = per_subset("dice_agg/{subset}/mean", "Dice {subset}", True, _DICE + ", mean of GTVp and GTVn")
+    classes = tuple(
+        Metric(m.key, m.title, True, m.meaning, column=m.key.startswith(f"dice_agg/{CTPET}/"))
+        for cls in ("gtvp", "gtvn")
+        for m in per_subset(
+            f"dice_agg/{{subset}}/{cls}", f"{cls.upper()[:3]}{cls[3:]} ({{subset}})", True, _DICE
+        )
+    )
+    return means + tuple(sorted(classes, key=lambda m: not m.column))
+
+
+@register_task("segmentation", aliases=("seg",))
+class Segmentation(Task):
+    summary = "GTVp / GTVn segmentation: Dice per input subset, continual stages optional"
+    data_keys = KEYS
+    metrics = (
+        *_dice_columns(),
+        *PARAMETER_METRICS,
+        Metric("train_samples_per_s", "train samples/s", True, "training crops per second", 2),
+        *(
+            Metric(m.key, "infer vol/s", True, m.meaning, 2, column=m.key.endswith(CTPET))
+            for m in per_subset(
+                "infer_volumes_per_s/{subset}", "", True, "whole test volumes inferred per second"
+            )
+        ),
+        Metric("train_peak_memory_mb", "peak MB", False, "peak memory while training (MiB)", 0),
+        *per_subset(
+            "dice_case/{subset}/<class>",
+            "case Dice {subset}",
+            True,
+            "mean of per-patient Dice (patients with neither truth nor prediction of a class left out)",
+            column=False,
+        ),
+        *LOSS_METRICS,
+        Metric(
+            "train_data_wait_share", "data wait", False, "share of a step spent waiting for data", 2, False
+        ),
+        Metric("test_cases", "test cases", None, "patients in the test split", 0, column=False),
+        Metric("saved_bytes", "saved bytes", False, "size of the saved trained state", 0, column=False),
+        *continual.METRICS,
+    )
+    note = (
+        "Dice: HECKTOR aggregated Dice on the adaptation centre's test split, mean of GTVp and GTVn; "
+        "'—': input subset the method does not accept."
+    )
+
+    def run(self, unit: Unit, built: Built) -> Measured:
+        cfg, method, loaded = unit.cfg, unit.method, unit.data
+        out = Measured()
+        subsets, probabilities = method.train_schedule(cfg)
+        out.tags["train_schedule"] = ", ".join(
+            f"{s}={p:.2f}" for s, p in zip(subsets, probabilities, strict=True)
+        )
+        crops = loaded.data.crops(loaded.plan.adapt["train"], KEYS, cfg.model.roi, seed=cfg.seed)
+        stats = train(
+            built.model,
+            crops,
+            cfg.train,
+            subsets=subsets,
+            probabilities=probabilities,
+            seed=cfg.seed,
+            device=unit.device,
+            on_step=unit.stage(f"training {cfg.method}", cfg.train.steps),
+            checkpoint=unit.checkpoint("train"),
+        )
+        out.metrics.update(
+            {
+                "train_seconds": stats.seconds,
+                "train_samples_per_s": stats.samples_per_s,
+                "train_data_wait_share": stats.data_wait_share,
+                "train_peak_memory_mb": stats.peak_memory_mb,
+                "train_first_loss": stats.first_loss,
+                "train_final_loss": stats.final_loss,
+            }
+        )
+        volumes = loaded.data.volumes(loaded.plan.adapt["test"], KEYS)
+        results = evaluate(
+            built.model, volumes, method.inputs(), cfg.model.roi, cfg.eval, unit.device, cfg.train.amp
+        )
+        for subset, result in results.items():
+            out.metrics.update({f"dice_agg/{subset}/{k}": v for k, v in result.aggregated.items()})
+            out.metrics.update({f"dice_case/{subset}/{k}": v for k, v in result.case_mean.items()})
+            out.metrics[f"infer_volumes_per_s/{subset}"] = result.volumes_per_s
+        out.metrics["test_cases"] = len(volumes)
+        saved = unit.output("trained", ".safetensors")
+        out.metrics["saved_bytes"] = save_trained(
+            built.model,
+            built.trained,
+            saved,
+            {"method": cfg.method, "backbone": cfg.backbone, "run_key": unit.key},
+        )
+        out.tags["trained_file"] = str(saved.relative_to(unit.results))
+        if cfg.continual.order:
+            out.metrics.update(continual.run_stages(unit, built.model, results))
+        return out
+
+    def appendix(self, runs) -> str:
+        matrices = continual.matrices_markdown(runs)
+        return "## Continual learning: R[stage, centre], aggregated Dice\n\n" + matrices if matrices else ""
