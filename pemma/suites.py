@@ -90,6 +90,8 @@ def load_suite(name_or_path: str) -> Suite:
             "expected description, include, defaults, grid"
         )
     grid = doc.get("grid") or {}
+    if grid.get("method") == "all":
+        grid["method"] = ["all"]
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid.{key} must be a non-empty list")
@@ -134,7 +136,8 @@ def expand(
     grid = dict(suite.grid)
     if minimal:
         grid = {k: (v if k == "method" else v[:1]) for k, v in grid.items()}
-    grid.setdefault("method", list(METHODS.names()))
+    if grid.get("method") in (None, "all", ["all"]):
+        grid["method"] = list(METHODS.names())  # every registered method: a new one joins the suite
     grid.setdefault("backbone", ["unetr"])
     grid.setdefault("seed", [0])
     if methods:

@@ -199,3 +199,75 @@ def test_a_run_left_running_by_a_dead_process_is_closed_on_the_next_attempt(tiny
     assert out.exit_code == 0, out.output
     assert tracker.runs("smoke", status="RUNNING").empty
     assert len(tracker.runs("smoke", status="KILLED")) == 1 and len(tracker.runs("smoke")) == 1
+
+
+def test_every_logged_metric_is_declared_by_a_task_and_progress_prints_plain_lines(smoke_run):
+    from pemma.tasks import all_metrics
+
+    results, out = smoke_run
+    declared = all_metrics()
+    runs = Tracker(results).runs("smoke")
+    logged = {c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics.")}
+    assert logged and not [k for k in logged if not any(m.matches(k) for m in declared)]
+    # Outside a terminal: one line per unit start and end, with its headline metric, and per stage.
+    assert out.output.count("] start ") == len(METHODS)
+    assert "finished smoke__pemma-lora__unetr" in out.output and ", Dice CT+PET " in out.output
+    assert "CT pretraining: 2 steps" in out.output and "training pemma-lora: done in" in out.output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            [
+                "bench",
+                "throughput",
+                "--profile",
+                "ci",
+                "--methods",
+                "early-fusion,pemma-lora",
+                "--steps",
+                "1",
+            ],
+            "step speed vs early-fusion",
+        ),
+        (
+            ["bench", "merge", "--profile", "ci", "--methods", "pemma-lora", "--backbones", "unetr"],
+            "merged speed-up",
+        ),
+        (["params", "--profile", "ci", "--backbones", "unetr"], "trainable % of early-fusion"),
+    ],
+)
+def test_bench_commands_print_their_side_by_side_tables(args, expected):
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert expected in " ".join(out.output.split())
+
+
+def test_bench_data_compares_a_cold_and_a_warm_cache(tiny_cohort, tmp_path):
+    out = runner.invoke(
+        app,
+        [
+            "bench",
+            "data",
+            "--profile",
+            "ci",
+            "--steps",
+            "1",
+            "--data",
+            str(tiny_cohort),
+            "--results",
+            str(tmp_path),
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    assert "epoch 2 s (warm cache)" in " ".join(out.output.split())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("tmp")], "the cold cache is removed"
+
+
+def test_tasks_lists_every_registered_task_with_its_columns():
+    from pemma.tasks import TASKS
+
+    out = runner.invoke(app, ["tasks"])
+    assert out.exit_code == 0, out.output
+    assert all(name in out.output for name in TASKS.names()) and "Dice CT+PET ↑" in out.output

@@ -5,6 +5,8 @@ from typer.testing import CliRunner
 
 from pemma.cli import app
 from pemma.config import ConfigError
+from pemma.methods import METHODS
+from pemma.models.backbones import BACKBONES
 from pemma.suites import available, expand, load_suite
 from pemma.tracking import Tracker
 
@@ -19,14 +21,15 @@ def test_the_shipped_suites_are_there():
 
 def test_grids_expand_to_the_product_of_their_axes():
     main = expand(load_suite("main"))
-    assert len(main) == 7 * 2 * 3
+    assert len(main) == len(METHODS) * len(BACKBONES) * 3
     # The profile's per-backbone sizes: Swin UNETR gets 64^3 crops and feature size 12 at smoke.
     rois = {(c.backbone, c.model.roi, c.model.feature_size) for c in main}
     assert rois == {("unetr", (48, 48, 48), 8), ("swin-unetr", (64, 64, 64), 12)}
     override = expand(load_suite("main"), backbones=["swin"], overrides=["model.roi=[96,96,96]"])
     assert {c.model.roi for c in override} == {(96, 96, 96)}, "the command line wins over profile sizes"
     rank = expand(load_suite("rank"))
-    assert len(rank) == 2 * 7 * 2
+    axes = load_suite("rank").grid
+    assert len(rank) == len(axes["method"]) * len(axes["adapter.rank"]) * len(axes["adapter.alpha_ratio"])
     alphas = {(c.adapter.rank, c.adapter.alpha_ratio): c.adapter.lora_alpha for c in rank}
     assert alphas[(4, 2.0)] == 8.0 and alphas[(4, None)] == 16.0
     design = expand(load_suite("pemma-design"))
