@@ -14,3 +14,20 @@ def tiny_cohort(tmp_path_factory) -> Path:
     from pemma.data.synth import write_cohort
 
     return write_cohort(tmp_path_factory.mktemp("cohort") / "synth", scale=0.02, seed=0)
+
+
+def ci_args(results, *extra, data=None, suite="smoke"):
+    """`run --suite SUITE --profile ci --results RESULTS [--data DATA] EXTRA...` as CLI arguments."""
+    args = ["run", "--suite", suite, "--profile", "ci", "--results", str(results)]
+    if data is not None:
+        args += ["--data", str(data)]
+    return [*args, *extra]
+
+
+def ci_run(results, *extra, data=None, suite="smoke"):
+    """`pemma-bench run` at the ci profile (see ci_args), in this process."""
+    from typer.testing import CliRunner
+
+    from pemma.cli import app
+
+    return CliRunner().invoke(app, ci_args(results, *extra, data=data, suite=suite))

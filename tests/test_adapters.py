@@ -7,7 +7,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from test_methods import CFGS, MATRIX, _base, _inputs, _one_step
 
 from pemma.config import resolve
-from pemma.methods import METHODS
+from pemma.methods import METHODS, build_method
 from pemma.models.adapters import SplitQKV, WidenedConv, fuse_qkv, merge_adapters, split_qkv
 from pemma.models.backbones import BACKBONES
 from pemma.models.portable import PortableStateError, load_trained, read_metadata, save_trained
@@ -24,7 +24,7 @@ def _trained(name, backbone, cfg=None):
     cfg = cfg or CFGS[backbone]
     method = METHODS.get(name)()
     torch.manual_seed(1)
-    built = method.create(_base(backbone) if method.needs_base else None, cfg)
+    built = build_method(name, cfg, _base(backbone))
     for subset in method.train_schedule(cfg)[0]:
         _one_step(built.model, (subset,), cfg.model.roi)
     return method, built
@@ -76,7 +76,7 @@ def test_saved_trained_state_loads_onto_a_fresh_base_with_identical_outputs(name
     assert read_metadata(path)["method"] == name
 
     torch.manual_seed(99)  # whatever the fresh model's random init, the file must restore the result
-    fresh = method.create(_base(backbone) if method.needs_base else None, cfg)
+    fresh = build_method(name, cfg, _base(backbone))
     load_trained(fresh.model, fresh.trained, path)
     got = _outputs(fresh.model, method, cfg.model.roi)
     for subset in expected:

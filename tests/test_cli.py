@@ -1,6 +1,7 @@
 """End to end through the CLI at the ci profile: MLflow runs, skip on rerun, FAILED units, errors."""
 
 import pytest
+from conftest import ci_args, ci_run
 from typer.testing import CliRunner
 
 from pemma.cli import app
@@ -8,19 +9,6 @@ from pemma.methods import METHODS
 from pemma.tracking import Tracker, parse_run_key
 
 runner = CliRunner()
-
-
-def ci_args(results, *extra, data=None, suite="smoke"):
-    """`run --suite SUITE --profile ci --results RESULTS [--data DATA] EXTRA...` as CLI arguments."""
-    args = ["run", "--suite", suite, "--profile", "ci", "--results", str(results)]
-    if data is not None:
-        args += ["--data", str(data)]
-    return [*args, *extra]
-
-
-def ci_run(results, *extra, data=None, suite="smoke"):
-    """`pemma-bench run` at the ci profile (see ci_args)."""
-    return runner.invoke(app, ci_args(results, *extra, data=data, suite=suite))
 
 
 @pytest.fixture(scope="module")

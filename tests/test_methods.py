@@ -7,7 +7,7 @@ import torch
 
 from pemma.config import TrainConfig, resolve
 from pemma.engine.train import train
-from pemma.methods import METHODS
+from pemma.methods import METHODS, build_method
 from pemma.modalities import SUBSETS, UnsupportedModalityError
 from pemma.models.backbones import BACKBONES
 
@@ -77,7 +77,7 @@ def _one_step(model, subsets, roi=ROI):
 def test_method_trains_exactly_its_declared_set(name, backbone):
     cfg, base = CFGS[backbone], _base(backbone)
     method = METHODS.get(name)()
-    built = method.create(base if method.needs_base else None, cfg)
+    built = build_method(name, cfg, base)
     model = built.model
     patterns = method.trainable_patterns(cfg)
     declared = {
@@ -138,7 +138,7 @@ def test_pemma_with_frozen_adapters_is_the_base_on_ct_when_pet_pathway_is_absent
 def test_method_accepts_its_inputs_and_refuses_others(name, backbone):
     cfg, base = CFGS[backbone], _base(backbone)
     method = METHODS.get(name)()
-    model = method.create(base if method.needs_base else None, cfg).model.eval()
+    model = build_method(name, cfg, base).model.eval()
     for subset in SUBSETS:
         ct, pet = _inputs(subset, cfg.model.roi)
         if subset in method.inputs():
@@ -244,7 +244,7 @@ def test_every_method_and_backbone_feeds_a_survival_head(name, backbone):
 
     cfg, base = CFGS[backbone], _base(backbone)
     method = METHODS.get(name)()
-    built = method.create(base if method.needs_base else None, cfg)
+    built = build_method(name, cfg, base)
     spec = BACKBONES.get(backbone)
     model = PrognosisModel(built.model, spec.bottleneck, spec.bottleneck_dim(cfg.model), variables=3)
     subset = method.inputs()[0]

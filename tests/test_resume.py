@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from conftest import ci_args
 from monai import transforms as T
 from monai.data import Dataset
 from typer.testing import CliRunner
@@ -102,23 +103,8 @@ def test_a_checkpoint_of_another_budget_is_refused_by_name(tmp_path):
 
 
 def _cli(results, cohort):
-    return [
-        "run",
-        "--suite",
-        "smoke",
-        "--profile",
-        "ci",
-        "--results",
-        str(results),
-        "--data",
-        str(cohort),
-        "--methods",
-        "pemma-lora",
-        "--set",
-        "train.steps=60",
-        "--set",
-        "train.checkpoint_every=4",
-    ]
+    budget = ("--set", "train.steps=60", "--set", "train.checkpoint_every=4")
+    return ci_args(results, "--methods", "pemma-lora", *budget, data=cohort)
 
 
 def test_a_unit_killed_mid_training_resumes_to_the_same_metrics(tiny_cohort, tmp_path, monkeypatch):

@@ -1,16 +1,14 @@
 """Suites are data: every shipped file validates, expands as its grid says, and runs at the ci profile."""
 
 import pytest
-from typer.testing import CliRunner
+from conftest import ci_run
 
-from pemma.cli import app
 from pemma.config import ConfigError
 from pemma.methods import METHODS
 from pemma.models.backbones import BACKBONES
 from pemma.suites import available, expand, load_suite
 from pemma.tracking import Tracker
 
-runner = CliRunner()
 SUITES = sorted(available())
 
 
@@ -54,21 +52,7 @@ def test_include_and_overrides(tmp_path):
 @pytest.mark.parametrize("suite", SUITES)
 def test_every_suite_runs_at_the_ci_profile(suite, tiny_cohort, tmp_path_factory):
     results = tmp_path_factory.getbasetemp() / "suites-results"  # shared: bases are reused across suites
-    out = runner.invoke(
-        app,
-        [
-            "run",
-            "--suite",
-            suite,
-            "--profile",
-            "ci",
-            "--minimal",
-            "--results",
-            str(results),
-            "--data",
-            str(tiny_cohort),
-        ],
-    )
+    out = ci_run(results, "--minimal", data=tiny_cohort, suite=suite)
     assert out.exit_code == 0, out.output
     units = expand(load_suite(suite), minimal=True)
     runs = Tracker(results).runs(suite)
@@ -76,23 +60,7 @@ def test_every_suite_runs_at_the_ci_profile(suite, tiny_cohort, tmp_path_factory
 
 
 def test_continual_suite_logs_the_result_matrix_and_summaries(tiny_cohort, tmp_path):
-    out = runner.invoke(
-        app,
-        [
-            "run",
-            "--suite",
-            "continual",
-            "--profile",
-            "ci",
-            "--methods",
-            "pemma-lora",
-            "--minimal",
-            "--results",
-            str(tmp_path),
-            "--data",
-            str(tiny_cohort),
-        ],
-    )
+    out = ci_run(tmp_path, "--methods", "pemma-lora", "--minimal", data=tiny_cohort, suite="continual")
     assert out.exit_code == 0, out.output
     run = Tracker(tmp_path).runs("continual").iloc[0]
     assert run["params.continual.order"] == "('HGJ', 'HMR')" and run["params.continual.inputs"] == "ct"

@@ -121,7 +121,7 @@ def test_tabular_path_matches_a_lifelines_cox_model_on_real_data(dataset):
 
 
 def test_prognosis_unit_logs_survival_metrics_baselines_and_a_task2_file(tiny_cohort, tmp_path):
-    from test_cli import ci_run
+    from conftest import ci_run
 
     from pemma.tracking import Tracker
 
