@@ -31,3 +31,19 @@ def ci_run(results, *extra, data=None, suite="smoke"):
     from pemma.cli import app
 
     return CliRunner().invoke(app, ci_args(results, *extra, data=data, suite=suite))
+
+
+@pytest.fixture(scope="session")
+def partial_endpoint_cohort(tiny_cohort, tmp_path_factory) -> Path:
+    """The tiny cohort where, as in real HECKTOR, only some patients of a centre have an endpoint."""
+    import shutil
+
+    import pandas as pd
+
+    from pemma.data.hecktor import ENDPOINT_CSV
+
+    root = tmp_path_factory.mktemp("partial") / "synth"
+    shutil.copytree(tiny_cohort, root)
+    table = pd.read_csv(root / ENDPOINT_CSV)
+    table[table.index % 3 != 0].to_csv(root / ENDPOINT_CSV, index=False)  # one patient in three loses it
+    return root

@@ -21,7 +21,7 @@ from torchsurv.loss.cox import neg_partial_log_likelihood
 
 from pemma.config import PrognosisConfig
 from pemma.data.hecktor import Case, Cohort
-from pemma.data.splits import split_centre
+from pemma.data.splits import Plan, split_centre
 from pemma.engine.train import autocast, plain
 from pemma.modalities import split_inputs
 from pemma.models.prognosis import CLINICAL_VARIABLES, SurvivalHead, TableEncoding
@@ -43,21 +43,30 @@ class Patients:
     pet_max: np.ndarray
 
 
-def prognosis_split(cohort: Cohort, fractions, seed: int) -> dict[str, list[Case]]:
-    """Patients with CT, PET, label and an endpoint, split per centre; train absorbs val."""
+def prognosis_split(cohort: Cohort, plan: Plan, fractions, seed: int) -> dict[str, list[Case]]:
+    """Patients with CT, PET, label and an endpoint, split so that no test patient was seen by any
+    trained component: in a centre of the centre plan, the test patients are those of the plan's
+    test split (never used to train the CT base or to adapt) that have an endpoint; a centre outside
+    the plan is split by seed. Every other patient with an endpoint trains (train absorbs val).
+    """
     if cohort.endpoints is None:
         raise ValueError(f"{cohort.root}: no endpoint CSV, so no prognosis")
     known = set(cohort.endpoints["PatientID"])
+    phases = (plan.pretrain, plan.adapt, *plan.continual.values())
+    held_out = {c.patient_id for phase in phases for c in phase["test"]}
+    planned = {c.centre for phase in phases for cases in phase.values() for c in cases}
     out: dict[str, list[Case]] = {"train": [], "test": []}
     usable = 0
-    for _, cases in sorted(cohort.centres().items()):
+    for centre, cases in sorted(cohort.centres().items()):
         cases = [c for c in cases if c.pet is not None and c.label is not None and c.patient_id in known]
         usable += len(cases)
-        if len(cases) < 2:
-            continue
-        parts = split_centre(cases, fractions, seed)
-        out["train"] += parts["train"] + parts["val"]
-        out["test"] += parts["test"]
+        if centre in planned:
+            out["test"] += [c for c in cases if c.patient_id in held_out]
+            out["train"] += [c for c in cases if c.patient_id not in held_out]
+        elif len(cases) >= 2:
+            parts = split_centre(cases, fractions, seed)
+            out["train"] += parts["train"] + parts["val"]
+            out["test"] += parts["test"]
     if len(out["train"]) < 4 or not out["test"]:
         raise ValueError(f"{cohort.root}: too few patients with an endpoint for prognosis ({usable})")
     return out
