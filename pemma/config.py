@@ -46,6 +46,9 @@ class DataConfig:
     continual_centres: tuple[str, ...] = ("HGJ", "HMR")
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     split_seed: int = 0
+    split_follows_seed: bool = False
+    """Draw each unit's train / val / test split with the unit's seed instead of `split_seed`, so
+    that the spread over seeds includes the split's variance (suites meant for reporting set it)."""
 
     def __post_init__(self) -> None:
         _require(self.synth_scale > 0, "data.synth_scale", f"must be > 0, got {self.synth_scale}")
@@ -301,6 +304,11 @@ class RunConfig:
             "continual.order",
             f"{', '.join(sorted(clash))} already serve(s) pretraining or adaptation",
         )
+
+    @property
+    def split_seed(self) -> int:
+        """The seed the unit's splits are drawn with (see data.split_follows_seed)."""
+        return self.seed if self.data.split_follows_seed else self.data.split_seed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -54,6 +54,7 @@ def test_cells_are_mean_and_sample_std_over_seeds_and_unlogged_columns_are_left_
     text = to_markdown(summary(tracker.runs("t")), "t")
     assert "Dice: HECKTOR aggregated Dice" in text and "C-index:" not in text
     assert f"% of {ef}: trainable parameters as a percentage" in text
+    assert "on one fixed split (data.split_seed): the spread leaves out the split's variance" in text
 
 
 def test_params_that_vary_become_a_variant_column(tracker):
@@ -86,6 +87,7 @@ def test_a_derived_column_is_relative_to_the_declared_reference_on_matching_runs
     with_ehr = table[(table["method"] == ref) & (table["variant"] == "prognosis.ehr=True")].iloc[0]
     assert with_ehr[column] == "65.0 ± 21.2"  # 0.9/0.5 - 1 = 80%, 0.9/0.6 - 1 = 50%
     assert "C-index: Harrell's" in to_markdown(table)
+    assert "some rows draw a split per seed" not in to_markdown(table)
 
 
 def test_every_declared_metric_has_a_meaning_and_a_known_reference():

@@ -23,3 +23,18 @@ def test_prognosis_test_patients_were_never_trained_on(partial_endpoint_cohort, 
     assert not test & {c.patient_id for c in splits["train"]}
     with_endpoint = set(cohort.endpoints["PatientID"])
     assert test | {c.patient_id for c in splits["train"]} <= with_endpoint
+
+
+def test_the_split_follows_the_unit_seed_only_when_asked(tiny_cohort, tmp_path):
+    from pemma.data.store import DataStore
+
+    store = DataStore(tmp_path)
+
+    def held_out(seed, follows):
+        data = {"root": str(tiny_cohort), "split_follows_seed": follows}
+        plan = store.load(resolve({"profile": "ci", "seed": seed, "data": data})).plan
+        return sorted(c.patient_id for c in plan.pretrain["test"] + plan.adapt["test"])
+
+    assert held_out(0, False) == held_out(1, False) == held_out(2, False), "data.split_seed fixes the split"
+    assert held_out(0, True) == held_out(0, False)
+    assert len({tuple(held_out(s, True)) for s in range(4)}) > 1, "each seed draws its own split"

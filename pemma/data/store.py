@@ -25,7 +25,7 @@ class LoadedData:
 class DataStore:
     def __init__(self, results: Path) -> None:
         self.results = Path(results)
-        self._loaded: dict[tuple[DataConfig, tuple[str, ...]], LoadedData] = {}
+        self._loaded: dict[tuple[DataConfig, tuple[str, ...], int], LoadedData] = {}
         self._fingerprints: dict[str, str] = {}
 
     def synthetic_root(self, d: DataConfig) -> Path:
@@ -42,18 +42,18 @@ class DataStore:
     def load(self, cfg: RunConfig) -> LoadedData:
         d = cfg.data
         order = tuple(sorted(cfg.continual.order))
-        if (d, order) not in self._loaded:
+        if (d, order, cfg.split_seed) not in self._loaded:
             root = Path(d.root) if d.root else self.synthetic_root(d)
             if d.root is None and not root.exists():
                 write_cohort(root, scale=d.synth_scale, seed=d.synth_seed)
             cohort = read_cohort(root)
             fingerprint = cohort.fingerprint()
             self.check_once(cohort, fingerprint)
-            plan = make_plan(cohort, d.pretrain_centres, d.adapt_centre, d.split, d.split_seed, order)
-            self._loaded[d, order] = LoadedData(
+            plan = make_plan(cohort, d.pretrain_centres, d.adapt_centre, d.split, cfg.split_seed, order)
+            self._loaded[d, order, cfg.split_seed] = LoadedData(
                 cohort, plan, CohortData(d, fingerprint, self.results / "cache")
             )
-        return self._loaded[d, order]
+        return self._loaded[d, order, cfg.split_seed]
 
     def check_once(self, cohort: Cohort, fingerprint: str) -> None:
         """Read every file once per cohort fingerprint; bad data fails here, before any run starts."""

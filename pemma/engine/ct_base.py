@@ -45,7 +45,7 @@ def base_key(cfg: RunConfig, data_fingerprint: str) -> str:
             "ct_window": d.ct_window,
             "centres": d.pretrain_centres,
             "split": d.split,
-            "split_seed": d.split_seed,
+            "split_seed": cfg.split_seed,
             "seed": cfg.seed,
             "class_weights": cfg.train.class_weights,
         },

@@ -77,7 +77,22 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     logged = [
         c.header for c in cols if f"metrics.{c.metric}" in runs and runs[f"metrics.{c.metric}"].notna().any()
     ]
-    return table.drop(columns=[c.header for c in cols if c.header not in logged])
+    table = table.drop(columns=[c.header for c in cols if c.header not in logged])
+    table.attrs["variance"] = variance(runs)
+    return table
+
+
+def variance(runs: pd.DataFrame) -> str:
+    """What the ± of a table spans: seeds on one fixed split, or seeds each with its own split."""
+    follows = runs.get("params.data.split_follows_seed", pd.Series(dtype=str)).astype(str)
+    if (follows == "True").all() and len(follows):
+        return "Mean ± sample std over seeds, each seed with its own train / val / test split."
+    if (follows == "True").any():
+        return "Mean ± sample std over seeds; some rows draw a split per seed, others keep one (see variant)."
+    return (
+        "Mean ± sample std over seeds on one fixed split (data.split_seed): the spread leaves out the "
+        "split's variance (set data.split_follows_seed to include it)."
+    )
 
 
 def with_derived(runs: pd.DataFrame) -> pd.DataFrame:
@@ -137,7 +152,7 @@ def to_markdown(table: pd.DataFrame, title: str = "") -> str:
         for m in all_metrics()
         if m.reference and m.column and headers.get(m.key) in table.columns
     ]
-    notes = " ".join([*notes, "Mean ± sample std over seeds."])
+    notes = " ".join([*notes, table.attrs.get("variance", "Mean ± sample std over seeds.")])
     return "\n".join(lines) + "\n\n" + notes + "\n"
 
 

@@ -123,7 +123,7 @@ class Prognosis(Task):
 
     def build(self, unit: Unit) -> PrognosisBuilt:
         cfg, loaded = unit.cfg, unit.data
-        splits = prognosis_split(loaded.cohort, loaded.plan, cfg.data.split, cfg.data.split_seed)
+        splits = prognosis_split(loaded.cohort, loaded.plan, cfg.data.split, cfg.split_seed)
         patients = {
             name: load_patients(
                 cases, loaded.data.volumes(cases, KEYS), loaded.cohort, cfg.model.roi, cfg.data.spacing
