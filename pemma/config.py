@@ -413,16 +413,21 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
-PROFILES = ("ci", "smoke", "paper")
+PROFILES = ("ci", "smoke", "paper", "paper-harness")
+REPORTING_PROFILES = ("paper", "paper-harness")
+"""Profiles whose runs are tagged for_reporting."""
 
 
 def load_profile(name: str) -> dict[str, Any]:
+    """A shipped profile; `include: other` starts from another profile."""
     if name not in PROFILES:
         close = difflib.get_close_matches(name, PROFILES, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown profile {name!r}{hint} (known: {', '.join(PROFILES)})")
     text = resources.files("pemma.profiles").joinpath(f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    doc = yaml.safe_load(text) or {}
+    parent = doc.pop("include", None)
+    return deep_merge(load_profile(parent), doc) if parent else doc
 
 
 def resolve(*layers: dict[str, Any]) -> RunConfig:

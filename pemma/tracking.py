@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from pemma.config import RunConfig, stable_hash
+from pemma.config import REPORTING_PROFILES, RunConfig, stable_hash
 
 EXPERIMENT_PREFIX = "pemma-bench/"
 
@@ -62,7 +62,7 @@ def provenance(device: torch.device, dtype: str, profile: str) -> dict[str, str]
         "device_name": device_name,
         "dtype": dtype,
         "profile": profile,
-        "for_reporting": str(profile == "paper").lower(),
+        "for_reporting": str(profile in REPORTING_PROFILES).lower(),
     }
 
 

@@ -74,3 +74,14 @@ def test_identity_holds_only_non_default_values_so_new_options_keep_old_keys():
     assert "adapter.alpha_ratio" not in cfg.identity()  # an option at its default does not enter the key
     assert cfg.identity()["model.hidden_size"] == 32  # a profile value does
     assert resolve({"profile": "ci", "adapter": {"alpha_ratio": 2}}).identity()["adapter.alpha_ratio"] == 2.0
+
+
+def test_the_paper_profile_follows_the_public_recipe_and_paper_harness_keeps_ours():
+    paper, ours = resolve({"profile": "paper"}), resolve({"profile": "paper-harness"})
+    assert (paper.train.lr, paper.train.weight_decay, paper.train.batch_size) == (1e-4, 1e-5, 2)
+    assert paper.train.class_weights == (1.0, 1.0, 1.0) and paper.train.steps == 18000
+    assert (paper.adapter.rank, paper.adapter.lora_alpha, paper.adapter.targets) == (4, 8.0, "qv")
+    assert paper.model.roi == (96, 96, 96) and paper.pretrain.lr == 3e-4
+    assert ours.train.class_weights == (1.0, 2.0, 5.0)
+    assert (ours.adapter.rank, ours.adapter.lora_alpha, ours.adapter.targets) == (8, 16.0, "qkv")
+    assert ours.model == paper.model and ours.train.steps == paper.train.steps  # included from paper
