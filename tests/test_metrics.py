@@ -43,14 +43,25 @@ def test_aggregated_dice_sums_voxels_over_cases_and_excludes_double_empty_cases(
     assert math.isclose(case["gtvn"], 1.0)
 
 
-def test_false_positive_on_empty_truth_scores_zero_not_excluded():
+def test_false_positive_on_empty_truth_scores_zero_per_case_and_a_class_absent_from_the_split_is_undefined():
     acc = DiceAccumulator()
     pred = _volume({2: 3})
     acc.add(pred, torch.zeros_like(pred))
-    assert acc.case_mean()["gtvn"] == 0.0
-    assert acc.aggregated()["gtvn"] == 0.0
-    assert np.isnan(acc.aggregated()["gtvp"])  # nothing predicted or true anywhere: undefined
-    assert acc.aggregated()["mean"] == 0.0  # mean over the defined classes
+    assert acc.case_mean()["gtvn"] == 0.0  # per case: a false positive on an empty truth scores 0
+    assert np.isnan(acc.aggregated()["gtvn"])  # no GTVn in any truth: undefined, whatever is predicted
+    assert np.isnan(acc.aggregated()["gtvp"])
+
+
+def test_the_headline_mean_is_over_both_classes_or_undefined_the_same_for_every_prediction():
+    truth = _volume({1: 8})  # a split with GTVp only
+    perfect, with_false_positive = DiceAccumulator(), DiceAccumulator()
+    perfect.add(truth, truth)
+    noisy = truth.clone().reshape(-1)
+    noisy[-1] = 2  # one false-positive GTVn voxel used to halve the headline (0.5 instead of 1.0)
+    with_false_positive.add(noisy.reshape(truth.shape), truth)
+    for acc in (perfect, with_false_positive):
+        agg = acc.aggregated()
+        assert agg["gtvp"] == 1.0 and np.isnan(agg["gtvn"]) and np.isnan(agg["mean"])
 
 
 def test_continual_summary_against_hand_computed_values():

@@ -8,6 +8,8 @@ that later stages erased earlier skill.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -16,6 +18,14 @@ def continual_summary(r: np.ndarray) -> dict[str, float]:
     if r.ndim != 2 or r.shape[0] != r.shape[1]:
         raise ValueError(f"R must be square (stages x centres in stage order), got shape {r.shape}")
     last = r.shape[0] - 1
+    # Cells of centres whose test split lacks a class are undefined; the summaries skip them and say
+    # how many there were.
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {"undefined_cells": float(np.isnan(r).sum()), **_summary(r, last)}
+
+
+def _summary(r: np.ndarray, last: int) -> dict[str, float]:
     out = {"acc": float(np.nanmean(r[last]))}
     if last == 0:
         return out | {"bwt": float("nan"), "forgetting": float("nan")}

@@ -2,7 +2,12 @@
 
 Empty-case policy: a case whose ground truth and prediction are both empty for a class has no
 per-case Dice for that class (it is excluded from the mean, not counted as 1). Aggregated Dice needs
-no policy: such a case adds nothing to either sum.
+no policy for such a case: it adds nothing to either sum.
+
+Absent-class policy: a class absent from every ground truth of the evaluated set has no aggregated
+Dice (NaN), whatever a model predicts, and the headline mean (of GTVp and GTVn) is then undefined
+too. The mean is never silently the other class alone, and whether it is defined depends on the
+test split only, so it is the same for every method.
 """
 
 from __future__ import annotations
@@ -42,9 +47,10 @@ class DiceAccumulator:
 
     def aggregated(self) -> dict[str, float]:
         inter = np.sum(self.intersection, axis=0)
-        size = np.sum(self.predicted, axis=0) + np.sum(self.truth, axis=0)
+        truth = np.sum(self.truth, axis=0)
+        size = np.sum(self.predicted, axis=0) + truth
         with np.errstate(invalid="ignore", divide="ignore"):
-            dsc = np.where(size > 0, 2 * inter / size, np.nan)
+            dsc = np.where(truth > 0, 2 * inter / size, np.nan)
         return _named(dsc)
 
     def case_mean(self) -> dict[str, float]:
@@ -58,7 +64,7 @@ class DiceAccumulator:
 
 
 def _named(per_class: np.ndarray) -> dict[str, float]:
+    """Per-class values and their mean, which is undefined (NaN) unless every class has a value."""
     out = {CLASSES[k + 1]: float(v) for k, v in enumerate(per_class)}
-    valid = [v for v in out.values() if not np.isnan(v)]
-    out["mean"] = float(np.mean(valid)) if valid else float("nan")
+    out["mean"] = float(np.mean(per_class))
     return out

@@ -38,6 +38,14 @@ METRICS = (
         "aggregated Dice of a centre's test split after a stage (0: the adaptation centre's)",
         column=False,
     ),
+    *per_subset(
+        "cl/{subset}/undefined_cells",
+        "undefined R cells {subset}",
+        None,
+        "cells of R left out of ACC / BWT / forgetting: the centre's test split lacks a class",
+        0,
+        column=False,
+    ),
     Metric("cl/ct/base/<centre>", "CT base", True, "the unwrapped CT base's Dice on a centre", column=False),
     Metric("cl_stage_steps", "stage steps", None, "training steps per continual stage", 0, column=False),
 )
@@ -95,6 +103,10 @@ def run_stages(unit: Unit, model: torch.nn.Module, adapted: dict[str, SubsetResu
     return metrics
 
 
+def _cell(value: float) -> str:
+    return "undefined" if value != value else f"{value:.3f}"
+
+
 def matrices_markdown(runs: pd.DataFrame) -> str:
     """Markdown of every continual run's R[stage, centre] per input subset (rows: after each stage)."""
     parts = []
@@ -102,7 +114,10 @@ def matrices_markdown(runs: pd.DataFrame) -> str:
         keys = [k for k in run.index if k.startswith("metrics.cl/") and "/R/" in k and run[k] == run[k]]
         if not keys:
             continue
-        parts.append(f"### {run['tags.run_key']}\n")
+        parts.append(
+            f"### {run['tags.run_key']}\n\n'undefined': the centre's test split lacks a class, so its Dice "
+            "mean is not defined; ACC / BWT / forgetting leave such cells out.\n"
+        )
         for subset in SUBSETS:
             cells = {}
             for k in keys:
@@ -121,9 +136,7 @@ def matrices_markdown(runs: pd.DataFrame) -> str:
             ]
             for st in stages:
                 lines.append(
-                    f"| {st} | "
-                    + " | ".join(f"{cells.get((st, c), float('nan')):.3f}" for c in centres)
-                    + " |"
+                    f"| {st} | " + " | ".join(_cell(cells.get((st, c), float("nan"))) for c in centres) + " |"
                 )
             parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
