@@ -130,6 +130,9 @@ class Tracker:
         for i in range(0, max(len(items), 1), 500):
             self.client.log_batch(run_id, metrics=items[i : i + 500], tags=tag_items if i == 0 else [])
 
+    def log_artifact(self, run_id: str, path: Path, folder: str) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
+
     def finish(self, run_id: str) -> None:
         self.client.set_terminated(run_id, "FINISHED")
 

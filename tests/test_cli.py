@@ -64,6 +64,30 @@ def test_ci_suite_leaves_finished_runs_with_metrics_and_tags(smoke_run):
     assert "ACC" not in table  # columns no run logged are left out
 
 
+def test_every_unit_writes_its_per_patient_table_and_it_reproduces_the_aggregated_dice(smoke_run):
+    from mlflow.tracking import MlflowClient
+
+    from pemma.metrics.patients import COLUMNS, SCHEMA_VERSION, read_patient_table
+
+    results, _ = smoke_run
+    tracker = Tracker(results)
+    for _, run in tracker.runs("smoke").iterrows():
+        table = read_patient_table(results / run["tags.patients_file"])
+        assert tuple(table.columns) == COLUMNS and set(table["schema_version"]) == {SCHEMA_VERSION}
+        subsets = METHODS.get(run["tags.method"]).inputs()
+        assert len(table) == run["metrics.test_cases"] * len(subsets) * 2  # patients x subsets x classes
+        assert set(table["run_key"]) == {run["tags.run_key"]} and set(table["grid"]) == {"working"}
+        for (subset, cls), rows in table.groupby(["subset", "class"]):
+            logged_dice = run[f"metrics.dice_agg/{subset}/{cls}"]
+            if rows["truth_voxels"].sum() == 0:  # absent from the split: undefined
+                assert logged_dice != logged_dice
+                continue
+            sizes = (rows["prediction_voxels"] + rows["truth_voxels"]).sum()
+            assert 2 * rows["intersection_voxels"].sum() / sizes == pytest.approx(logged_dice, abs=1e-12)
+        logged = MlflowClient(tracker.uri).list_artifacts(run["run_id"], "patients")
+        assert [a.path for a in logged] == [f"patients/{run['tags.run_key']}.csv"]
+
+
 def test_rerun_trains_nothing(smoke_run, tiny_cohort):
     results, _ = smoke_run
     bases = sorted(p.stat().st_mtime_ns for p in (results / "bases").rglob("base.pt"))

@@ -141,3 +141,11 @@ def test_prognosis_unit_logs_survival_metrics_baselines_and_a_task2_file(tiny_co
     task2 = pd.read_csv(tmp_path / lora["tags.predictions_file"])
     assert list(task2.columns) == ["PatientID", "Prediction"]
     assert len(task2) == lora["metrics.surv/test_patients"] and task2["Prediction"].notna().all()
+    from pemma.metrics.patients import COLUMNS, read_patient_table
+
+    patients = read_patient_table(tmp_path / lora["tags.patients_file"])
+    assert tuple(patients.columns) == COLUMNS and set(patients["kind"]) == {"prognosis"}
+    test = patients[patients["split"] == "test"].set_index("patient_id")
+    assert len(test) == len(task2) and len(patients) == len(test) + lora["metrics.train_patients"]
+    assert np.allclose(test.loc[task2["PatientID"], "risk"], task2["Prediction"])
+    assert set(test["subset"]) == {"ctpet+ehr"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from monai.data import Dataset
@@ -11,7 +11,7 @@ from monai.inferers import sliding_window_inference
 
 from pemma.config import EvalConfig
 from pemma.engine.train import autocast, plain
-from pemma.metrics.segmentation import DiceAccumulator
+from pemma.metrics.segmentation import CLASSES, DiceAccumulator
 from pemma.modalities import split_inputs, stack, unstack
 
 
@@ -21,6 +21,8 @@ class SubsetResult:
     case_mean: dict[str, float]
     volumes_per_s: float
     cases: int
+    patients: list[dict] = field(default_factory=list)
+    """Per patient and class: dice and voxel counts (the per-patient table's segmentation rows)."""
 
 
 def evaluate(
@@ -35,6 +37,7 @@ def evaluate(
     model.to(device).eval()
     accumulators = {s: DiceAccumulator() for s in subsets}
     seconds = dict.fromkeys(subsets, 0.0)
+    rows: dict[str, list[dict]] = {s: [] for s in subsets}
     with torch.inference_mode(), autocast(device, amp):
         for index in range(len(volumes)):
             item = volumes[index]
@@ -61,12 +64,29 @@ def evaluate(
                     torch.cuda.synchronize(device)
                 seconds[subset] += time.perf_counter() - t0
                 accumulators[subset].add(prediction.cpu(), item["label"])
+                rows[subset] += _patient_rows(accumulators[subset], item.get("patient_id", str(index)))
     return {
         s: SubsetResult(
             accumulators[s].aggregated(),
             accumulators[s].case_mean(),
             len(volumes) / seconds[s] if seconds[s] > 0 else float("nan"),
             len(volumes),
+            rows[s],
         )
         for s in subsets
     }
+
+
+def _patient_rows(acc: DiceAccumulator, patient_id: str) -> list[dict]:
+    """The case just added to `acc`, one row per class."""
+    return [
+        {
+            "patient_id": patient_id,
+            "class": name,
+            "dice": float(acc.per_case[-1][k]),
+            "intersection_voxels": float(acc.intersection[-1][k]),
+            "prediction_voxels": float(acc.predicted[-1][k]),
+            "truth_voxels": float(acc.truth[-1][k]),
+        }
+        for k, name in enumerate(CLASSES.values())
+    ]

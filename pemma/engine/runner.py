@@ -123,6 +123,8 @@ class Runner:
             measured = self.measure(cfg, key)
             metrics = {**measured.metrics, "unit_seconds": time.perf_counter() - t0}
             self.tracker.log(run_id, metrics, measured.tags)
+            for folder, path in measured.artifacts.items():
+                self.tracker.log_artifact(run_id, path, folder)
             self.tracker.finish(run_id)
             shutil.rmtree(checkpoint_folder(self.results, key), ignore_errors=True)
             return UnitOutcome(
@@ -186,6 +188,7 @@ class Runner:
         measured = task.run(unit, built)
         out.metrics.update(measured.metrics)
         out.tags.update(measured.tags)
+        out.artifacts.update(measured.artifacts)
         return out
 
     def reference_trainable(self, cfg: RunConfig, base: torch.nn.Module | None) -> int:

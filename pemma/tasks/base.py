@@ -131,6 +131,8 @@ def checkpoint_folder(results: Path, key: str) -> Path:
 class Measured:
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    """MLflow artifact folder -> a file the unit wrote (e.g. its per-patient table)."""
 
 
 class Task:

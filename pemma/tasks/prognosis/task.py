@@ -7,7 +7,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from pemma.data.centres import centre_of
 from pemma.methods import Built
+from pemma.metrics.patients import write_patient_table
 from pemma.metrics.survival import survival_scores, write_task2_submission
 from pemma.modalities import LABELS
 from pemma.models.backbones import BACKBONES
@@ -191,4 +193,23 @@ class Prognosis(Task):
         predictions.parent.mkdir(parents=True, exist_ok=True)
         write_task2_submission(test_p.ids, risks["test"], predictions)
         out.tags["predictions_file"] = str(predictions.relative_to(unit.results))
+        rows = [
+            {
+                "kind": "prognosis",
+                "patient_id": pid,
+                "centre": centre_of(pid),
+                "split": name,
+                "subset": subset + ("+ehr" if p.ehr else ""),
+                "risk": float(risk),
+                "time": float(t),
+                "event": int(e),
+            }
+            for name, pts in patients.items()
+            for pid, risk, t, e in zip(
+                pts.ids, risks[name], pts.time.tolist(), pts.event.tolist(), strict=True
+            )
+        ]
+        table = write_patient_table(rows, unit.key, unit.output("patients", ".csv"))
+        out.artifacts["patients"] = table
+        out.tags["patients_file"] = str(table.relative_to(unit.results))
         return out

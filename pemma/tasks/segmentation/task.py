@@ -3,9 +3,13 @@ it accepts by sliding-window inference, save what it trained, then run continual
 
 from __future__ import annotations
 
+import numpy as np
+
+from pemma.data.centres import centre_of
 from pemma.engine.evaluate import evaluate
 from pemma.engine.train import train
 from pemma.methods import Built
+from pemma.metrics.patients import write_patient_table
 from pemma.modalities import CTPET
 from pemma.models.portable import save_trained
 from pemma.tasks.base import (
@@ -110,6 +114,24 @@ class Segmentation(Task):
             out.metrics.update({f"dice_case/{subset}/{k}": v for k, v in result.case_mean.items()})
             out.metrics[f"infer_volumes_per_s/{subset}"] = result.volumes_per_s
         out.metrics["test_cases"] = len(volumes)
+        voxel_ml = float(np.prod(cfg.data.spacing)) / 1000.0
+        rows = [
+            {
+                **row,
+                "kind": "segmentation",
+                "centre": centre_of(row["patient_id"]),
+                "split": "test",
+                "subset": subset,
+                "grid": "working",
+                "prediction_ml": row["prediction_voxels"] * voxel_ml,
+                "truth_ml": row["truth_voxels"] * voxel_ml,
+            }
+            for subset, result in results.items()
+            for row in result.patients
+        ]
+        table = write_patient_table(rows, unit.key, unit.output("patients", ".csv"))
+        out.artifacts["patients"] = table
+        out.tags["patients_file"] = str(table.relative_to(unit.results))
         saved = unit.output("trained", ".safetensors")
         out.metrics["saved_bytes"] = save_trained(
             built.model,

@@ -1,0 +1,65 @@
+"""Per-patient results: one documented, versioned CSV table per unit, the input of paired tests and
+bootstrap intervals over patients (which read it and never re-run inference).
+
+Segmentation rows (`kind` = segmentation): one per patient x input subset x class, with the
+patient's Dice (empty if truth and prediction are both empty), the voxel counts |P ∩ G|, |P|, |G| and
+the volumes in ml, on the grid named in `grid` (`working`: the resampled grid at data.spacing).
+Prognosis rows (`kind` = prognosis): one per patient, with its split, predicted risk (higher = earlier
+relapse), follow-up time in days and event (1 = relapse). Columns a kind does not use are empty.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pemma.files import write_atomic
+
+SCHEMA_VERSION = 1
+COLUMNS = (
+    "schema_version",
+    "run_key",
+    "kind",
+    "patient_id",
+    "centre",
+    "split",
+    "subset",
+    "class",
+    "grid",
+    "dice",
+    "intersection_voxels",
+    "prediction_voxels",
+    "truth_voxels",
+    "prediction_ml",
+    "truth_ml",
+    "risk",
+    "time",
+    "event",
+)
+
+
+def patient_table(rows: list[dict], run_key: str) -> pd.DataFrame:
+    """Rows as the versioned table: every column present, in order; unknown columns refused."""
+    table = pd.DataFrame(rows)
+    unknown = set(table.columns) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"per-patient rows hold columns outside the schema: {sorted(unknown)}")
+    table = table.assign(schema_version=SCHEMA_VERSION, run_key=run_key)
+    return table.reindex(columns=list(COLUMNS))
+
+
+def write_patient_table(rows: list[dict], run_key: str, path: Path) -> Path:
+    table = patient_table(rows, run_key)
+    write_atomic(Path(path), lambda tmp: table.to_csv(tmp, index=False))
+    return Path(path)
+
+
+def read_patient_table(path: Path) -> pd.DataFrame:
+    table = pd.read_csv(path, dtype={"patient_id": str, "centre": str})
+    versions = set(table["schema_version"].unique())
+    if versions != {SCHEMA_VERSION}:
+        raise ValueError(
+            f"{path}: per-patient table of schema version(s) {versions}, expected {SCHEMA_VERSION}"
+        )
+    return table
