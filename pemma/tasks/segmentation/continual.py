@@ -43,7 +43,7 @@ METRICS = (
         "undefined R cells {subset}",
         None,
         "cells of R left out of ACC / BWT / forgetting: the centre's test split lacks a class",
-        0,
+        digits=0,
         column=False,
     ),
     Metric("cl/ct/base/<centre>", "CT base", True, "the unwrapped CT base's Dice on a centre", column=False),
