@@ -28,16 +28,20 @@ def tracker(tmp_path):
 def test_cells_are_mean_and_sample_std_over_seeds_and_unlogged_columns_are_left_out(tracker):
     ef, lora = reference_method("parameters"), "pemma-lora"
     for seed, dice in enumerate((0.6, 0.8)):
-        _log(tracker, "t", ef, seed, {"dice_agg/ctpet/mean": dice, "params_trainable": 1000})
+        _log(tracker, "t", ef, seed, {"dice_hecktor/ctpet/mean": dice, "params_trainable": 1000})
     for seed, dice in enumerate((0.5, 0.7, 0.9)):
         _log(
             tracker,
             "t",
             lora,
             seed,
-            {"dice_agg/ctpet/mean": dice, "params_trainable": 80, "params_trainable_pct_of_reference": 8.0},
+            {
+                "dice_hecktor/ctpet/mean": dice,
+                "params_trainable": 80,
+                "params_trainable_pct_of_reference": 8.0,
+            },
         )
-    _log(tracker, "t", "late-fusion", 0, {"dice_agg/ct/mean": 0.25})
+    _log(tracker, "t", "late-fusion", 0, {"dice_hecktor/ct/mean": 0.25})
     table = summary(tracker.runs("t")).set_index("method")
     # 0.6, 0.8: mean 0.7, sample std 0.1414; 0.5, 0.7, 0.9: mean 0.7, sample std 0.2
     assert table.loc[ef, "Dice CT+PET ↑"] == "0.700 ± 0.141"
@@ -65,7 +69,7 @@ def test_params_that_vary_become_a_variant_column(tracker):
                 "r",
                 "pemma-lora",
                 seed,
-                {"dice_agg/ctpet/mean": dice + seed / 10},
+                {"dice_hecktor/ctpet/mean": dice + seed / 10},
                 {"adapter.rank": rank, "train.steps": 5},
             )
     table = summary(tracker.runs("r"))

@@ -13,7 +13,7 @@ from monai.transforms import Compose
 
 from pemma.config import DataConfig, stable_hash
 from pemma.data.hecktor import Case
-from pemma.data.transforms import augment, preprocess
+from pemma.data.transforms import ORIGINAL_CT, ORIGINAL_LABEL, augment, preprocess
 from pemma.files import save_json
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ class CohortData:
     def _cache_dir(self, keys: tuple[str, ...]) -> Path:
         """One folder per (cohort, preprocessing); a folder whose recorded config differs is rebuilt."""
         prep = {
+            "layout": 2,  # items keep the working grid's affine and the original files' paths
             "fingerprint": self.fingerprint,
             "spacing": list(self.cfg.spacing),
             "ct_window": list(self.cfg.ct_window),
@@ -46,7 +47,7 @@ class CohortData:
 
     def volumes(self, cases: list[Case], keys: tuple[str, ...]) -> Dataset:
         """Whole preprocessed volumes (for evaluation)."""
-        items = [{k: v for k, v in c.item().items() if k in (*keys, "patient_id")} for c in cases]
+        items = _items(cases, keys)
         return PersistentDataset(
             items, preprocess(keys, self.cfg.spacing, self.cfg.ct_window), cache_dir=self._cache_dir(keys)
         )
@@ -55,7 +56,7 @@ class CohortData:
         self, cases: list[Case], keys: tuple[str, ...], roi: tuple[int, int, int], seed: int
     ) -> Dataset:
         """Random training crops; the deterministic prefix is shared with `volumes` on disk."""
-        items = [{k: v for k, v in c.item().items() if k in (*keys, "patient_id")} for c in cases]
+        items = _items(cases, keys)
         pipeline = Compose(
             [
                 *preprocess(keys, self.cfg.spacing, self.cfg.ct_window).transforms,
@@ -64,3 +65,16 @@ class CohortData:
         )
         pipeline.set_random_state(seed=seed)
         return PersistentDataset(items, pipeline, cache_dir=self._cache_dir(keys))
+
+
+def _items(cases: list[Case], keys: tuple[str, ...]) -> list[dict[str, str]]:
+    """Pipeline inputs: the files of `keys`, plus the original CT and label paths, which evaluation
+    on the original grid reads (they pass through the transforms untouched)."""
+    items = []
+    for case in cases:
+        item = {k: v for k, v in case.item().items() if k in (*keys, "patient_id")}
+        item[ORIGINAL_CT] = str(case.ct)
+        if "label" in keys and case.label is not None:
+            item[ORIGINAL_LABEL] = str(case.label)
+        items.append(item)
+    return items

@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
+import nibabel as nib
+import numpy as np
+import torch
 from monai import transforms as T
+from monai.data import MetaTensor
+
+WORKING_AFFINE = "ct_affine"
+"""Item key of the working grid's affine (the resampled CT's), kept to map predictions back."""
+ORIGINAL_CT, ORIGINAL_LABEL = "ct_file", "label_file"
+"""Item keys of the original CT and label files: evaluation on the CT's own grid reads them."""
+
+
+class KeepAffined(T.MapTransform):
+    """Store the CT's current affine under WORKING_AFFINE before metadata is dropped."""
+
+    def __init__(self) -> None:
+        super().__init__(keys=["ct"])
+
+    def __call__(self, data):
+        d = dict(data)
+        d[WORKING_AFFINE] = torch.as_tensor(d["ct"].affine, dtype=torch.float64).clone()
+        return d
 
 
 def preprocess(
@@ -27,6 +48,7 @@ def preprocess(
     if "pet" in others:
         steps.append(T.NormalizeIntensityd(keys=["pet"], nonzero=True))
     images = [k for k in keys if k != "label"]
+    steps.append(KeepAffined())
     steps.append(T.EnsureTyped(keys=images, dtype="float32", track_meta=False))
     if "label" in keys:
         steps.append(T.EnsureTyped(keys=["label"], dtype="uint8", track_meta=False))
@@ -51,3 +73,37 @@ def augment(keys: tuple[str, ...], roi: tuple[int, int, int]) -> T.Compose:
             T.EnsureTyped(keys=list(keys), track_meta=False),
         ]
     )
+
+
+def _grid_of(path: str) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """A NIfTI file's affine and shape, from its header only."""
+    header = nib.load(path)
+    return torch.as_tensor(header.affine, dtype=torch.float64), tuple(int(n) for n in header.shape[:3])
+
+
+def to_original_grid(probabilities: torch.Tensor, working_affine: torch.Tensor, ct_file: str) -> torch.Tensor:
+    """Class probabilities (C, *working grid) resampled (trilinear) onto the CT file's own grid, then
+    argmax: a label map (1, *CT grid). Resampling probabilities rather than the argmax keeps thin
+    structures and boundaries where a nearest-neighbour copy of labels would shift them by up to
+    half a working voxel."""
+    affine, shape = _grid_of(ct_file)
+    moved = T.SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)(
+        MetaTensor(probabilities.float().cpu(), affine=working_affine), dst_affine=affine, spatial_size=shape
+    )
+    return moved.as_tensor().argmax(dim=0, keepdim=True)
+
+
+def original_label(label_file: str, ct_file: str) -> torch.Tensor:
+    """The ground truth on the CT file's own grid (nearest-neighbour if the label has another grid)."""
+    label_img = nib.load(label_file)
+    label = torch.as_tensor(np.asanyarray(label_img.dataobj).astype(np.uint8))[None]
+    affine, shape = _grid_of(ct_file)
+    same = tuple(label.shape[1:]) == shape and np.allclose(label_img.affine, affine.numpy(), atol=1e-4)
+    if same:
+        return label
+    moved = T.SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float32)(
+        MetaTensor(label.float(), affine=torch.as_tensor(label_img.affine, dtype=torch.float64)),
+        dst_affine=affine,
+        spatial_size=shape,
+    )
+    return moved.as_tensor().round().to(torch.uint8)

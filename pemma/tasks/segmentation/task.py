@@ -26,19 +26,35 @@ from pemma.tasks.segmentation import continual
 
 KEYS = ("ct", "pet", "label")
 
-_DICE = "HECKTOR aggregated Dice on the adaptation centre's test split (intersections and volumes pooled)"
+_DICE = (
+    "HECKTOR aggregated Dice on the adaptation centre's test split, on each patient's original CT grid "
+    "(intersections and volumes pooled over patients)"
+)
+_WORKING = "aggregated Dice on the working grid (data.spacing), where preprocessing resampled the data"
 
 
 def _dice_columns() -> tuple[Metric, ...]:
-    means = per_subset("dice_agg/{subset}/mean", "Dice {subset}", True, _DICE + ", mean of GTVp and GTVn")
+    """Headline: original CT grid (dice_hecktor); the working grid's figures keep their old names."""
+    means = per_subset("dice_hecktor/{subset}/mean", "Dice {subset}", True, _DICE + ", mean of GTVp and GTVn")
     classes = tuple(
-        Metric(m.key, m.title, True, m.meaning, column=m.key.startswith(f"dice_agg/{CTPET}/"))
+        Metric(m.key, m.title, True, m.meaning, column=m.key.startswith(f"dice_hecktor/{CTPET}/"))
         for cls in ("gtvp", "gtvn")
         for m in per_subset(
-            f"dice_agg/{{subset}}/{cls}", f"{cls.upper()[:3]}{cls[3:]} ({{subset}})", True, _DICE
+            f"dice_hecktor/{{subset}}/{cls}", f"{cls.upper()[:3]}{cls[3:]} ({{subset}})", True, _DICE
         )
     )
-    return means + tuple(sorted(classes, key=lambda m: not m.column))
+    working = per_subset(
+        "dice_agg/{subset}/<class>", "working-grid Dice {subset}", True, _WORKING, column=False
+    )
+    cases = per_subset(
+        "dice_case_hecktor/{subset}/<class>",
+        "case Dice {subset}",
+        True,
+        "mean of per-patient Dice on the original grid (patients with neither truth nor prediction of a "
+        "class left out)",
+        column=False,
+    )
+    return means + tuple(sorted(classes, key=lambda m: not m.column)) + working + cases
 
 
 @register_task("segmentation", aliases=("seg",))
@@ -72,8 +88,10 @@ class Segmentation(Task):
         *continual.METRICS,
     )
     note = (
-        "Dice: HECKTOR aggregated Dice on the adaptation centre's test split, mean of GTVp and GTVn; "
-        "'—': input subset the method does not accept."
+        "Dice: HECKTOR aggregated Dice on the adaptation centre's test split, on each patient's "
+        "original CT grid (probabilities resampled back from the working grid, then argmax), mean of "
+        "GTVp and GTVn; empty where a class is absent from the split; '—': input subset the method "
+        "does not accept."
     )
 
     def run(self, unit: Unit, built: Built) -> Measured:
@@ -107,9 +125,20 @@ class Segmentation(Task):
         )
         volumes = loaded.data.volumes(loaded.plan.adapt["test"], KEYS)
         results = evaluate(
-            built.model, volumes, method.inputs(), cfg.model.roi, cfg.eval, unit.device, cfg.train.amp
+            built.model,
+            volumes,
+            method.inputs(),
+            cfg.model.roi,
+            cfg.eval,
+            unit.device,
+            cfg.train.amp,
+            original_grid=True,
         )
         for subset, result in results.items():
+            out.metrics.update({f"dice_hecktor/{subset}/{k}": v for k, v in result.original.items()})
+            out.metrics.update(
+                {f"dice_case_hecktor/{subset}/{k}": v for k, v in result.original_case_mean.items()}
+            )
             out.metrics.update({f"dice_agg/{subset}/{k}": v for k, v in result.aggregated.items()})
             out.metrics.update({f"dice_case/{subset}/{k}": v for k, v in result.case_mean.items()})
             out.metrics[f"infer_volumes_per_s/{subset}"] = result.volumes_per_s
@@ -122,7 +151,6 @@ class Segmentation(Task):
                 "centre": centre_of(row["patient_id"]),
                 "split": "test",
                 "subset": subset,
-                "grid": "working",
                 "prediction_ml": row["prediction_voxels"] * voxel_ml,
                 "truth_ml": row["truth_voxels"] * voxel_ml,
             }
