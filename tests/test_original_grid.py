@@ -59,7 +59,7 @@ def test_a_perfect_prediction_maps_back_to_the_ct_grid(patient):
     dice = _dice(back, truth)
     assert dice["gtvp"] >= 0.99 and dice["gtvn"] >= 0.99, dice
     # The working grid's own label, compared with the truth it came from, is what the old headline
-    # scored as perfect: mapped back it loses a boundary layer (this grid: GTVp ~0.94, GTVn ~0.92).
+    # scored as perfect: mapped back it loses a boundary layer (here GTVp 0.938, GTVn 0.936).
     hard = torch.nn.functional.one_hot(working["label"][0].long(), 3).permute(3, 0, 1, 2).float()
     lossy = _dice(to_original_grid(hard, working[WORKING_AFFINE], files["ct"]), truth)
     assert lossy["gtvp"] < dice["gtvp"] and lossy["gtvn"] < dice["gtvn"]
