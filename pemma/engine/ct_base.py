@@ -59,7 +59,7 @@ def pretrained_base(
     plan: Plan,
     cache_root: Path,
     device: torch.device,
-    on_step: Callable[[int, float], None] | None = None,
+    stage: Callable[[str, int], Callable[[int, float], None] | None] | None = None,
     checkpoint_root: Path | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The CT base for `cfg`: the user's checkpoint, the cached one, or trained now and cached.
@@ -91,7 +91,7 @@ def pretrained_base(
         probabilities=(1.0,),
         seed=cfg.seed,
         device=device,
-        on_step=on_step,
+        on_step=stage("CT pretraining", cfg.pretrain.steps) if stage else None,
         checkpoint=resume / "pretrain.pt" if resume else None,
     )
     check_cases = plan.pretrain["val"] or plan.pretrain["test"]

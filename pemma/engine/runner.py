@@ -155,7 +155,7 @@ class Runner:
                 loaded.plan,
                 self.results / "bases",
                 self.device,
-                self.reporter.stage("CT pretraining", cfg.pretrain.steps),
+                self.reporter.stage,
                 checkpoint_root=self.results / "checkpoints",
             )
             out.tags["base_key"] = info.get("key", info.get("source", ""))
