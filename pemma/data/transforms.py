@@ -8,10 +8,11 @@ import torch
 from monai import transforms as T
 from monai.data import MetaTensor
 
-WORKING_AFFINE = "ct_affine"
+WORKING_AFFINE = "working_affine"
 """Item key of the working grid's affine (the resampled CT's), kept to map predictions back."""
-ORIGINAL_CT, ORIGINAL_LABEL = "ct_file", "label_file"
-"""Item keys of the original CT and label files: evaluation on the CT's own grid reads them."""
+ORIGINAL_CT, ORIGINAL_LABEL = "original_ct", "original_label"
+"""Item keys of the original CT and label files: evaluation on the CT's own grid reads them. (No key
+may start with an image key and "_": MONAI's Spacingd takes such keys for that image's metadata.)"""
 
 
 class KeepAffined(T.MapTransform):
