@@ -50,8 +50,8 @@ class Metric:
         return self.title.format(reference=reference_name(self.reference)) if self.reference else self.title
 
     def matches(self, name: str) -> bool:
-        pattern = re.sub(r"<[^>]+>", "[^/]+", re.escape(self.key).replace(r"\<", "<").replace(r"\>", ">"))
-        return re.fullmatch(pattern, name) is not None
+        parts = re.split(r"<[^>]+>", self.key)  # literal text between the `<name>` segments
+        return re.fullmatch("[^/]+".join(map(re.escape, parts)), name) is not None
 
 
 def per_subset(key: str, title: str, higher: bool | None, meaning: str, **kw) -> tuple[Metric, ...]:

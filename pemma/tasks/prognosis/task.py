@@ -5,7 +5,7 @@ lifelines Cox baselines on the same split."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pemma.data.centres import centre_of
 from pemma.methods import Built
@@ -30,21 +30,21 @@ from pemma.tasks.prognosis.cox import (
 _SCORES = "on the test split of every centre (higher risk = earlier relapse)"
 
 
-def _scores(prefix: str, who: str, column: bool) -> tuple[Metric, ...]:
+def _scores(prefix: str) -> tuple[Metric, ...]:
     """The keys survival_scores returns, under `prefix`."""
     return (
-        Metric(f"{prefix}/cindex_harrell", f"{who}C-index", True, f"Harrell's C {_SCORES}", column=column),
+        Metric(f"{prefix}/cindex_harrell", "C-index", True, f"Harrell's C {_SCORES}"),
         Metric(
             f"{prefix}/cindex_harrell_low", "C 95% CI low", None, "percentile bootstrap over test patients"
         ),
         Metric(
             f"{prefix}/cindex_harrell_high", "C 95% CI high", None, "percentile bootstrap over test patients"
         ),
-        Metric(f"{prefix}/cindex_uno", f"{who}Uno C", True, "Uno's IPCW C, truncated at the 90th percentile"),
+        Metric(f"{prefix}/cindex_uno", "Uno C", True, "Uno's IPCW C, truncated at the 90th percentile"),
         Metric(f"{prefix}/cindex_uno_low", "Uno C low", None, "percentile bootstrap", column=False),
         Metric(f"{prefix}/cindex_uno_high", "Uno C high", None, "percentile bootstrap", column=False),
         Metric(f"{prefix}/auc_<days>d", "AUC", True, "cumulative/dynamic AUC at a horizon", column=False),
-        Metric(f"{prefix}/ibs", f"{who}IBS", False, "integrated Brier score of Breslow curves"),
+        Metric(f"{prefix}/ibs", "IBS", False, "integrated Brier score of Breslow curves"),
         Metric(
             f"{prefix}/test_patients", "test patients", None, "patients in the test split", 0, column=False
         ),
@@ -53,7 +53,7 @@ def _scores(prefix: str, who: str, column: bool) -> tuple[Metric, ...]:
 
 
 def _columns() -> tuple[Metric, ...]:
-    model = {m.key: m for m in _scores("surv", "", True)}
+    model = {m.key: m for m in _scores("surv")}
     shown = (
         model["surv/cindex_harrell"],
         model["surv/cindex_harrell_low"],
@@ -82,15 +82,8 @@ def _columns() -> tuple[Metric, ...]:
         ),
     )
     keys = {m.key for m in shown}
-    hidden = tuple(
-        Metric(m.key, m.title, m.higher_is_better, m.meaning, m.digits, column=False)
-        for m in (
-            *_scores("surv", "", False),
-            *_scores("cox_clinical", "", False),
-            *_scores("cox_image", "", False),
-        )
-        if m.key not in keys
-    )
+    every = (*_scores("surv"), *_scores("cox_clinical"), *_scores("cox_image"))
+    hidden = tuple(replace(m, column=False) for m in every if m.key not in keys)
     return shown + hidden
 
 
