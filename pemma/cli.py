@@ -160,8 +160,9 @@ def suites() -> None:
 
 @app.command()
 def validate() -> None:
-    """Check every shipped suite file against the config schema, without training."""
+    """Check every shipped suite and report file, without training."""
     from pemma.config import ConfigError
+    from pemma.report.definition import ReportError, check_suites, load_report, shipped_reports
     from pemma.suites import available, expand, load_suite
 
     bad = 0
@@ -172,6 +173,14 @@ def validate() -> None:
         except (ConfigError, KeyError) as err:
             bad += 1
             console.print(f"[red]invalid[/] {name} ({path}): {err}")
+    for name, path in shipped_reports().items():
+        try:
+            spec = load_report(path)
+            check_suites(spec, path)
+            console.print(f"[green]ok[/]      report {name}: {len(spec.sections)} sections")
+        except ReportError as err:
+            bad += 1
+            console.print(f"[red]invalid[/] report {name}: {err}")
     if bad:
         raise typer.Exit(code=1)
 
@@ -322,7 +331,7 @@ def run(
             outcomes = runner.run(units)
         except (ConfigError, CohortError) as err:
             raise _fail(str(err)) from err
-        _finish_run(runner, spec.name, results, keys, outcomes)
+        _finish_run(runner, spec.name, results, units, outcomes)
         return
     with Progress(
         TextColumn("{task.description}"),
@@ -337,47 +346,78 @@ def run(
             outcomes = runner.run(units)
         except (ConfigError, CohortError) as err:
             raise _fail(str(err)) from err
-    _finish_run(runner, spec.name, results, keys, outcomes)
+    _finish_run(runner, spec.name, results, units, outcomes)
 
 
-def _finish_run(runner, suite: str, results: Path, keys: list[str], outcomes) -> None:
-    _print_report(runner.tracker, suite, results, keys=set(keys))
+def _finish_run(runner, suite: str, results: Path, units, outcomes) -> None:
+    ci = bool(units) and all(cfg.profile == "ci" for cfg in units)
+    _print_report(runner.tracker, suite, results, include_ci=ci)
     failed = [o for o in outcomes if o.status == "FAILED"]
     if failed:
         console.print(f"[red]{len(failed)} unit(s) failed[/]; their MLflow runs hold the error")
         raise typer.Exit(code=1)
 
 
-def _print_report(tracker, suite: str, results: Path, keys: set[str] | None = None) -> Path:
-    """The suite's table from its FINISHED runs (only those of `keys` when given)."""
-    from pemma.report.tables import appendices, summary, to_markdown
+def _print_report(tracker, suite: str, results: Path, include_ci: bool = False) -> Path:
+    """The table of every FINISHED run of the suite (one per run key), whichever command ran them."""
+    from pemma.report.tables import write_suite_table
 
-    runs = tracker.runs(suite)
-    if keys is not None and not runs.empty:
-        runs = runs[runs["tags.run_key"].isin(keys)]
-    table = summary(runs)
-    out = Path(results) / suite / "results.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = to_markdown(table, f"pemma-bench suite {suite}")
-    extra = appendices(runs)
-    if extra:
-        text += "\n" + extra
-    out.write_text(text)
+    out, table, left_out = write_suite_table(tracker, suite, results, include_ci)
     if not table.empty:
         wide = _wide()
         wide.print(_table(table, f"suite {suite}"))
+    for why, n in left_out.items():
+        console.print(f"left out: {n} {why}")
     console.print(f"table written to {out}")
     return out
 
 
 @app.command()
 def report(
-    suite: Annotated[str, typer.Option(help="Suite name.")] = "smoke", results: ResultsOpt = Path("results")
+    definition: Annotated[
+        str | None,
+        typer.Argument(help="A report definition (YAML file) or a shipped one's name (see reports/)."),
+    ] = None,
+    suite: Annotated[str | None, typer.Option(help="Quick view: one suite's table.")] = None,
+    results: ResultsOpt = Path("results"),
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="Read runs from this MLflow store instead of the results folder's.")
+    ] = None,
+    formats: Annotated[str, typer.Option("--format", help="Comma-separated: md, tex, html.")] = "md,tex,html",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default RESULTS/reports/NAME).")] = None,
+    include_ci: Annotated[
+        bool, typer.Option("--include-ci", help="Also use ci-profile runs (their numbers mean nothing).")
+    ] = False,
 ) -> None:
-    """Regenerate a suite's results table from its tracked runs."""
+    """Regenerate a report's tables and figures (or, with --suite, one suite's table) from tracked runs."""
+    from pemma.report.definition import ReportError, find_report, load_report
+    from pemma.report.render import FORMATS, generate, write
+    from pemma.report.sources import Sources
     from pemma.tracking import Tracker
 
-    _print_report(Tracker(results), suite, results)
+    if definition is None:
+        _print_report(Tracker(results, tracking_uri), suite or "smoke", results, include_ci)
+        return
+    if suite is not None:
+        raise _fail("give a report definition or --suite, not both")
+    chosen = tuple(f.strip() for f in formats.split(",") if f.strip())
+    unknown = [f for f in chosen if f not in FORMATS]
+    if unknown or not chosen:
+        raise _fail(f"--format {formats!r}: expected a comma-separated subset of {', '.join(FORMATS)}")
+    try:
+        spec = load_report(find_report(definition))
+    except ReportError as err:
+        raise _fail(str(err)) from err
+    sources = Sources(Tracker(results, tracking_uri), results, include_ci)
+    rendered = generate(spec, sources)
+    folder = out or Path(results) / "reports" / spec.name
+    for path in write(rendered, folder, chosen):
+        console.print(f"wrote {path}")
+    for block in rendered.blocks:
+        if block.table.empty:
+            console.print(
+                f"[yellow]empty[/]  {block.section.title}: no finished runs of suite {block.section.suite}"
+            )
 
 
 bench_app = typer.Typer(

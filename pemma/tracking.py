@@ -133,6 +133,9 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path, folder: str) -> None:
         self.client.log_artifact(run_id, str(path), folder)
 
+    def download_artifacts(self, run_id: str, folder: str, destination: Path) -> Path:
+        return Path(self.client.download_artifacts(run_id, folder, str(destination)))
+
     def finish(self, run_id: str) -> None:
         self.client.set_terminated(run_id, "FINISHED")
 
@@ -142,17 +145,20 @@ class Tracker:
         self.client.log_text(run_id, "".join(traceback.format_exception(error)), "error.txt")
         self.client.set_terminated(run_id, status)
 
-    def runs(self, suite: str, status: str = "FINISHED") -> pd.DataFrame:
-        """One row per run: tags.*, params.*, metrics.* columns."""
+    def runs(self, suite: str, status: str | None = "FINISHED") -> pd.DataFrame:
+        """One row per run (of every status when `status` is None): tags.*, params.*, metrics.* columns."""
         exp = self.experiment_id(suite, create=False)
         if exp is None:
             return pd.DataFrame()
-        runs = self.client.search_runs(
-            [exp], filter_string=f"attributes.status = '{status}'", max_results=50000
-        )
+        where = f"attributes.status = '{status}'" if status else ""
+        runs = self.client.search_runs([exp], filter_string=where, max_results=50000)
         rows = []
         for r in runs:
-            row: dict[str, Any] = {"run_id": r.info.run_id, "status": r.info.status}
+            row: dict[str, Any] = {
+                "run_id": r.info.run_id,
+                "status": r.info.status,
+                "end_time": r.info.end_time,
+            }
             row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
             row.update({f"params.{k}": v for k, v in r.data.params.items()})
             row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})

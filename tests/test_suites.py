@@ -57,6 +57,29 @@ def test_every_suite_runs_at_the_ci_profile(suite, tiny_cohort, tmp_path_factory
     units = expand(load_suite(suite), minimal=True)
     runs = Tracker(results).runs(suite)
     assert len(runs) == len(units) and set(runs["status"]) == {"FINISHED"}
+    _paper_report_sections_of(suite, results)
+
+
+FIGURES = {"continual": "continual-r", "rank": "rank", "prognosis": "km", "pareto": "pareto"}
+
+
+def _paper_report_sections_of(suite: str, results):
+    """The shipped paper report's sections that read this suite fill their tables (and figures)."""
+    from pemma.report.definition import find_report, load_report
+    from pemma.report.render import generate
+    from pemma.report.sources import Sources
+
+    report = load_report(find_report("paper"))
+    rendered = generate(report, Sources(Tracker(results), results, include_ci=True))
+    filled = {}
+    for block in rendered.blocks:
+        if block.section.suite != suite:
+            continue
+        filled.setdefault(block.section.kind, []).append(not block.table.empty)
+        if block.section.kind in FIGURES and not block.table.empty:
+            assert [f.name for f in block.figures] == [FIGURES[block.section.kind]], block.section.title
+    # --minimal runs the first value of every axis: a section filtered to another value may be empty
+    assert all(any(v) for v in filled.values()), (suite, filled)
 
 
 def test_continual_suite_logs_the_result_matrix_and_summaries(tiny_cohort, tmp_path):

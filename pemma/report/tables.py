@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pemma.files import write_atomic
 from pemma.methods import METHODS, reference_method
 from pemma.tasks import TASKS, all_metrics
 
@@ -165,3 +167,21 @@ def _shows(task, table: pd.DataFrame, headers: dict[str, str]) -> bool:
 def appendices(runs: pd.DataFrame) -> str:
     """What each task adds under the table (e.g. continual R matrices)."""
     return "".join(task().appendix(runs) for _, task in TASKS.items()) if not runs.empty else ""
+
+
+def write_suite_table(tracker, suite: str, results: Path, include_ci: bool = False):
+    """`results/<suite>/results.md`: the table of every FINISHED run of the suite (the latest per run
+    key), with what was left out and the tasks' appendices. Returns (path, table, left out)."""
+    from pemma.report.sources import select
+
+    selected = select(tracker.runs(suite, status=None), suite, include_ci)
+    table = summary(selected.runs)
+    text = to_markdown(table, f"pemma-bench suite {suite}")
+    if selected.left_out:
+        text += "\nLeft out: " + "; ".join(f"{n} {why}" for why, n in selected.left_out.items()) + ".\n"
+    extra = appendices(selected.runs)
+    if extra:
+        text += "\n" + extra
+    out = Path(results) / suite / "results.md"
+    write_atomic(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return out, table, selected.left_out

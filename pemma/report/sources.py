@@ -1,0 +1,95 @@
+"""What a report reads: the FINISHED runs of a suite (one per run key) and their per-patient tables.
+
+Runs come from any MLflow store (the results folder's SQLite file or a tracking server); per-patient
+tables from the results folder when it holds them, else from the runs' `patients/` artifacts, so a
+reviewer can report from someone else's store.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from pemma.metrics.patients import read_patient_table
+from pemma.tracking import Tracker
+
+
+@dataclass
+class SuiteRuns:
+    suite: str
+    runs: pd.DataFrame  # FINISHED, one per run key (the latest), ci runs only when asked for
+    left_out: dict[str, int] = field(default_factory=dict)  # why runs were not used -> how many
+    _patients: pd.DataFrame | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.runs.empty
+
+
+class Sources:
+    """The runs of every suite a report names, read once and kept."""
+
+    def __init__(self, tracker: Tracker, results: Path, include_ci: bool = False) -> None:
+        self.tracker, self.results, self.include_ci = tracker, Path(results), include_ci
+        self._suites: dict[str, SuiteRuns] = {}
+
+    def suite(self, name: str) -> SuiteRuns:
+        if name not in self._suites:
+            self._suites[name] = select(self.tracker.runs(name, status=None), name, self.include_ci)
+        return self._suites[name]
+
+    def patients(self, name: str) -> pd.DataFrame:
+        """Every per-patient row of the suite's runs, with the run's method, backbone, seed and key."""
+        runs = self.suite(name)
+        if runs._patients is None:
+            tables = [self._table(run) for _, run in runs.runs.iterrows()]
+            tables = [t for t in tables if t is not None]
+            runs._patients = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        return runs._patients
+
+    def _table(self, run: pd.Series) -> pd.DataFrame | None:
+        local = run.get("tags.patients_file")
+        path = self.results / local if isinstance(local, str) else None
+        if path is None or not path.is_file():
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    folder = self.tracker.download_artifacts(run["run_id"], "patients", Path(tmp))
+                except Exception:  # a run from before per-patient tables, or an artifact store out of reach
+                    return None
+                files = sorted(folder.glob("*.csv"))
+                table = read_patient_table(files[0]) if files else None
+        else:
+            table = read_patient_table(path)
+        if table is None:
+            return None
+        return table.assign(
+            method=run["tags.method"],
+            backbone=run["tags.backbone"],
+            seed=int(run.get("params.seed", 0)),
+        )
+
+
+def select(runs: pd.DataFrame, suite: str, include_ci: bool) -> SuiteRuns:
+    """FINISHED runs only; ci-profile runs only when asked for; the latest FINISHED run per key."""
+    if runs.empty:
+        return SuiteRuns(suite, runs)
+    left_out: dict[str, int] = {}
+    for status, count in runs["status"].value_counts().sort_index().items():
+        if status != "FINISHED":
+            left_out[f"{status.lower()} runs"] = int(count)
+    runs = runs[runs["status"] == "FINISHED"]
+    if not include_ci and "tags.profile" in runs:
+        ci = runs["tags.profile"] == "ci"
+        if ci.any():
+            left_out["ci-profile runs (numbers that mean nothing; --include-ci shows them)"] = int(ci.sum())
+        runs = runs[~ci]
+    if "tags.run_key" in runs:
+        runs = runs.sort_values(["tags.run_key", "end_time"], kind="stable")
+        latest = runs.drop_duplicates("tags.run_key", keep="last")
+        if len(latest) < len(runs):
+            left_out["duplicate FINISHED runs of one key (the latest kept)"] = len(runs) - len(latest)
+        runs = latest
+    return SuiteRuns(suite, runs.reset_index(drop=True), left_out)

@@ -1,0 +1,339 @@
+"""Report definitions on a fixture of tracked runs with per-patient tables: hand-computed statistics,
+runs left out, best-value marking, byte-identical regeneration, refused typos, the HTML page in Chromium."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from typer.testing import CliRunner
+
+from pemma.cli import app
+from pemma.metrics.patients import write_patient_table
+from pemma.report import stats
+from pemma.report.definition import ReportError, load_report
+from pemma.report.render import generate, markdown, write
+from pemma.report.sources import Sources
+from pemma.tracking import Tracker
+
+# patient -> class -> (|P ∩ G|, |P|, |G|) of the reference (early fusion), seed 0
+REFERENCE = {
+    "P1": {"gtvp": (40, 50, 60), "gtvn": (10, 20, 20)},
+    "P2": {"gtvp": (30, 40, 40), "gtvn": (0, 5, 10)},
+    "P3": {"gtvp": (20, 30, 25), "gtvn": (15, 20, 20)},
+    "P4": {"gtvp": (50, 55, 60), "gtvn": (5, 10, 15)},
+    "P5": {"gtvp": (12, 20, 18), "gtvn": (8, 10, 12)},
+}
+# pemma-lora overlaps more by these voxels in each patient (both classes)
+GAIN = {"P1": 5, "P2": 3, "P3": 2, "P4": 4, "P5": 1}
+
+
+def _counts(method: str, seed: int) -> dict:
+    out = {}
+    for pid, classes in REFERENCE.items():
+        extra = (GAIN[pid] if method == "pemma-lora" else 0) + seed
+        out[pid] = {k: (i + extra, p + seed, g) for k, (i, p, g) in classes.items()}
+    return out
+
+
+def _aggregated(counts: dict) -> float:
+    per_class = []
+    for klass in ("gtvp", "gtvn"):
+        inter = sum(c[klass][0] for c in counts.values())
+        size = sum(c[klass][1] + c[klass][2] for c in counts.values())
+        per_class.append(2 * inter / size)
+    return float(np.mean(per_class))
+
+
+def _log(tracker, results: Path, method: str, seed: int, profile="smoke", status="FINISHED", params=None):
+    suite = "t"
+    key = f"{suite}__{method}__unetr__s{seed}__{profile[:4]}{len(params or {})}"
+    run_id = tracker.start(
+        suite,
+        key,
+        {"method": method, "backbone": "unetr", "seed": seed, **(params or {})},
+        {
+            "method": method,
+            "backbone": "unetr",
+            "profile": profile,
+            "git_commit": "abc123",
+            "git_dirty": "false",
+        },
+    )
+    counts = _counts(method, seed)
+    rows = []
+    for subset in ("ctpet", "pet"):
+        for pid, classes in counts.items():
+            for klass, (i, p, g) in classes.items():
+                rows.append(
+                    {
+                        "kind": "segmentation",
+                        "patient_id": pid,
+                        "centre": "MDA",
+                        "split": "test",
+                        "subset": subset,
+                        "class": klass,
+                        "grid": "original",
+                        "dice": 2 * i / (p + g),
+                        "intersection_voxels": i,
+                        "prediction_voxels": p,
+                        "truth_voxels": g,
+                    }
+                )
+    path = write_patient_table(rows, key, results / suite / "patients" / f"{key}.csv")
+    tracker.log(
+        run_id,
+        {
+            "dice_hecktor/ctpet/mean": _aggregated(counts),
+            "dice_hecktor/pet/mean": _aggregated(counts),
+            "params_trainable": 1000 if method == "early-fusion" else 80,
+        },
+        {"patients_file": str(path.relative_to(results))},
+    )
+    tracker.log_artifact(run_id, path, "patients")
+    if status == "FINISHED":
+        tracker.finish(run_id)
+    else:
+        tracker.fail(run_id, RuntimeError("boom"), status)
+    return key
+
+
+@pytest.fixture
+def fixture_runs(tmp_path):
+    results = tmp_path / "results"
+    tracker = Tracker(results)
+    for seed in (0, 1):
+        _log(tracker, results, "early-fusion", seed)
+        _log(tracker, results, "pemma-lora", seed)
+    _log(tracker, results, "late-fusion", 0, profile="ci")
+    _log(tracker, results, "full-finetune", 0, status="FAILED")
+    definition = tmp_path / "r.yaml"
+    definition.write_text(
+        "title: fixture report\n"
+        "sections:\n"
+        "  - {kind: main, title: Main, suite: t, subsets: [ctpet, pet]}\n"
+        "  - {kind: paired, title: Paired, suite: t, reference: early-fusion, subsets: [ctpet, pet]}\n"
+        "  - {kind: pareto, title: Pareto, suite: t}\n"
+    )
+    return tracker, results, definition
+
+
+def test_bootstrap_interval_is_scipys_bca_of_the_aggregated_dice():
+    counts = stats.Counts.from_rows(_rows_frame("early-fusion", 0))
+    interval = stats.bootstrap(stats.aggregated_dice(counts, "gtvp"), len(counts.patients))
+    inter = np.array([REFERENCE[p]["gtvp"][0] for p in sorted(REFERENCE)], dtype=float)
+    size = np.array(
+        [REFERENCE[p]["gtvp"][1] + REFERENCE[p]["gtvp"][2] for p in sorted(REFERENCE)], dtype=float
+    )
+    assert interval.estimate == pytest.approx(2 * inter.sum() / size.sum())
+    expected = sps.bootstrap(
+        (inter, size),
+        lambda i, s, axis=-1: 2 * i.sum(axis=axis) / s.sum(axis=axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=stats.RESAMPLES,
+        method="BCa",
+        rng=np.random.default_rng(stats.SEED),
+    ).confidence_interval
+    assert (interval.low, interval.high) == pytest.approx((expected.low, expected.high))
+    assert interval.low < interval.estimate < interval.high
+
+
+def _rows_frame(method, seed):
+    import pandas as pd
+
+    return pd.DataFrame(
+        [
+            {
+                "seed": seed,
+                "patient_id": pid,
+                "class": k,
+                "intersection_voxels": i,
+                "prediction_voxels": p,
+                "truth_voxels": g,
+                "dice": 2 * i / (p + g),
+            }
+            for pid, classes in _counts(method, seed).items()
+            for k, (i, p, g) in classes.items()
+        ]
+    )
+
+
+def test_paired_difference_wilcoxon_and_holm_match_hand_values():
+    a = stats.Counts.from_rows(_rows_frame("pemma-lora", 0))
+    b = stats.Counts.from_rows(_rows_frame("early-fusion", 0))
+    result = stats.paired(a, b)
+    assert result.difference.estimate == pytest.approx(
+        _aggregated(_counts("pemma-lora", 0)) - _aggregated(REFERENCE)
+    )
+    assert result.difference.low < result.difference.estimate < result.difference.high
+    # every patient gains: 5 positive differences, exact two-sided signed-rank p = 2 / 2^5
+    assert result.wilcoxon_p == pytest.approx(2 / 32)
+    # Holm: sorted 0.01, 0.02, 0.04 -> 3 x 0.01, 2 x 0.02, max(0.04, previous); NaN stays out of the family
+    assert stats.holm([0.04, 0.01, float("nan"), 0.02]) == pytest.approx(
+        [0.04, 0.03, np.nan, 0.04], nan_ok=True
+    )
+    assert stats.holm([0.5, 0.3]) == pytest.approx([0.6, 0.6])
+
+
+def test_report_cells_runs_left_out_best_marking_and_provenance(fixture_runs):
+    tracker, results, definition = fixture_runs
+    rendered = generate(load_report(definition), Sources(tracker, results))
+    main, paired, pareto = rendered.blocks
+    table = main.table.set_index("method")
+    assert list(table.index) == ["early-fusion", "pemma-lora"], "the ci and the FAILED run are left out"
+    ef = [_aggregated(_counts("early-fusion", s)) for s in (0, 1)]
+    cell = table.loc["early-fusion", "Dice CT+PET ↑"]
+    assert cell.startswith(f"{np.mean(ef):.3f} ± {np.std(ef, ddof=1):.3f} [")
+    lora = [_aggregated(_counts("pemma-lora", s)) for s in (0, 1)]
+    assert table.loc["pemma-lora", "Dice CT+PET ↑"].startswith(f"{np.mean(lora):.3f} ± ")
+    assert table.loc["pemma-lora", "patients"] == "5" and table.loc["pemma-lora", "seeds"] == "2"
+    best = main.best.set_index(main.table["method"])
+    assert best.loc["pemma-lora", "Dice CT+PET ↑"] and not best.loc["early-fusion", "Dice CT+PET ↑"]
+    text = markdown(rendered)
+    assert f"**{table.loc['pemma-lora', 'Dice CT+PET ↑']}**" in text
+    rows = paired.table
+    assert list(rows["method"]) == ["pemma-lora", "pemma-lora"] and list(rows["input"]) == ["CT+PET", "PET"]
+    assert list(rows["seeds"]) == ["2", "2"]
+    diff = np.mean(lora) - np.mean(ef)
+    assert rows["Δ Dice [95% CI]"].iloc[0].startswith(f"{diff:.3f} [")
+    # both rows: p = 2/32 over 5 patients whose mean difference over seeds is positive; Holm: 2 x 1/16
+    assert list(rows["Wilcoxon p"]) == ["0.062", "0.062"] and list(rows["Holm p"]) == ["0.125", "0.125"]
+    # pemma-lora has more Dice with fewer parameters: early fusion is dominated
+    assert list(pareto.table["method"]) == ["pemma-lora", "early-fusion"]
+    assert list(pareto.table["Pareto front"]) == ["yes", ""]
+    footer = dict(rendered.provenance)
+    assert "1 failed runs" in footer["left out"] and "1 ci-profile runs" in footer["left out"]
+    assert footer["commits"] == "abc123 (clean) (4 runs)"
+    with_ci = generate(load_report(definition), Sources(tracker, results, include_ci=True))
+    assert "late-fusion" in set(with_ci.blocks[0].table["method"])
+
+
+def test_markdown_and_latex_regenerate_byte_for_byte_and_latex_uses_booktabs(fixture_runs, tmp_path):
+    tracker, results, definition = fixture_runs
+    first = write(generate(load_report(definition), Sources(tracker, results)), tmp_path / "a", ("md", "tex"))
+    second = write(
+        generate(load_report(definition), Sources(tracker, results)), tmp_path / "b", ("md", "tex")
+    )
+    for a, b in zip(first, second, strict=True):
+        assert a.name == b.name and a.read_bytes() == b.read_bytes(), a.name
+    tex = (tmp_path / "a" / "r.tex").read_text()
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert "$\\pm$" in tex and "\\bfseries" in tex and "±" not in tex
+    assert (tmp_path / "a" / "figures" / "r-3-pareto.png").stat().st_size > 1000
+
+
+def test_report_reads_a_tracking_store_without_the_results_folder(fixture_runs, tmp_path):
+    tracker, results, definition = fixture_runs
+    shutil.rmtree(results / "t" / "patients")  # only the MLflow store (and its artifacts) remain
+    rendered = generate(load_report(definition), Sources(tracker, results))
+    assert rendered.blocks[0].table.set_index("method").loc["pemma-lora", "patients"] == "5"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "title: x\nsections:\n  - {kind: main, title: M, suite: t, subsetz: [ct]}\n",
+            "did you mean 'subsets'",
+        ),
+        ("title: x\nsections:\n  - {kind: mian, title: M, suite: t}\n", "did you mean 'main'"),
+        (
+            "title: x\nsections:\n  - {kind: main, title: M, suite: t, classes: [gtvx]}\n",
+            "unknown class 'gtvx'",
+        ),
+        (
+            "title: x\nsections:\n  - {kind: paired, title: M, suite: t, reference: early-fushion}\n",
+            "early-fusion",
+        ),
+        ("title: x\nsections:\n  - {kind: main, title: M}\n", "'suite' is required"),
+        ("title: x\nsections:\n  - kind: main\n    title: [unclosed\n", "line "),
+        ("title: x\nsection: []\n", "did you mean 'sections'"),
+    ],
+)
+def test_a_report_definition_with_a_typo_is_refused_naming_file_and_section(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ReportError, match="bad.yaml") as err:
+        load_report(path)
+    assert message in str(err.value)
+    result = CliRunner().invoke(app, ["report", str(path), "--results", str(tmp_path / "r")])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_validate_checks_the_shipped_reports():
+    result = CliRunner().invoke(app, ["validate"])
+    assert result.exit_code == 0, result.output
+    assert "report paper" in result.output and "report smoke" in result.output
+
+
+def test_cli_report_writes_every_format(fixture_runs, tmp_path):
+    tracker, results, definition = fixture_runs
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["report", str(definition), "--results", str(results), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == {"r.md", "r.tex", "r.html", "figures"}
+    html = (out / "r.html").read_text()
+    assert html.count("data:image/png;base64,") == 1 and "<table" in html
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_the_html_page_renders_every_figure_in_headless_chromium(fixture_runs, tmp_path):
+    tracker, results, definition = fixture_runs
+    out = tmp_path / "out"
+    write(generate(load_report(definition), Sources(tracker, results)), out, ("html",))
+    # a copy of the page that writes each image's rendered size into the DOM once loaded
+    probe = (
+        (out / "r.html")
+        .read_text()
+        .replace(
+            "</body>",
+            "<script>window.addEventListener('load', () => { for (const img of document.images) "
+            "img.setAttribute('data-rendered', "
+            "img.complete + ':' + img.naturalWidth + 'x' + img.clientHeight); "
+            "});</script></body>",
+        )
+    )
+    (out / "probe.html").write_text(probe)
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", (out / "probe.html").as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    sizes = [part.split('"')[0] for part in dom.split('data-rendered="')[1:]]
+    assert len(sizes) == 1, dom[-2000:]
+    for size in sizes:
+        complete, dims = size.split(":")
+        width, height = (int(v) for v in dims.split("x"))
+        assert complete == "true" and width > 100 and height > 100, size
+    shot = out / "page.png"
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1280,2000", (out / "r.html").as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    from PIL import Image
+
+    image = np.asarray(Image.open(shot).convert("L"))
+    assert image.shape == (2000, 1280) and image.std() > 5, "the screenshot is not blank"
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+
+    from pemma.files import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "a.txt", lambda tmp: Path(tmp).write_text("x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644, "readable by a team, like any other file"
