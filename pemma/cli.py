@@ -173,6 +173,19 @@ def validate() -> None:
         except (ConfigError, KeyError) as err:
             bad += 1
             console.print(f"[red]invalid[/] {name} ({path}): {err}")
+    from pemma.report.claims import load_plan
+    from pemma.report.definition import report_folder
+
+    for path in sorted((report_folder() / "claims").glob("*.yaml")):
+        try:
+            plan = load_plan(path)
+            unknown = [r.suite for r in plan.runs if r.suite not in available()]
+            if unknown:
+                raise ReportError(f"{path}: unknown suite(s) {', '.join(unknown)}")
+            console.print(f"[green]ok[/]      claims plan {path.stem}: {len(plan.runs)} suites")
+        except ReportError as err:
+            bad += 1
+            console.print(f"[red]invalid[/] claims plan {path.stem}: {err}")
     for name, path in shipped_reports().items():
         try:
             spec = load_report(path)
@@ -418,6 +431,67 @@ def report(
             console.print(
                 f"[yellow]empty[/]  {block.section.title}: no finished runs of suite {block.section.suite}"
             )
+
+
+@app.command()
+def claims(
+    plan: Annotated[
+        str | None,
+        typer.Argument(help="A claims plan (YAML); default: the shipped reports/claims/pemma.yaml."),
+    ] = None,
+    run_units: Annotated[
+        bool, typer.Option("--run", help="First run the plan's units that are not finished yet.")
+    ] = False,
+    results: ResultsOpt = Path("results"),
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="Read runs from this MLflow store instead of the results folder's.")
+    ] = None,
+) -> None:
+    """The PEMMA papers' claims as a verdict table (supported / contradicted / inconclusive)."""
+    from pemma.report.claims import evaluate, load_plan, to_markdown, write_claims
+    from pemma.report.definition import ReportError, report_folder
+    from pemma.report.sources import Sources
+    from pemma.tracking import Tracker
+
+    try:
+        spec = load_plan(Path(plan) if plan else report_folder() / "claims" / "pemma.yaml")
+    except ReportError as err:
+        raise _fail(str(err)) from err
+    if run_units:
+        _run_plan(spec, results)
+    sources = Sources(Tracker(results, tracking_uri), results, include_ci=spec.profile == "ci")
+    table = evaluate(spec, sources)
+    _wide().print(_table(table, spec.title))
+    out = write_claims(spec, table, Path(results) / "claims" / f"{(spec.path or Path('claims')).stem}.md")
+    console.print(to_markdown(spec, table).splitlines()[2])
+    console.print(f"verdicts written to {out}")
+
+
+def _run_plan(spec, results: Path) -> None:
+    """Every unit of a claims plan, suite by suite, through the same runner as `run`."""
+    from pemma.config import ConfigError
+    from pemma.data.hecktor import CohortError
+    from pemma.engine.runner import Runner
+    from pemma.suites import expand, load_suite
+
+    runner = Runner(results)
+    runner.reporter = LineReporter(0)
+    for entry in spec.runs:
+        try:
+            units = expand(
+                load_suite(entry.suite),
+                profile=spec.profile,
+                seeds=list(spec.seeds),
+                methods=list(entry.methods) or None,
+                backbones=[spec.backbone],
+                overrides=[*spec.overrides, *entry.overrides],
+            )
+            console.print(f"suite {entry.suite}: {len(units)} units")
+            runner.reporter = LineReporter(len(units))
+            runner.prepare(units)
+            runner.run(units)
+        except (ConfigError, CohortError, ValueError) as err:
+            raise _fail(f"claims plan, suite {entry.suite}: {err}") from err
 
 
 bench_app = typer.Typer(

@@ -337,3 +337,15 @@ def test_written_files_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644, "readable by a team, like any other file"
+
+
+def test_the_suite_table_holds_every_finished_run_once_whichever_command_ran_it(fixture_runs):
+    from pemma.report.tables import write_suite_table
+
+    tracker, results, _ = fixture_runs
+    again = _log(tracker, results, "pemma-lora", 0)  # a second FINISHED run of one key (two processes)
+    out, table, left_out = write_suite_table(tracker, "t", results)
+    assert sorted(table["method"]) == ["early-fusion", "pemma-lora"] and list(table["seeds"]) == [2, 2]
+    assert left_out["duplicate FINISHED runs of one key (the latest kept)"] == 1, again
+    text = out.read_text()
+    assert "late-fusion" not in text and "1 failed runs" in text and "1 duplicate FINISHED" in text

@@ -584,7 +584,10 @@ def prognosis_block(section: Section, sources: Sources) -> Block:
         test = mine[mine["split"] == "test"] if not mine.empty else mine
         row["test patients"] = str(test["patient_id"].nunique()) if not test.empty else "—"
         values = _values(group, "surv/cindex_harrell")
-        interval = _cindex_interval(mine, _harrell, C_RESAMPLES) if not test.empty else None
+        interval = None
+        if not test.empty:
+            patients = sorted(test["patient_id"].unique())
+            interval = stats.bootstrap(stats.harrell(mine, patients), len(patients), resamples=C_RESAMPLES)
         title = _arrow("C-index", True)
         row[title] = _mean_std(values) + (_ci(interval) if interval else "")
         means.setdefault(title, []).append(values.mean() if values.size else np.nan)
@@ -646,54 +649,6 @@ def prognosis_block(section: Section, sources: Sources) -> Block:
             Figure("km", "Kaplan-Meier curves of predicted low / high risk (test patients)", fig)
         )
     return block
-
-
-def _harrell(train, time, event, risk) -> float:
-    from pemma.metrics.survival import harrell_cindex
-
-    return harrell_cindex(time, event, risk)
-
-
-def _cindex_interval(rows: pd.DataFrame, metric, resamples: int) -> stats.Interval:
-    """A C-index of each seed on the drawn test patients it tested, averaged over seeds (the metric
-    functions the prognosis task logs with; Uno's censoring weights from the seed's training split)."""
-    test = rows[rows["split"] == "test"]
-    patients = sorted(test["patient_id"].unique())
-    position = {p: i for i, p in enumerate(patients)}
-    per_seed = []
-    for seed, part in test.groupby("seed", sort=True):
-        train = rows[(rows["seed"] == seed) & (rows["split"] == "train")]
-        row_of = np.full(len(patients), -1)  # patient -> its row in this seed's test split, -1 if untested
-        row_of[part["patient_id"].map(position).to_numpy()] = np.arange(len(part))
-        per_seed.append(
-            (
-                row_of,
-                (train["time"].to_numpy(dtype=float), train["event"].to_numpy(dtype=float)),
-                part["time"].to_numpy(dtype=float),
-                part["event"].to_numpy(dtype=float),
-                part["risk"].to_numpy(dtype=float),
-            )
-        )
-
-    def one(idx: np.ndarray) -> float:
-        scores = []
-        for row_of, train, time, event, risk in per_seed:
-            chosen = row_of[idx]
-            chosen = chosen[chosen >= 0]
-            if chosen.size < 2 or event[chosen].sum() == 0:
-                return np.nan
-            try:
-                scores.append(metric(train, time[chosen], event[chosen], risk[chosen]))
-            except (ValueError, ZeroDivisionError):  # no comparable pair in this draw
-                return np.nan
-        return float(np.mean(scores))
-
-    def statistic(idx: np.ndarray) -> np.ndarray:
-        flat = idx.reshape(-1, idx.shape[-1])
-        out = np.array([one(row) for row in flat])
-        return out.reshape(idx.shape[:-1]) if idx.ndim > 1 else out[0]
-
-    return stats.bootstrap(statistic, len(patients), resamples=resamples)
 
 
 BUILDERS: dict[str, Callable[[Section, Sources], Block]] = {

@@ -163,3 +163,41 @@ def seed_interval(values: np.ndarray) -> Interval:
         return Interval(mean, np.nan, np.nan)
     low, high = stats.t.interval(0.95, values.size - 1, loc=mean, scale=stats.sem(values))
     return Interval(mean, float(low), float(high))
+
+
+def harrell(rows: pd.DataFrame, patients: list[str]) -> Callable[[np.ndarray], np.ndarray]:
+    """Harrell's C (the prognosis task's own function) of each seed on the drawn test patients it
+    tested, averaged over seeds. `rows`: per-patient prognosis rows (split, risk, time, event, seed).
+
+    Not vectorised (one lifelines call per seed and resample): use a few thousand resamples."""
+    from pemma.metrics.survival import harrell_cindex
+
+    position = {p: i for i, p in enumerate(patients)}
+    test = rows[rows["split"] == "test"]
+    per_seed = []
+    for _, part in test.groupby("seed", sort=True):
+        part = part[part["patient_id"].isin(position)]
+        row_of = np.full(len(patients), -1)  # patient -> its row in this seed's test split, -1 if untested
+        row_of[part["patient_id"].map(position).to_numpy()] = np.arange(len(part))
+        arrays = (part[c].to_numpy(dtype=float) for c in ("time", "event", "risk"))
+        per_seed.append((row_of, *arrays))
+
+    def one(idx: np.ndarray) -> float:
+        scores = []
+        for row_of, time, event, risk in per_seed:
+            chosen = row_of[idx]
+            chosen = chosen[chosen >= 0]
+            if chosen.size < 2 or event[chosen].sum() == 0:
+                return np.nan
+            try:
+                scores.append(harrell_cindex(time[chosen], event[chosen], risk[chosen]))
+            except (ValueError, ZeroDivisionError):  # no comparable pair in this draw
+                return np.nan
+        return float(np.mean(scores)) if scores else np.nan
+
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        flat = idx.reshape(-1, idx.shape[-1])
+        out = np.array([one(row) for row in flat])
+        return out.reshape(idx.shape[:-1]) if idx.ndim > 1 else out[0]
+
+    return statistic

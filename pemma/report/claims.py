@@ -1,0 +1,483 @@
+"""The PEMMA papers' claims as verdicts: supported, contradicted or inconclusive, with effect sizes.
+
+A claims plan (reports/claims.yaml) names the units the claims need (shipped suites, filtered, at one
+profile and seed list, with overrides) and the margins. Each claim reads those units' tracked runs
+and per-patient tables and states its effect with a 95% interval; the verdict follows from where the
+interval lies against the claim's threshold, never from the point estimate alone:
+
+- supported: the whole interval is on the claim's side of the threshold;
+- contradicted: the whole interval is on the other side;
+- inconclusive: the interval straddles the threshold (at this sample size);
+- not run: a unit the claim needs has no FINISHED run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from pemma.config import ConfigError, parse_override
+from pemma.files import write_atomic
+from pemma.methods import METHODS
+from pemma.modalities import LABELS
+from pemma.report import stats
+from pemma.report.definition import ReportError, _did_you_mean
+from pemma.report.sources import Sources
+
+SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "supported", "contradicted", "inconclusive", "not run"
+
+
+@dataclass(frozen=True)
+class Runs:
+    """Units of one shipped suite the claims read: methods x seeds at the plan's profile and overrides."""
+
+    suite: str
+    methods: tuple[str, ...]
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    title: str
+    profile: str
+    seeds: tuple[int, ...]
+    backbone: str
+    overrides: tuple[str, ...]
+    runs: tuple[Runs, ...]
+    margin: float = 0.02  # claim 1: non-inferiority margin, relative to early fusion's Dice
+    collapse: float = 0.5  # claim 2: largest relative drop from CT+PET that is not a collapse
+    keep: float = 0.5  # claim 3: smallest share of PET-only Dice kept through a CT-only stage
+    path: Path | None = None
+
+    def suite_runs(self, suite: str) -> Runs | None:
+        return next((r for r in self.runs if r.suite == suite), None)
+
+
+PLAN_KEYS = {"title", "profile", "seeds", "backbone", "set", "runs", "margin", "collapse", "keep"}
+
+
+def load_plan(path: Path) -> Plan:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ReportError(f"{path}: cannot read the claims plan ({err.strerror})") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ReportError(f"{path}:{where}: not valid YAML: {getattr(err, 'problem', err)}") from err
+    if not isinstance(raw, dict):
+        raise ReportError(f"{path}: a claims plan is a mapping ({', '.join(sorted(PLAN_KEYS))})")
+    for key in raw:
+        if key not in PLAN_KEYS:
+            raise ReportError(f"{path}: unknown key {key!r}{_did_you_mean(str(key), PLAN_KEYS)}")
+    runs = []
+    for i, entry in enumerate(raw.get("runs") or [], 1):
+        if not isinstance(entry, dict) or set(entry) - {"suite", "methods", "set"} or "suite" not in entry:
+            raise ReportError(f"{path}: runs entry {i} must be {{suite: NAME, methods: [...], set: [...]}}")
+        try:
+            methods = tuple(METHODS.canonical(m) for m in entry.get("methods") or ())
+        except KeyError as err:
+            raise ReportError(f"{path}: runs entry {i}: {err}") from err
+        runs.append(Runs(str(entry["suite"]), methods, tuple(str(s) for s in entry.get("set") or ())))
+    plan = Plan(
+        title=str(raw.get("title", path.stem)),
+        profile=str(raw.get("profile", "smoke")),
+        seeds=tuple(int(s) for s in raw.get("seeds", (0, 1, 2))),
+        backbone=str(raw.get("backbone", "unetr")),
+        overrides=tuple(str(s) for s in raw.get("set") or ()),
+        runs=tuple(runs),
+        margin=float(raw.get("margin", 0.02)),
+        collapse=float(raw.get("collapse", 0.5)),
+        keep=float(raw.get("keep", 0.5)),
+        path=path,
+    )
+    for override in (*plan.overrides, *(o for r in plan.runs for o in r.overrides)):
+        try:
+            parse_override(override)
+        except (ConfigError, yaml.YAMLError) as err:
+            raise ReportError(f"{path}: override {override!r}: {err}") from err
+    return plan
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out.update(_flatten(value, name + ".") if isinstance(value, dict) else {name: value})
+    return out
+
+
+def _logged(value) -> str:
+    return str(tuple(value)) if isinstance(value, list) else str(value)
+
+
+def select(plan: Plan, sources: Sources, suite: str) -> pd.DataFrame:
+    """The suite's FINISHED runs that are units of the plan (profile, backbone, seeds, methods, overrides)."""
+    entry = plan.suite_runs(suite)
+    runs = sources.suite(suite).runs
+    if entry is None or runs.empty:
+        return pd.DataFrame()
+    keep = (
+        (runs.get("tags.profile", pd.Series("", index=runs.index)) == plan.profile)
+        & (runs["tags.backbone"] == plan.backbone)
+        & runs["params.seed"].astype(int).isin(plan.seeds)
+    )
+    if entry.methods:
+        keep &= runs["tags.method"].isin(entry.methods)
+    for override in (*plan.overrides, *entry.overrides):
+        for key, value in _flatten(parse_override(override)).items():
+            column = runs.get(f"params.{key}", pd.Series(None, index=runs.index, dtype=object))
+            keep &= column.astype(str) == _logged(value)
+    return runs[keep].reset_index(drop=True)
+
+
+@dataclass
+class Verdict:
+    claim: str
+    effect: str = ""
+    basis: str = ""
+    verdict: str = NOT_RUN
+    test: str = ""
+
+
+def decide(interval: stats.Interval, threshold: float, above: bool) -> str:
+    """The claim holds when its effect lies above (or below) `threshold`."""
+    low, high = interval.low, interval.high
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return INCONCLUSIVE
+    if above:
+        return SUPPORTED if low > threshold else CONTRADICTED if high < threshold else INCONCLUSIVE
+    return SUPPORTED if high < threshold else CONTRADICTED if low > threshold else INCONCLUSIVE
+
+
+def _ci(interval: stats.Interval, digits: int = 3, scale: float = 1.0, unit: str = "") -> str:
+    e, lo, hi = (v * scale for v in (interval.estimate, interval.low, interval.high))
+    if not np.isfinite(lo):
+        return f"{e:+.{digits}f}{unit} [no interval]"
+    return f"{e:+.{digits}f}{unit} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+# --- per-patient Dice helpers ----------------------------------------------------------------------
+
+
+@dataclass
+class Cohort:
+    """Per-patient Dice counts of each method on one input subset, over the same patients and seeds."""
+
+    counts: dict[str, stats.Counts] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+
+    @property
+    def patients(self) -> int:
+        return len(next(iter(self.counts.values())).patients) if self.counts else 0
+
+
+def _cohort(sources: Sources, suite: str, runs: pd.DataFrame, pairs: list[tuple[str, str]]) -> Cohort | None:
+    """Counts for each (method, subset), restricted to the seeds every method ran and the patients
+    every one of them tested; None when a method has no run."""
+    if runs.empty:
+        return None
+    seeds = None
+    for method in {m for m, _ in pairs}:
+        mine = set(runs.loc[runs["tags.method"] == method, "params.seed"].astype(int))
+        seeds = mine if seeds is None else seeds & mine
+    if not seeds:
+        return None
+    patients = sources.patients(suite)
+    if patients.empty:
+        return None
+    keys = set(runs.loc[runs["params.seed"].astype(int).isin(seeds), "tags.run_key"])
+    rows = patients[
+        (patients["kind"] == "segmentation")
+        & (patients["grid"] == "original")
+        & patients["run_key"].isin(keys)
+    ]
+    chosen = {}
+    for method, subset in pairs:
+        chosen[(method, subset)] = rows[(rows["method"] == method) & (rows["subset"] == subset)]
+        if chosen[(method, subset)].empty:
+            return None
+    common = sorted(set.intersection(*(set(r["patient_id"]) for r in chosen.values())))
+    counts = {
+        f"{m}/{s}": stats.Counts.from_rows(r[r["patient_id"].isin(common)], common)
+        for (m, s), r in chosen.items()
+    }
+    return Cohort(counts, sorted(seeds))
+
+
+def _basis(cohort: Cohort) -> str:
+    return f"{len(cohort.seeds)} seeds, {cohort.patients} test patients"
+
+
+def _paired_dice(sources, suite, runs, method, reference, subset="ctpet"):
+    cohort = _cohort(sources, suite, runs, [(method, subset), (reference, subset)])
+    if cohort is None:
+        return None, None, None
+    a = stats.aggregated_dice(cohort.counts[f"{method}/{subset}"])
+    b = stats.aggregated_dice(cohort.counts[f"{reference}/{subset}"])
+    interval = stats.bootstrap(lambda idx: a(idx) - b(idx), cohort.patients)
+    return interval, float(b(np.arange(cohort.patients))), cohort
+
+
+# --- the claims ------------------------------------------------------------------------------------
+
+PAIRED_TEST = "paired BCa bootstrap over patients (aggregated Dice, CT+PET input, original grid)"
+
+
+def claim_comparable(plan: Plan, sources: Sources) -> list[Verdict]:
+    runs = select(plan, sources, "main")
+    rows = []
+    statement = (
+        f"1. PEMMA-LoRA's CT+PET Dice is within {plan.margin:.0%} (relative) of early fusion's "
+        "(non-inferiority: the interval's lower end above -margin)"
+    )
+    interval, ref, cohort = _paired_dice(sources, "main", runs, "pemma-lora", "early-fusion")
+    if interval is None:
+        rows.append(Verdict(statement))
+    else:
+        margin = plan.margin * ref
+        rows.append(
+            Verdict(
+                statement,
+                f"Δ Dice {_ci(interval)} vs early fusion's {ref:.3f}; margin -{margin:.3f}",
+                _basis(cohort),
+                decide(interval, -margin, above=True),
+                PAIRED_TEST,
+            )
+        )
+    share = (
+        runs.loc[runs["tags.method"] == "pemma-lora", "metrics.params_trainable_pct_of_reference"]
+        if not runs.empty and "metrics.params_trainable_pct_of_reference" in runs
+        else pd.Series(dtype=float)
+    )
+    statement = "1b. ... with about 8% of early fusion's trainable parameters (at most 10%)"
+    if share.dropna().empty:
+        rows.append(Verdict(statement))
+    else:
+        value = float(share.dropna().mean())
+        rows.append(
+            Verdict(
+                statement,
+                f"{value:.1f}% at the {plan.profile} profile's sizes",
+                "parameter count (exact, no sampling)",
+                SUPPORTED if value <= 10.0 else CONTRADICTED,
+                "count of trainable parameters",
+            )
+        )
+    return rows
+
+
+def claim_no_collapse(plan: Plan, sources: Sources) -> list[Verdict]:
+    runs = select(plan, sources, "main")
+    methods = [
+        m
+        for m in (plan.suite_runs("main").methods if plan.suite_runs("main") else ())
+        if len(METHODS.get(m).inputs()) == 3
+    ]
+    rows = []
+    for method in methods or ["pemma-lora"]:
+        for subset in ("ct", "pet"):
+            statement = (
+                f"2. {method} trained on CT+PET and tested on {LABELS[subset]} alone keeps more than "
+                f"{1 - plan.collapse:.0%} of its CT+PET Dice (relative drop below {plan.collapse:.0%})"
+            )
+            cohort = _cohort(sources, "main", runs, [(method, "ctpet"), (method, subset)])
+            if cohort is None:
+                rows.append(Verdict(statement))
+                continue
+            full = stats.aggregated_dice(cohort.counts[f"{method}/ctpet"])
+            alone = stats.aggregated_dice(cohort.counts[f"{method}/{subset}"])
+
+            def drop(idx, full=full, alone=alone):
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    return 1.0 - alone(idx) / full(idx)
+
+            interval = stats.bootstrap(drop, cohort.patients)
+            rows.append(
+                Verdict(
+                    statement,
+                    f"drop {_ci(interval, 1, 100, '%')}",
+                    _basis(cohort),
+                    decide(interval, plan.collapse, above=False),
+                    "BCa bootstrap over patients of 1 - Dice(alone) / Dice(CT+PET)",
+                )
+            )
+    return rows
+
+
+def claim_continual(plan: Plan, sources: Sources) -> list[Verdict]:
+    runs = select(plan, sources, "continual")
+    key_before, key_after = "metrics.cl/pet/R/0/MDA", "metrics.cl/pet/R/1/MDA"
+    first = (
+        "3. After a CT-only stage on the next centre, PEMMA-LoRA's PET-only Dice on the adaptation "
+        f"centre keeps more than {plan.keep:.0%} of its value before that stage"
+    )
+    second = (
+        "3b. ... and is higher than early fusion's after the same stage (the papers: +28% Dice on PET); "
+        "compared: R[after stage 1, adaptation centre] on PET input, PEMMA-LoRA / early fusion - 1"
+    )
+    if runs.empty or key_after not in runs:
+        return [Verdict(first), Verdict(second)]
+    lora = runs[runs["tags.method"] == "pemma-lora"].set_index(runs["params.seed"].astype(int))
+    ef = runs[runs["tags.method"] == "early-fusion"].set_index(runs["params.seed"].astype(int))
+    rows = []
+    if lora.empty:
+        rows.append(Verdict(first))
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            kept = (lora[key_after] / lora[key_before]).to_numpy(dtype=float)
+        interval = stats.seed_interval(kept)
+        rows.append(
+            Verdict(
+                first,
+                f"kept {_ci(interval, 1, 100, '%')}".replace("+", ""),
+                f"{np.isfinite(kept).sum()} seeds (R cells have no per-patient rows)",
+                decide(interval, plan.keep, above=True),
+                "t interval over seeds of R[1, MDA] / R[0, MDA], PET input",
+            )
+        )
+    seeds = sorted(set(lora.index) & set(ef.index))
+    if not seeds:
+        rows.append(Verdict(second))
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gain = (lora.loc[seeds, key_after] / ef.loc[seeds, key_after] - 1.0).to_numpy(dtype=float)
+        interval = stats.seed_interval(gain)
+        rows.append(
+            Verdict(
+                second,
+                f"{_ci(interval, 1, 100, '%')} relative",
+                f"{np.isfinite(gain).sum()} seeds",
+                decide(interval, 0.0, above=True),
+                "t interval over seeds of the relative difference",
+            )
+        )
+    return rows
+
+
+def claim_prognosis(plan: Plan, sources: Sources) -> list[Verdict]:
+    runs = select(plan, sources, "prognosis")
+    entry = plan.suite_runs("prognosis")
+    methods = [m for m in (entry.methods if entry else ()) if m != "ct-only"] or ["pemma-lora"]
+    patients = sources.patients("prognosis") if not runs.empty else pd.DataFrame()
+    rows = []
+    for method in methods:
+        for ehr, paper in ((False, "+10%"), (True, "+23%")):
+            inputs = "CT+PET+EHR" if ehr else "CT+PET"
+            statement = (
+                f"4. {method}'s C-index rises from CT (ct-only) to {inputs} (the papers: {paper} relative)"
+            )
+            if runs.empty or patients.empty:
+                rows.append(Verdict(statement))
+                continue
+            ehr_column = runs.get("params.prognosis.ehr", pd.Series("False", index=runs.index)).astype(str)
+            mine = runs[(runs["tags.method"] == method) & (ehr_column == str(ehr))]
+            ref = runs[(runs["tags.method"] == "ct-only") & (ehr_column == "False")]
+            seeds = sorted(set(mine["params.seed"].astype(int)) & set(ref["params.seed"].astype(int)))
+            if not seeds:
+                rows.append(Verdict(statement))
+                continue
+
+            def chosen(frame, seeds=seeds):
+                keys = set(frame.loc[frame["params.seed"].astype(int).isin(seeds), "tags.run_key"])
+                return patients[(patients["kind"] == "prognosis") & patients["run_key"].isin(keys)]
+
+            a, b = chosen(mine), chosen(ref)
+            test = sorted(
+                set(a.loc[a["split"] == "test", "patient_id"])
+                & set(b.loc[b["split"] == "test", "patient_id"])
+            )
+            ca, cb = stats.harrell(a, test), stats.harrell(b, test)
+            interval = stats.bootstrap(lambda idx, ca=ca, cb=cb: ca(idx) - cb(idx), len(test), resamples=1999)
+            base = float(cb(np.arange(len(test))))
+            relative = 100.0 * interval.estimate / base if base else float("nan")
+            rows.append(
+                Verdict(
+                    statement,
+                    f"ΔC {_ci(interval)} ({relative:+.1f}% of CT-only's {base:.3f})",
+                    f"{len(seeds)} seeds, {len(test)} test patients",
+                    decide(interval, 0.0, above=True),
+                    "paired BCa bootstrap over test patients of Harrell's C difference",
+                )
+            )
+    return rows
+
+
+def _paired_claim(statement: str, method: str, reference: str, paper: str = "") -> Callable:
+    def claim(plan: Plan, sources: Sources) -> list[Verdict]:
+        runs = select(plan, sources, "main")
+        interval, ref, cohort = _paired_dice(sources, "main", runs, method, reference)
+        if interval is None:
+            return [Verdict(statement)]
+        relative = 100.0 * interval.estimate / ref if ref else float("nan")
+        return [
+            Verdict(
+                statement,
+                f"Δ Dice {_ci(interval)} ({relative:+.1f}% of {reference}'s {ref:.3f}){paper}",
+                _basis(cohort),
+                decide(interval, 0.0, above=True),
+                PAIRED_TEST,
+            )
+        ]
+
+    return claim
+
+
+CLAIMS: tuple[Callable[[Plan, Sources], list[Verdict]], ...] = (
+    claim_comparable,
+    claim_no_collapse,
+    claim_continual,
+    claim_prognosis,
+    _paired_claim(
+        "5. PEMMA-LoRA beats early fusion widened from the CT base with LoRA at PEMMA's budget "
+        "(early-fusion-lora; the comparison the papers leave out)",
+        "pemma-lora",
+        "early-fusion-lora",
+    ),
+    _paired_claim("6. PEMMA-DoRA beats PEMMA-LoRA (the papers: +2-3% Dice)", "pemma-dora", "pemma-lora"),
+)
+
+
+def evaluate(plan: Plan, sources: Sources) -> pd.DataFrame:
+    rows = [verdict for claim in CLAIMS for verdict in claim(plan, sources)]
+    return pd.DataFrame([vars(r) for r in rows])
+
+
+def to_markdown(plan: Plan, table: pd.DataFrame) -> str:
+    head = "| claim | measured effect [95% CI] | basis | verdict | test |\n|---|---|---|---|---|"
+    body = [
+        f"| {r.claim} | {r.effect or '—'} | {r.basis or '—'} | **{r.verdict}** | {r.test or '—'} |"
+        for r in table.itertuples(index=False)
+    ]
+    counts = table["verdict"].value_counts()
+    summary = ", ".join(f"{counts.get(v, 0)} {v}" for v in (SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN))
+    return "\n".join(
+        [
+            f"## {plan.title}",
+            "",
+            f"Profile {plan.profile}, backbone {plan.backbone}, seeds {', '.join(map(str, plan.seeds))}"
+            + (f", overrides {' '.join(plan.overrides)}" if plan.overrides else "")
+            + f". Verdicts: {summary}.",
+            "",
+            head,
+            *body,
+            "",
+            "A verdict follows from where the 95% interval lies against the claim's threshold: supported "
+            "when all of it is on the claim's side, contradicted when all of it is on the other side, "
+            "inconclusive when it straddles the threshold (at this sample size); not run when a unit the "
+            "claim needs has no FINISHED run.",
+            "",
+        ]
+    )
+
+
+def write_claims(plan: Plan, table: pd.DataFrame, path: Path) -> Path:
+    text = to_markdown(plan, table)
+    write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return Path(path)

@@ -1,0 +1,128 @@
+"""The claims machinery on fixture runs whose verdicts are known: one supported, one contradicted, one
+inconclusive, and claims whose units were never run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pemma.cli import app
+from pemma.metrics.patients import write_patient_table
+from pemma.report import stats
+from pemma.report.claims import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    NOT_RUN,
+    SUPPORTED,
+    decide,
+    evaluate,
+    load_plan,
+)
+from pemma.report.sources import Sources
+from pemma.tracking import Tracker
+
+PATIENTS = [f"P{i}" for i in range(12)]
+rng = np.random.default_rng(7)
+TRUTH = rng.integers(200, 400, size=(len(PATIENTS), 2)).astype(float)
+BASE = np.round(0.7 * TRUTH)  # early fusion overlaps 70% of the truth, predicts the truth's size
+SIGNS = np.array([[1, 1], [-1, -1]] * (len(PATIENTS) // 2))
+NOISE = np.round(0.15 * SIGNS * TRUTH)  # pemma-lora: +-15% of the truth, half the patients each way
+
+
+def _intersection(method: str) -> np.ndarray:
+    return {
+        "early-fusion": BASE,
+        "pemma-lora": np.clip(BASE + NOISE, 0, TRUTH),  # no clear difference to early fusion
+        "pemma-dora": np.clip(BASE + NOISE + 0.15 * TRUTH, 0, TRUTH),  # clearly above pemma-lora
+        "early-fusion-lora": np.clip(BASE + NOISE + 0.25 * TRUTH, 0, TRUTH),  # clearly above pemma-lora
+    }[method]
+
+
+def _log(tracker, results, method, seed):
+    key = f"main__{method}__unetr__s{seed}__fixture"
+    run_id = tracker.start(
+        "main",
+        key,
+        {"method": method, "backbone": "unetr", "seed": seed},
+        {"method": method, "backbone": "unetr", "profile": "smoke"},
+    )
+    inter = _intersection(method)
+    rows = [
+        {
+            "kind": "segmentation",
+            "patient_id": pid,
+            "subset": "ctpet",
+            "class": klass,
+            "grid": "original",
+            "split": "test",
+            "intersection_voxels": inter[i, k],
+            "prediction_voxels": TRUTH[i, k],
+            "truth_voxels": TRUTH[i, k],
+            "dice": inter[i, k] / TRUTH[i, k],
+        }
+        for i, pid in enumerate(PATIENTS)
+        for k, klass in enumerate(("gtvp", "gtvn"))
+    ]
+    path = write_patient_table(rows, key, results / "main" / "patients" / f"{key}.csv")
+    tracker.log(
+        run_id,
+        {"params_trainable_pct_of_reference": 8.0 if method.startswith("pemma") else 100.0},
+        {"patients_file": str(path.relative_to(results))},
+    )
+    tracker.finish(run_id)
+
+
+@pytest.fixture
+def claims_setup(tmp_path):
+    results = tmp_path / "results"
+    tracker = Tracker(results)
+    for method in ("early-fusion", "pemma-lora", "pemma-dora", "early-fusion-lora"):
+        for seed in (0, 1):
+            _log(tracker, results, method, seed)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "title: fixture claims\nprofile: smoke\nseeds: [0, 1]\nbackbone: unetr\n"
+        "runs:\n  - {suite: main, methods: [early-fusion, pemma-lora, pemma-dora, early-fusion-lora]}\n"
+        "  - {suite: continual, methods: [pemma-lora, early-fusion]}\n"
+        "  - {suite: prognosis, methods: [ct-only, pemma-lora]}\n"
+    )
+    return tracker, results, plan
+
+
+def test_verdicts_follow_where_the_interval_lies():
+    assert decide(stats.Interval(0.1, 0.05, 0.2), 0.0, above=True) == SUPPORTED
+    assert decide(stats.Interval(-0.1, -0.2, -0.05), 0.0, above=True) == CONTRADICTED
+    assert decide(stats.Interval(0.0, -0.1, 0.1), 0.0, above=True) == INCONCLUSIVE
+    assert decide(stats.Interval(0.3, 0.2, 0.4), 0.5, above=False) == SUPPORTED
+    assert decide(stats.Interval(0.3, np.nan, np.nan), 0.5, above=False) == INCONCLUSIVE
+
+
+def test_fixture_claims_get_their_known_verdicts(claims_setup):
+    tracker, results, plan = claims_setup
+    table = evaluate(load_plan(plan), Sources(tracker, results)).set_index("claim")
+    verdict = {claim.split(" ")[0]: v for claim, v in table["verdict"].items()}
+    assert verdict["1."] == INCONCLUSIVE, table.loc[table.index[0], "effect"]  # ±15% either way, 12 patients
+    assert verdict["1b."] == SUPPORTED  # 8% of early fusion's parameters
+    assert verdict["5."] == CONTRADICTED  # early-fusion-lora is clearly better than pemma-lora
+    assert verdict["6."] == SUPPORTED  # pemma-dora is clearly better than pemma-lora
+    assert verdict["3."] == verdict["3b."] == NOT_RUN  # no continual runs
+    assert set(table.loc[[c for c in table.index if c.startswith("4.")], "verdict"]) == {NOT_RUN}
+    six = table.loc[[c for c in table.index if c.startswith("6.")][0]]
+    assert six["basis"] == "2 seeds, 12 test patients" and six["effect"].startswith("Δ Dice +0.1")
+
+
+def test_cli_claims_writes_the_verdict_table(claims_setup):
+    tracker, results, plan = claims_setup
+    out = CliRunner().invoke(app, ["claims", str(plan), "--results", str(results)])
+    assert out.exit_code == 0, out.output
+    text = (results / "claims" / "plan.md").read_text()
+    assert "| **supported** |" in text and "| **contradicted** |" in text and "| **inconclusive** |" in text
+    assert "Verdicts: 2 supported, 1 contradicted, 1 inconclusive" in text
+
+
+def test_a_plan_with_a_typo_is_refused(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("title: x\nmagrin: 0.02\n")
+    out = CliRunner().invoke(app, ["claims", str(plan), "--results", str(tmp_path / "r")])
+    assert out.exit_code == 2 and "did you mean 'margin'" in out.output
