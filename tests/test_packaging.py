@@ -23,9 +23,11 @@ def test_a_wheel_install_lists_and_loads_every_shipped_suite(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site)}
     env.pop("PEMMA_SUITE_PATH", None)
     code = (
-        "import json, pemma, pemma.suites as s; "
+        "import json, pemma, pemma.suites as s, pemma.report.definition as d; "
         "print(json.dumps({'package': pemma.__file__, "
-        "'suites': {k: [str(p), len(s.expand(s.load_suite(k)))] for k, p in s.available().items()}}))"
+        "'suites': {k: [str(p), len(s.expand(s.load_suite(k)))] for k, p in s.available().items()}, "
+        "'reports': {k: str(p) for k, p in d.shipped_reports().items()}, "
+        "'plan': str(d.report_folder() / 'claims' / 'pemma.yaml')}))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
@@ -35,6 +37,9 @@ def test_a_wheel_install_lists_and_loads_every_shipped_suite(tmp_path):
     assert set(found["suites"]) == set(available())
     assert all(path.startswith(str(site)) for path, _ in found["suites"].values())
     assert all(units > 0 for _, units in found["suites"].values())
+    assert set(found["reports"]) == {"paper", "smoke"}, "report definitions ship in the wheel"
+    assert all(path.startswith(str(site)) for path in [*found["reports"].values(), found["plan"]])
+    assert Path(found["plan"]).is_file()
     listed = subprocess.run(
         [sys.executable, "-c", "from pemma.cli import app; app()", "suites"],
         cwd=tmp_path,

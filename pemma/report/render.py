@@ -216,7 +216,8 @@ def latex(rendered: Rendered) -> str:
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
 <style>
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1400px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }
+.scroll { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
 th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
 th { border-bottom: 2px solid #444; }
@@ -232,7 +233,8 @@ dl.provenance dt { font-weight: 600; } dl.provenance dd { margin: 0 0 0.4rem 1re
 <section id="section-{{ loop.index }}" class="{{ section.kind }}">
 <h2>{{ section.title }}</h2>
 <p class="kind">{{ section.what }}</p>
-{% if section.table %}{{ section.table | safe }}<p class="notes">{{ section.notes }}</p>
+{% if section.table %}<div class="scroll">{{ section.table | safe }}</div>
+<p class="notes">{{ section.notes }}</p>
 {% else %}<p>({{ section.nothing }})</p>{% endif %}
 {% for fig in section.figures %}
 <figure><img alt="{{ fig.title }}" src="data:image/png;base64,{{ fig.data }}">

@@ -190,7 +190,7 @@ def main_table(section: Section, sources: Sources) -> Block:
                 row[title] = _mean_std(values) + (_ci(interval) if interval and values.size else "")
                 means.setdefault(title, []).append(values.mean() if values.size else np.nan)
                 higher[title] = True
-        row["patients"] = str(tested)
+        row["patients"] = str(tested) if tested else "—"
         for key in section.extras:
             metric = _declared(key)
             title = _arrow(metric.title_for(reference_method), metric.higher_is_better)
@@ -304,14 +304,21 @@ def _p(value: float) -> str:
 # --- missing modality ------------------------------------------------------------------------------
 
 
-def _train_label(value) -> str:
+def _train_label(method: str, value) -> str:
+    """What the method trained on, from its own schedule (methods without modality dropout ignore it)."""
+    from types import SimpleNamespace
+
     try:
-        weights = [float(w) for w in ast.literal_eval(str(value))]
-    except (ValueError, SyntaxError):
+        weights = tuple(float(w) for w in ast.literal_eval(str(value)))
+        schedule = METHODS.get(method)().train_schedule(
+            SimpleNamespace(train=SimpleNamespace(modality_dropout=weights))
+        )
+    except (ValueError, SyntaxError, TypeError, KeyError):
         return str(value)
-    if len(weights) == len(SUBSETS) and sorted(weights) == [0.0, 0.0, 1.0]:
-        return f"{LABELS[SUBSETS[weights.index(1.0)]]} only"
-    return "mixed " + "/".join(f"{w:g}" for w in weights)
+    subsets, probs = schedule
+    if len(subsets) == 1:
+        return f"{LABELS[subsets[0]]} only"
+    return " / ".join(f"{LABELS[s]} {p:g}" for s, p in zip(subsets, probs, strict=True))
 
 
 def missing_modality_table(section: Section, sources: Sources) -> Block:
@@ -320,7 +327,12 @@ def missing_modality_table(section: Section, sources: Sources) -> Block:
     if runs.empty:
         return block
     dropout = "params.train.modality_dropout"
-    runs = runs.assign(train=runs[dropout].map(_train_label) if dropout in runs else "")
+    labels = (
+        [_train_label(m, v) for m, v in zip(runs["tags.method"], runs[dropout], strict=True)]
+        if dropout in runs
+        else ""
+    )
+    runs = runs.assign(train=labels)
     rows, means = [], {}
     for (method, backbone, variant), group in _groups(runs, drop=(dropout,)):
         for train, part in group.groupby("train", sort=True):
