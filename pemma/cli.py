@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Annotated
@@ -340,10 +341,7 @@ def run(
     console.print(f"data ready in {time.perf_counter() - t0:.0f}s")
     if not console.is_terminal:
         runner.reporter = LineReporter(len(units))
-        try:
-            outcomes = runner.run(units)
-        except (ConfigError, CohortError) as err:
-            raise _fail(str(err)) from err
+        outcomes = _execute(runner, units)
         _finish_run(runner, spec.name, results, units, outcomes)
         return
     with Progress(
@@ -355,11 +353,34 @@ def run(
         transient=False,
     ) as progress:
         runner.reporter = RichReporter(progress, len(units))
-        try:
-            outcomes = runner.run(units)
-        except (ConfigError, CohortError) as err:
-            raise _fail(str(err)) from err
+        outcomes = _execute(runner, units)
     _finish_run(runner, spec.name, results, units, outcomes)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, Slurm, Kubernetes), handled like Ctrl-C: the running unit ends KILLED."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def _execute(runner, units):
+    """runner.run with SIGTERM handled like Ctrl-C, and a clear exit code for either."""
+    from pemma.config import ConfigError
+    from pemma.data.hecktor import CohortError
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return runner.run(units)
+    except (ConfigError, CohortError) as err:
+        raise _fail(str(err)) from err
+    except KeyboardInterrupt as err:
+        name = "SIGTERM" if isinstance(err, Terminated) else "interrupt"
+        console.print(f"[red]stopped by {name}[/]: the running unit is marked KILLED; rerun to resume it")
+        raise typer.Exit(code=143 if isinstance(err, Terminated) else 130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _finish_run(runner, suite: str, results: Path, units, outcomes) -> None:
@@ -489,7 +510,7 @@ def _run_plan(spec, results: Path) -> None:
             console.print(f"suite {entry.suite}: {len(units)} units")
             runner.reporter = LineReporter(len(units))
             runner.prepare(units)
-            runner.run(units)
+            _execute(runner, units)
         except (ConfigError, CohortError, ValueError) as err:
             raise _fail(f"claims plan, suite {entry.suite}: {err}") from err
 

@@ -75,7 +75,15 @@ class Tracker:
         results.mkdir(parents=True, exist_ok=True)
         self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{results / 'mlflow.db'}"
         self.artifact_root = (results / "mlartifacts").as_uri()
-        self.client = MlflowClient(tracking_uri=self.uri)
+        if self.uri.startswith("sqlite:"):
+            from pemma.locks import locked
+
+            # The client creates (or migrates) the store's schema: two processes doing it at once collide.
+            with locked(results, "tracking-store"):
+                self.client = MlflowClient(tracking_uri=self.uri)
+                self.client.search_experiments(max_results=1)
+        else:
+            self.client = MlflowClient(tracking_uri=self.uri)
 
     def experiment_id(self, suite: str, create: bool = True) -> str | None:
         name = EXPERIMENT_PREFIX + suite
@@ -84,7 +92,15 @@ class Tracker:
             return exp.experiment_id
         if not create:
             return None
-        return self.client.create_experiment(name, artifact_location=f"{self.artifact_root}/{suite}")
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_experiment(name, artifact_location=f"{self.artifact_root}/{suite}")
+        except MlflowException:  # another process created it a moment ago
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def finished_keys(self, suite: str) -> set[str]:
         exp = self.experiment_id(suite, create=False)
@@ -92,6 +108,15 @@ class Tracker:
             return set()
         runs = self.client.search_runs(
             [exp], filter_string="attributes.status = 'FINISHED'", max_results=50000
+        )
+        return {r.data.tags.get("run_key") for r in runs}
+
+    def running_keys(self, suite: str) -> set[str]:
+        exp = self.experiment_id(suite, create=False)
+        if exp is None:
+            return set()
+        runs = self.client.search_runs(
+            [exp], filter_string="attributes.status = 'RUNNING'", max_results=50000
         )
         return {r.data.tags.get("run_key") for r in runs}
 

@@ -13,6 +13,7 @@ from pemma.data.hecktor import Cohort, read_cohort
 from pemma.data.splits import Plan, make_plan
 from pemma.data.synth import GENERATOR_VERSION, write_cohort
 from pemma.files import save_json
+from pemma.locks import locked
 
 
 @dataclass
@@ -44,8 +45,10 @@ class DataStore:
         order = tuple(sorted(cfg.continual.order))
         if (d, order, cfg.split_seed) not in self._loaded:
             root = Path(d.root) if d.root else self.synthetic_root(d)
-            if d.root is None and not root.exists():
-                write_cohort(root, scale=d.synth_scale, seed=d.synth_seed)
+            if d.root is None:
+                with locked(self.results, f"data-{root.name}"):  # another process may be writing it
+                    if not root.exists():
+                        write_cohort(root, scale=d.synth_scale, seed=d.synth_seed)
             cohort = read_cohort(root)
             fingerprint = cohort.fingerprint()
             self.check_once(cohort, fingerprint)

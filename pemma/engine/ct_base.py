@@ -19,6 +19,7 @@ from pemma.data.splits import Plan
 from pemma.engine.evaluate import evaluate
 from pemma.engine.train import train
 from pemma.files import load_state, save_json, save_state
+from pemma.locks import locked
 from pemma.modalities import CT
 from pemma.models.backbones import BACKBONES
 from pemma.models.fusion import CTOnly
@@ -74,6 +75,11 @@ def pretrained_base(
         net.load_state_dict(load_state(Path(cfg.pretrain.checkpoint)))
         return net, {"source": cfg.pretrain.checkpoint}
     folder = Path(cache_root) / f"{cfg.backbone}-{base_key(cfg, data.fingerprint)}"
+    with locked(Path(cache_root), folder.name):  # one process trains a base; the others wait, then load it
+        return _cached_or_trained(cfg, net, folder, data, plan, device, stage, checkpoint_root)
+
+
+def _cached_or_trained(cfg, net, folder, data, plan, device, stage, checkpoint_root):
     if (folder / "base.pt").exists() and (folder / "base.json").exists():
         net.load_state_dict(load_state(folder / "base.pt"))
         return net, json.loads((folder / "base.json").read_text())

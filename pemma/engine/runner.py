@@ -21,6 +21,7 @@ from pemma.config import RunConfig, stable_hash
 from pemma.data.store import DataStore
 from pemma.engine.ct_base import pretrained_base
 from pemma.engine.train import dtype_name
+from pemma.locks import Lock
 from pemma.methods import METHODS, build_method, reference_method
 from pemma.metrics.params import count_parameters
 from pemma.tasks import TASKS, Measured, Unit
@@ -93,8 +94,11 @@ class Runner:
         return run_key(cfg, self.store.fingerprint(cfg.data))
 
     def run(self, units: list[RunConfig]) -> list[UnitOutcome]:
+        """Every unit not FINISHED and not claimed by another live process (a lock per run key)."""
         outcomes = []
         finished: dict[str, set[str]] = {}
+        for suite in dict.fromkeys(cfg.suite for cfg in units):
+            self.close_orphans(suite)
         for index, cfg in enumerate(units):
             if cfg.suite not in finished:
                 finished[cfg.suite] = self.tracker.finished_keys(cfg.suite)
@@ -102,11 +106,28 @@ class Runner:
             if key in finished[cfg.suite]:
                 outcome = UnitOutcome(key, "SKIPPED")
             else:
-                self.reporter.start(key, index, len(units))
-                outcome = self.run_unit(cfg, key)
+                outcome = self.claim_and_run(cfg, key, index, len(units))
             self.reporter.done(outcome)
             outcomes.append(outcome)
         return outcomes
+
+    def claim_and_run(self, cfg: RunConfig, key: str, index: int, total: int) -> UnitOutcome:
+        lock = Lock(self.results, key)
+        if not lock.acquire(block=False):
+            return UnitOutcome(key, "SKIPPED", error=f"being run by {lock.owner()}")
+        try:
+            if key in self.tracker.finished_keys(cfg.suite):  # finished by another process meanwhile
+                return UnitOutcome(key, "SKIPPED")
+            self.reporter.start(key, index, total)
+            return self.run_unit(cfg, key)
+        finally:
+            lock.release()
+
+    def close_orphans(self, suite: str) -> None:
+        """RUNNING runs whose owner is gone (nobody holds their key's lock) end as KILLED."""
+        for key in self.tracker.running_keys(suite):
+            if key and not Lock(self.results, key).held_elsewhere():
+                self.tracker.close_stale(suite, key)
 
     def run_unit(self, cfg: RunConfig, key: str) -> UnitOutcome:
         t0 = time.perf_counter()
