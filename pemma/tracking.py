@@ -103,20 +103,15 @@ class Tracker:
             return exp.experiment_id
 
     def finished_keys(self, suite: str) -> set[str]:
-        exp = self.experiment_id(suite, create=False)
-        if exp is None:
-            return set()
-        runs = self.client.search_runs(
-            [exp], filter_string="attributes.status = 'FINISHED'", max_results=50000
-        )
-        return {r.data.tags.get("run_key") for r in runs}
+        return self.keys(suite, "FINISHED")
 
-    def running_keys(self, suite: str) -> set[str]:
+    def keys(self, suite: str, status: str) -> set[str]:
+        """Run keys of the suite's runs in `status` (FINISHED, RUNNING, ...)."""
         exp = self.experiment_id(suite, create=False)
         if exp is None:
             return set()
         runs = self.client.search_runs(
-            [exp], filter_string="attributes.status = 'RUNNING'", max_results=50000
+            [exp], filter_string=f"attributes.status = '{status}'", max_results=50000
         )
         return {r.data.tags.get("run_key") for r in runs}
 

@@ -125,7 +125,7 @@ class Runner:
 
     def close_orphans(self, suite: str) -> None:
         """RUNNING runs whose owner is gone (nobody holds their key's lock) end as KILLED."""
-        for key in self.tracker.running_keys(suite):
+        for key in self.tracker.keys(suite, "RUNNING"):
             if key and not Lock(self.results, key).held_elsewhere():
                 self.tracker.close_stale(suite, key)
 
