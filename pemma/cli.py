@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -15,11 +16,52 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-app = typer.Typer(
+DEBUG = {"on": bool(os.environ.get("PEMMA_DEBUG"))}
+
+
+class _App(typer.Typer):
+    """Typer with one line instead of a traceback for an unexpected error (the traceback with --debug)."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as err:
+            if DEBUG["on"]:
+                raise
+            console.print(f"[bold red]error:[/] {type(err).__name__}: {err}")
+            console.print("(run with --debug, or PEMMA_DEBUG=1, for the traceback)")
+            sys.exit(1)
+
+
+app = _App(
     help="Benchmark and ablation harness for parameter-efficient multi-modal adaptation (PEMMA).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"pemma-bench {version('pemma')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an unexpected error.")
+    ] = False,
+) -> None:
+    """Benchmark and ablation harness for parameter-efficient multi-modal adaptation (PEMMA)."""
+    DEBUG["on"] = DEBUG["on"] or debug
+
+
 data_app = typer.Typer(help="Cohorts: write the synthetic one, check any.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
@@ -41,6 +83,39 @@ def _split(values: list[str] | None) -> list[str] | None:
 def _wide() -> Console:
     """Tables are wide: outside a terminal (logs, CI) print them at 200 columns rather than 80."""
     return console if console.is_terminal else Console(width=max(console.width, 260))
+
+
+def _seeds(seeds: list[str] | None) -> list[int] | None:
+    from pemma.config import ConfigError
+
+    values = _split(seeds) or []
+    try:
+        return [int(s) for s in values] or None
+    except ValueError as err:
+        raise ConfigError(f"--seeds {','.join(values)!r}: expected integers, e.g. --seeds 0,1,2") from err
+
+
+def _results(results: Path) -> Path:
+    """The results folder, created if needed; a file or a read-only folder is refused by name."""
+    results = Path(results)
+    if results.exists() and not results.is_dir():
+        raise _fail(f"--results {results}: is a file, not a folder")
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _fail(f"--results {results}: cannot create it ({err.strerror})") from err
+    if not os.access(results, os.W_OK | os.X_OK):
+        raise _fail(f"--results {results}: not writable by this user")
+    return results
+
+
+def _tracker(results: Path, uri: str | None = None):
+    from pemma.tracking import Tracker, TrackingError
+
+    try:
+        return Tracker(_results(results), uri)
+    except TrackingError as err:
+        raise _fail(f"{err} (set MLFLOW_TRACKING_URI or --tracking-uri to another store)") from err
 
 
 def _fail(message: str) -> typer.Exit:
@@ -312,14 +387,14 @@ def run(
         units = expand(
             spec,
             profile=profile,
-            seeds=[int(s) for s in _split(seeds) or []] or None,
+            seeds=_seeds(seeds),
             methods=_split(methods),
             backbones=_split(backbones),
             overrides=list(set_ or []),
             data_root=str(data.resolve()) if data else None,
             minimal=minimal,
         )
-        runner = Runner(results)
+        runner = Runner(results, tracker=_tracker(results))
         keys = [runner.key(cfg) for cfg in units]
     except (ConfigError, RegistryError, CohortError, ValueError) as err:
         raise _fail(str(err)) from err
@@ -427,10 +502,17 @@ def report(
     from pemma.report.definition import ReportError, find_report, load_report
     from pemma.report.render import FORMATS, generate, write
     from pemma.report.sources import Sources
-    from pemma.tracking import Tracker
+    from pemma.suites import available
 
     if definition is None:
-        _print_report(Tracker(results, tracking_uri), suite or "smoke", results, include_ci)
+        name = suite or "smoke"
+        tracker = _tracker(results, tracking_uri)
+        if name not in available() and tracker.experiment_id(name, create=False) is None:
+            known = ", ".join(sorted(available()))
+            raise _fail(
+                f"--suite {name!r}: no such suite, and no runs of it in {tracker.uri} (shipped: {known})"
+            )
+        _print_report(tracker, name, results, include_ci)
         return
     if suite is not None:
         raise _fail("give a report definition or --suite, not both")
@@ -442,7 +524,7 @@ def report(
         spec = load_report(find_report(definition))
     except ReportError as err:
         raise _fail(str(err)) from err
-    sources = Sources(Tracker(results, tracking_uri), results, include_ci)
+    sources = Sources(_tracker(results, tracking_uri), results, include_ci)
     rendered = generate(spec, sources)
     folder = out or Path(results) / "reports" / spec.name
     for path in write(rendered, folder, chosen):
@@ -472,7 +554,6 @@ def claims(
     from pemma.report.claims import evaluate, load_plan, to_markdown, write_claims
     from pemma.report.definition import ReportError, report_folder
     from pemma.report.sources import Sources
-    from pemma.tracking import Tracker
 
     try:
         spec = load_plan(Path(plan) if plan else report_folder() / "claims" / "pemma.yaml")
@@ -480,7 +561,7 @@ def claims(
         raise _fail(str(err)) from err
     if run_units:
         _run_plan(spec, results)
-    sources = Sources(Tracker(results, tracking_uri), results, include_ci=spec.profile == "ci")
+    sources = Sources(_tracker(results, tracking_uri), results, include_ci=spec.profile == "ci")
     table = evaluate(spec, sources)
     _wide().print(_table(table, spec.title))
     out = write_claims(spec, table, Path(results) / "claims" / f"{(spec.path or Path('claims')).stem}.md")
@@ -495,7 +576,7 @@ def _run_plan(spec, results: Path) -> None:
     from pemma.engine.runner import Runner
     from pemma.suites import expand, load_suite
 
-    runner = Runner(results)
+    runner = Runner(results, tracker=_tracker(results))
     runner.reporter = LineReporter(0)
     for entry in spec.runs:
         try:

@@ -60,7 +60,10 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: include cycle through {' -> '.join(str(p) for p in seen)}")
     if not path.exists():
         raise ConfigError(f"suite file {path} does not exist")
-    doc = yaml.safe_load(path.read_text()) or {}
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}{_where(err)}: not valid YAML: {_problem(err)}") from err
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a suite file is a mapping (description, defaults, grid)")
     merged: dict[str, Any] = {}
@@ -68,6 +71,15 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     for inc in [includes] if isinstance(includes, str) else includes:
         merged = deep_merge(merged, _read((path.parent / inc).resolve(), (*seen, path)))
     return deep_merge(merged, doc)
+
+
+def _where(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    return f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+
+
+def _problem(err: yaml.YAMLError) -> str:
+    return getattr(err, "problem", None) or str(err).splitlines()[0]
 
 
 def load_suite(name_or_path: str) -> Suite:

@@ -66,6 +66,10 @@ def provenance(device: torch.device, dtype: str, profile: str) -> dict[str, str]
     }
 
 
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be opened or reached; the message names its URI."""
+
+
 class Tracker:
     def __init__(self, results: Path, uri: str | None = None) -> None:
         import mlflow  # noqa: F401  (imported here: MLflow is slow to import)
@@ -75,15 +79,23 @@ class Tracker:
         results.mkdir(parents=True, exist_ok=True)
         self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{results / 'mlflow.db'}"
         self.artifact_root = (results / "mlartifacts").as_uri()
-        if self.uri.startswith("sqlite:"):
-            from pemma.locks import locked
+        try:
+            if self.uri.startswith("sqlite:"):
+                from pemma.locks import locked
 
-            # The client creates (or migrates) the store's schema: two processes doing it at once collide.
-            with locked(results, "tracking-store"):
+                # The client creates (or migrates) the store's schema: two processes at once collide.
+                with locked(results, "tracking-store"):
+                    self.client = MlflowClient(tracking_uri=self.uri)
+                    self.client.search_experiments(max_results=1)
+            else:
+                # A server out of reach fails within seconds, not after minutes of retries.
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
                 self.client = MlflowClient(tracking_uri=self.uri)
                 self.client.search_experiments(max_results=1)
-        else:
-            self.client = MlflowClient(tracking_uri=self.uri)
+        except Exception as err:  # MLflow raises many kinds (SQLAlchemy, requests, its own)
+            reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            raise TrackingError(f"the MLflow tracking store {self.uri} cannot be used: {reason}") from err
 
     def experiment_id(self, suite: str, create: bool = True) -> str | None:
         name = EXPERIMENT_PREFIX + suite

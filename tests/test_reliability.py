@@ -79,3 +79,68 @@ def test_sigterm_ends_the_running_unit_killed_with_exit_code_143(tmp_path, tiny_
     assert "stopped by SIGTERM" in out and "Traceback" not in out
     runs = Tracker(tmp_path).runs("smoke", status=None)
     assert list(runs["status"]) == ["KILLED"]
+
+
+def _invoke(*args, env=None):
+    from typer.testing import CliRunner
+
+    from pemma.cli import app
+
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def test_user_and_environment_errors_exit_2_naming_the_culprit(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid:\n  method: [pemma-lora\n")
+    cases = [
+        (("run", "--suite", str(bad), "--results", str(tmp_path / "r")), "bad.yaml, line"),
+        (("run", "--set", "train.steps=[1", "--results", str(tmp_path / "r"), "--dry-run"), "train.steps=[1"),
+        (("run", "--seeds", "abc", "--results", str(tmp_path / "r")), "--seeds 'abc'"),
+        (
+            ("report", "--suite", "nosuch", "--results", str(tmp_path / "r")),
+            "--suite 'nosuch': no such suite",
+        ),
+    ]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases.append((("run", "--results", str(a_file), "--dry-run"), "is a file, not a folder"))
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "mlflow.db").write_bytes(bytes(range(256)) * 20)
+    cases.append((("run", "--results", str(corrupt), "--dry-run"), "mlflow.db cannot be used"))
+    for args, message in cases:
+        out = _invoke(*args)
+        assert out.exit_code == 2, (args, out.output)
+        assert message in " ".join(out.output.split()), (args, out.output)
+        assert out.exception is None or isinstance(out.exception, SystemExit), (args, out.exception)
+
+
+def test_an_unreachable_tracking_server_fails_within_seconds_naming_it(tmp_path):
+    t0 = time.perf_counter()
+    out = _invoke(
+        "run", "--results", str(tmp_path), "--dry-run", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    )
+    assert out.exit_code == 2 and "http://127.0.0.1:9" in out.output
+    assert time.perf_counter() - t0 < 60
+
+
+def test_version_and_an_unexpected_error_without_traceback_unless_debug(tmp_path):
+    from importlib.metadata import version
+
+    out = subprocess.run([*CLI, "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and version("pemma") in out.stdout
+    breaking = (
+        "import pemma.methods as m; "
+        "m.METHODS.items = lambda: (_ for _ in ()).throw(OSError('disk on fire')); "
+        "from pemma.cli import app; app()"
+    )
+    out = subprocess.run([sys.executable, "-c", breaking, "methods"], capture_output=True, text=True)
+    assert (
+        out.returncode == 1
+        and "OSError: disk on fire" in out.stdout
+        and "Traceback" not in out.stdout + out.stderr
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", breaking, "--debug", "methods"], capture_output=True, text=True
+    )
+    assert out.returncode == 1 and "Traceback" in out.stderr
