@@ -144,3 +144,68 @@ def test_version_and_an_unexpected_error_without_traceback_unless_debug(tmp_path
         [sys.executable, "-c", breaking, "--debug", "methods"], capture_output=True, text=True
     )
     assert out.returncode == 1 and "Traceback" in out.stderr
+
+
+def _flip(path, at: float = 0.5) -> None:
+    data = bytearray(path.read_bytes())
+    i = int(len(data) * at)
+    data[i : i + 64] = bytes(b ^ 0xFF for b in data[i : i + 64])
+    path.write_bytes(bytes(data))
+
+
+def test_cache_entries_are_verified_rebuilt_when_damaged_and_survive_a_moved_folder(
+    tiny_cohort, tmp_path, caplog
+):
+    import shutil
+
+    import torch
+
+    from pemma.config import DataConfig
+    from pemma.data.datasets import CohortData
+    from pemma.data.hecktor import read_cohort
+
+    cohort = read_cohort(tiny_cohort)
+    case = [c for c in cohort.cases if c.pet is not None][:1]
+    data = CohortData(DataConfig(), cohort.fingerprint(), tmp_path / "a" / "cache")
+    first = data.volumes(case, ("ct", "pet", "label"))[0]["ct"]
+    (entry,) = (tmp_path / "a" / "cache").rglob("*.pt")
+    assert entry.with_name(entry.name + ".sha256").is_file()
+    for damage in (_flip, lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])):
+        damage(entry)
+        caplog.clear()
+        again = data.volumes(case, ("ct", "pet", "label"))[0]["ct"]
+        assert "rebuilding this cache entry" in caplog.text and str(entry) in caplog.text
+        assert torch.equal(torch.as_tensor(again), torch.as_tensor(first))
+    shutil.move(tmp_path / "a", tmp_path / "b")  # a moved (or copied) results folder keeps its cache
+    moved = CohortData(DataConfig(), cohort.fingerprint(), tmp_path / "b" / "cache")
+    stamp = next((tmp_path / "b" / "cache").rglob("*.pt")).stat().st_mtime_ns
+    caplog.clear()
+    moved.volumes(case, ("ct", "pet", "label"))[0]
+    assert len(list((tmp_path / "b" / "cache").rglob("*.pt"))) == 1 and "rebuilding" not in caplog.text
+    assert next((tmp_path / "b" / "cache").rglob("*.pt")).stat().st_mtime_ns == stamp
+
+
+def test_a_damaged_state_is_named_and_a_damaged_ct_base_is_trained_again(tiny_cohort, tmp_path, caplog):
+    import pytest
+    import torch
+    from conftest import ci_run
+
+    from pemma.files import CorruptFile, load_state, save_state
+
+    save_state({"w": torch.arange(100000.0)}, tmp_path / "s.pt")
+    _flip(tmp_path / "s.pt", 0.7)
+    with pytest.raises(CorruptFile, match="s.pt: its contents differ"):
+        load_state(tmp_path / "s.pt")
+    results = tmp_path / "r"
+    assert ci_run(results, "--methods", "ct-only", data=tiny_cohort).exit_code == 0
+    (base,) = (results / "bases").rglob("base.pt")
+    _flip(base)
+    caplog.clear()
+    out = ci_run(results, "--methods", "pemma-lora", data=tiny_cohort)
+    assert out.exit_code == 0, out.output
+    assert "the cached CT base is broken" in caplog.text and str(base) in caplog.text
+    load_state(base)  # trained again, verified
+    (base.parent / "base.json").write_text("{not json")
+    caplog.clear()
+    out = ci_run(results, "--methods", "pemma-dora", data=tiny_cohort)
+    assert out.exit_code == 0 and "the cached CT base is broken" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -9,14 +10,45 @@ from pathlib import Path
 
 import monai
 from monai.data import Dataset, PersistentDataset
+from monai.data.utils import pickle_hashing
 from monai.transforms import Compose
 
 from pemma.config import DataConfig, stable_hash
 from pemma.data.hecktor import Case
 from pemma.data.transforms import ORIGINAL_CT, ORIGINAL_LABEL, augment, preprocess
-from pemma.files import save_json
+from pemma.files import CorruptFile, digest_file, discard, record_digest, save_json, verify
 
 log = logging.getLogger(__name__)
+
+
+def _portable_hash(item: dict) -> bytes:
+    """A cache entry's name from the patient's file names, not their absolute paths: the cache folder
+    is already keyed by the cohort's fingerprint, and a moved or copied results folder keeps its cache."""
+    return pickle_hashing(
+        {k: Path(v).name if isinstance(v, str) and Path(v).is_absolute() else v for k, v in item.items()}
+    )
+
+
+class VerifiedCache(PersistentDataset):
+    """MONAI's on-disk cache with a sha256 recorded beside every entry and checked on every read: an
+    entry that differs (flipped bytes, truncation) is rebuilt with a warning naming it."""
+
+    def __init__(self, data, transform, cache_dir: Path) -> None:
+        super().__init__(data, transform, cache_dir=cache_dir, hash_func=_portable_hash)
+
+    def _cachecheck(self, item_transformed):
+        entry = self.cache_dir / f"{self.hash_func(item_transformed).decode('utf-8')}{self.transform_hash}.pt"
+        if entry.is_file():
+            try:
+                verify(entry)
+            except CorruptFile as err:
+                log.warning("%s; rebuilding this cache entry", err)
+                discard(entry)
+        out = super()._cachecheck(item_transformed)
+        if not digest_file(entry).is_file():  # MONAI wrote it just now (atomically): record what it wrote
+            with contextlib.suppress(FileNotFoundError):  # another process rebuilt it meanwhile
+                record_digest(entry)
+        return out
 
 
 class CohortData:
@@ -28,7 +60,7 @@ class CohortData:
     def _cache_dir(self, keys: tuple[str, ...]) -> Path:
         """One folder per (cohort, preprocessing); a folder whose recorded config differs is rebuilt."""
         prep = {
-            "layout": 2,  # items keep the working grid's affine and the original files' paths
+            "layout": 3,  # entries named by file names (not paths), each with its sha256 beside it
             "fingerprint": self.fingerprint,
             "spacing": list(self.cfg.spacing),
             "ct_window": list(self.cfg.ct_window),
@@ -48,7 +80,7 @@ class CohortData:
     def volumes(self, cases: list[Case], keys: tuple[str, ...]) -> Dataset:
         """Whole preprocessed volumes (for evaluation)."""
         items = _items(cases, keys)
-        return PersistentDataset(
+        return VerifiedCache(
             items, preprocess(keys, self.cfg.spacing, self.cfg.ct_window), cache_dir=self._cache_dir(keys)
         )
 
@@ -64,7 +96,7 @@ class CohortData:
             ]
         )
         pipeline.set_random_state(seed=seed)
-        return PersistentDataset(items, pipeline, cache_dir=self._cache_dir(keys))
+        return VerifiedCache(items, pipeline, cache_dir=self._cache_dir(keys))
 
 
 def _items(cases: list[Case], keys: tuple[str, ...]) -> list[dict[str, str]]:

@@ -18,7 +18,7 @@ from pemma.data.datasets import CohortData
 from pemma.data.splits import Plan
 from pemma.engine.evaluate import evaluate
 from pemma.engine.train import train
-from pemma.files import load_state, save_json, save_state
+from pemma.files import CorruptFile, load_state, save_json, save_state
 from pemma.locks import locked
 from pemma.modalities import CT
 from pemma.models.backbones import BACKBONES
@@ -81,8 +81,12 @@ def pretrained_base(
 
 def _cached_or_trained(cfg, net, folder, data, plan, device, stage, checkpoint_root):
     if (folder / "base.pt").exists() and (folder / "base.json").exists():
-        net.load_state_dict(load_state(folder / "base.pt"))
-        return net, json.loads((folder / "base.json").read_text())
+        try:
+            net.load_state_dict(load_state(folder / "base.pt"))
+            return net, json.loads((folder / "base.json").read_text())
+        except (CorruptFile, ValueError) as err:  # ValueError: JSONDecodeError of a broken base.json
+            log.warning("the cached CT base is broken (%s); training it again", err)
+            shutil.rmtree(folder)
     model = CTOnly(net)
     crops = data.crops(plan.pretrain["train"], CT_KEYS, cfg.model.roi, seed=cfg.seed)
     budget = replace(

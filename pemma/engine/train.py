@@ -27,7 +27,7 @@ from torch.utils.data import BatchSampler, RandomSampler
 
 from pemma.config import TrainConfig
 from pemma.engine.throughput import PeakMemory
-from pemma.files import load_state, save_state
+from pemma.files import CorruptFile, discard, load_state, save_state
 from pemma.modalities import CTPET, split_inputs
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,12 @@ def train(
     identity = {"steps": steps, "batch_size": batch_size, "subsets": list(subsets), "seed": seed}
     start = 0
     if checkpoint is not None and Path(checkpoint).exists():
-        saved = load_state(Path(checkpoint))
+        try:
+            saved = load_state(Path(checkpoint))
+        except CorruptFile as err:
+            log.warning("%s; starting this training stage over", err)
+            discard(Path(checkpoint))
+    if checkpoint is not None and Path(checkpoint).exists():
         if saved.get("version") != CHECKPOINT_VERSION or saved.get("identity") != identity:
             raise ValueError(
                 f"{checkpoint}: a checkpoint of another training budget ({saved.get('identity')}, this one "
