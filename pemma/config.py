@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.synth_scale > 0, "data.synth_scale", f"must be > 0, got {self.synth_scale}")
+        _require(self.split_seed >= 0, "data.split_seed", f"must be >= 0, got {self.split_seed}")
+        _require(self.synth_seed >= 0, "data.synth_seed", f"must be >= 0, got {self.synth_seed}")
         _require(all(s > 0 for s in self.spacing), "data.spacing", f"must be positive, got {self.spacing}")
         _require(self.ct_window[0] < self.ct_window[1], "data.ct_window", "lower bound must be below upper")
         _require(
@@ -179,8 +182,19 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
         _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
-        _require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _require(math.isfinite(self.lr) and self.lr > 0, "train.lr", f"must be finite and > 0, got {self.lr}")
+        _require(
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            "train.weight_decay",
+            f"must be finite and >= 0, got {self.weight_decay}",
+        )
         _require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _require(
+            self.modality_warmup_steps >= 0,
+            "train.modality_warmup_steps",
+            f"must be >= 0, got {self.modality_warmup_steps}",
+        )
         p = self.modality_dropout
         _require(
             min(p) >= 0 and abs(sum(p) - 1) < 1e-6,
@@ -204,7 +218,10 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.steps >= 1, "pretrain.steps", f"must be >= 1, got {self.steps}")
-        _require(self.lr > 0, "pretrain.lr", f"must be > 0, got {self.lr}")
+        _require(self.batch_size >= 1, "pretrain.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(
+            math.isfinite(self.lr) and self.lr > 0, "pretrain.lr", f"must be finite and > 0, got {self.lr}"
+        )
 
 
 @dataclass(frozen=True)
@@ -291,6 +308,7 @@ class RunConfig:
     prognosis: PrognosisConfig = field(default_factory=PrognosisConfig)
 
     def __post_init__(self) -> None:
+        _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         outside = set(self.continual.order) - set(self.data.continual_centres)
         _require(
             not outside,

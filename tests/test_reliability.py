@@ -209,3 +209,19 @@ def test_a_damaged_state_is_named_and_a_damaged_ct_base_is_trained_again(tiny_co
     caplog.clear()
     out = ci_run(results, "--methods", "pemma-dora", data=tiny_cohort)
     assert out.exit_code == 0 and "the cached CT base is broken" in caplog.text
+
+
+def test_config_values_are_refused_up_front_by_their_own_name(tmp_path):
+    cases = {
+        "pretrain.batch_size=0": "pretrain.batch_size: must be >= 1",
+        "train.lr=.nan": "train.lr: must be finite",
+        "pretrain.lr=.inf": "pretrain.lr: must be finite",
+        "train.warmup_steps=-1": "train.warmup_steps: must be >= 0",
+        "train.modality_warmup_steps=-5": "train.modality_warmup_steps: must be >= 0",
+        "data.split_seed=-1": "data.split_seed: must be >= 0",
+    }
+    for override, message in cases.items():
+        out = _invoke("run", "--set", override, "--results", str(tmp_path), "--dry-run")
+        assert out.exit_code == 2 and message in " ".join(out.output.split()), (override, out.output)
+    out = _invoke("run", "--seeds", "-1", "--results", str(tmp_path), "--dry-run")
+    assert out.exit_code == 2 and "seed: must be >= 0" in out.output
