@@ -158,10 +158,17 @@ def data_synth(
 
 
 @data_app.command("check")
-def data_check(root: Path) -> None:
-    """Validate a HECKTOR-layout cohort (every file is read) and summarise it per centre."""
+def data_check(
+    root: Annotated[Path, typer.Argument(help="A HECKTOR 2022-layout folder (imagesTr/, labelsTr/, CSVs).")],
+) -> None:
+    """Validate a HECKTOR-layout cohort (every file is read) and summarise it per centre.
+
+    Stops with exit 2 at the first unusable file, naming patient and file; lists what no unit will
+    read (misnamed images, centres outside the default plan) and patients that serve only some phases."""
+    from pemma.config import DataConfig
     from pemma.data.check import check_cohort, summarise
     from pemma.data.hecktor import CohortError, read_cohort
+    from pemma.data.store import unused
 
     try:
         cohort = read_cohort(root)
@@ -169,6 +176,7 @@ def data_check(root: Path) -> None:
     except CohortError as err:
         raise _fail(str(err)) from err
     summary, notes = summarise(report)
+    notes = [*unused(cohort, DataConfig()), *notes]
     title = f"{root}: {len(report)} patients, {len(summary)} centres, fingerprint {cohort.fingerprint()}"
     wide = _wide()
     wide.print(_table(summary, title))

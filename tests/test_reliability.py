@@ -225,3 +225,43 @@ def test_config_values_are_refused_up_front_by_their_own_name(tmp_path):
         assert out.exit_code == 2 and message in " ".join(out.output.split()), (override, out.output)
     out = _invoke("run", "--seeds", "-1", "--results", str(tmp_path), "--dry-run")
     assert out.exit_code == 2 and "seed: must be >= 0" in out.output
+
+
+def _copy(tiny_cohort, tmp_path, name):
+    import shutil
+
+    return shutil.copytree(tiny_cohort, tmp_path / name)
+
+
+def test_nothing_in_a_cohort_is_accepted_silently(tiny_cohort, tmp_path):
+    import pandas as pd
+
+    from pemma.data.hecktor import CLINICAL_CSV, ENDPOINT_CSV
+
+    misnamed = _copy(tiny_cohort, tmp_path, "misnamed")
+    pet = sorted((misnamed / "imagesTr").glob("*__PT.nii.gz"))[0]
+    pet.rename(pet.with_name(pet.name.replace("__PT", "__PET")))
+    out = _invoke("data", "check", str(misnamed))
+    assert out.exit_code == 0 and "match no <ID>__CT / <ID>__PT name" in " ".join(out.output.split())
+    assert pet.name.replace("__PT", "__PET") in " ".join(out.output.split())
+
+    def edited(name, csv, column, row, value):
+        root = _copy(tiny_cohort, tmp_path, name)
+        table = pd.read_csv(root / csv)
+        table[column] = table[column].astype(object)
+        table.loc[row, column] = value
+        table.to_csv(root / csv, index=False)
+        return root, table.loc[row, "PatientID"]
+
+    for name, csv, column, value, message in (
+        ("text", CLINICAL_CSV, "Weight", "heavy", "Weight = 'heavy' is not a number"),
+        ("age", CLINICAL_CSV, "Age", 400, "Age = 400 is outside its plausible range"),
+        ("hpv", CLINICAL_CSV, "HPV status (0=-, 1=+)", 7, "is outside its plausible range [0, 1]"),
+        ("relapse", ENDPOINT_CSV, "Relapse", "yes", "Relapse must be 0 or 1; patient(s)"),
+    ):
+        root, patient = edited(name, csv, column, 7, value)
+        out = _invoke("data", "check", str(root))
+        text = " ".join(out.output.split())
+        assert out.exit_code == 2 and message in text and patient in text, (name, text)
+        if name == "relapse":
+            assert text.split("patient(s)")[1].split(",")[0].strip() == patient, "the culprit, not row 0"

@@ -45,6 +45,8 @@ class Cohort:
     cases: tuple[Case, ...]
     clinical: pd.DataFrame | None
     endpoints: pd.DataFrame | None
+    ignored: tuple[str, ...] = ()
+    """Files in imagesTr that match no <ID>__CT / <ID>__PT name (and are therefore not read)."""
 
     def centres(self) -> dict[str, list[Case]]:
         out: dict[str, list[Case]] = {}
@@ -75,9 +77,11 @@ def read_cohort(root: Path | str) -> Cohort:
             "(imagesTr/<ID>__CT.nii.gz, imagesTr/<ID>__PT.nii.gz, labelsTr/<ID>.nii.gz)"
         )
     found: dict[str, dict[str, Path]] = {}
+    ignored = []
     for path in sorted(images.iterdir()):
         m = IMAGE_PATTERN.match(path.name)
         if m is None:
+            ignored.append(path.name)
             continue
         pid, mod = m["id"], m["mod"]
         if not ID_PATTERN.match(pid):
@@ -100,10 +104,52 @@ def read_cohort(root: Path | str) -> Cohort:
     if not cases:
         raise CohortError(f"{images}: no images named <ID>__CT.nii.gz; the cohort is empty")
     clinical = _read_table(root / CLINICAL_CSV, ("PatientID",))
+    if clinical is not None:
+        _check_clinical(root / CLINICAL_CSV, clinical)
     endpoints = _read_table(root / ENDPOINT_CSV, ENDPOINT_COLUMNS)
     if endpoints is not None:
         _check_endpoints(root / ENDPOINT_CSV, endpoints)
-    return Cohort(root, tuple(cases), clinical, endpoints)
+    return Cohort(root, tuple(cases), clinical, endpoints, tuple(ignored))
+
+
+PLAUSIBLE = {
+    "Age": (0, 120),  # years
+    "Weight": (20, 350),  # kg
+    "Tobacco": (0, 1),
+    "Alcohol": (0, 1),
+    "Performance status": (0, 4),  # ECOG
+    "HPV status (0=-, 1=+)": (0, 1),
+    "Surgery": (0, 1),
+    "Chemotherapy": (0, 1),
+}
+"""Documented ranges of the HECKTOR 2022 clinical columns; a value outside is an error, never used."""
+
+
+def _check_clinical(path: Path, table: pd.DataFrame) -> None:
+    """Every clinical value is empty (missing) or a number in its plausible range; Gender M or F."""
+    for column, (low, high) in PLAUSIBLE.items():
+        if column not in table:
+            continue
+        raw = table[column]
+        value = pd.to_numeric(raw, errors="coerce")
+        text = raw.notna() & value.isna()
+        if text.any():
+            pid, bad = table["PatientID"][text].iloc[0], raw[text].iloc[0]
+            raise CohortError(
+                f"{path}: patient {pid}: {column} = {bad!r} is not a number ({int(text.sum())} such)"
+            )
+        outside = value.notna() & ((value < low) | (value > high))
+        if outside.any():
+            pid, bad = table["PatientID"][outside].iloc[0], value[outside].iloc[0]
+            raise CohortError(
+                f"{path}: patient {pid}: {column} = {bad:g} is outside its plausible range [{low}, {high}]"
+            )
+    if "Gender" in table:
+        gender = table["Gender"]
+        bad = gender.notna() & ~gender.astype(str).str.upper().isin(["M", "F"])
+        if bad.any():
+            pid, value = table["PatientID"][bad].iloc[0], gender[bad].iloc[0]
+            raise CohortError(f"{path}: patient {pid}: Gender = {value!r} (expected M or F)")
 
 
 ENDPOINT_COLUMNS = ("PatientID", "Relapse", "RFS")
@@ -137,6 +183,6 @@ def _check_endpoints(path: Path, table: pd.DataFrame) -> None:
         raise CohortError(
             f"{path}: RFS must be a non-negative number of days; patient(s) {offenders(bad_time)}"
         )
-    bad_event = ~table["Relapse"].isin([0, 1])
+    bad_event = ~pd.to_numeric(table["Relapse"], errors="coerce").isin([0, 1])
     if bad_event.any():
         raise CohortError(f"{path}: Relapse must be 0 or 1; patient(s) {offenders(bad_event)}")

@@ -3,6 +3,7 @@ checked once per fingerprint, split by its centre plan, with its preprocessing c
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,25 @@ from pemma.data.splits import Plan, make_plan
 from pemma.data.synth import GENERATOR_VERSION, write_cohort
 from pemma.files import save_json
 from pemma.locks import locked
+
+log = logging.getLogger(__name__)
+
+
+def unused(cohort: Cohort, d: DataConfig) -> list[str]:
+    """What the cohort holds that no unit will read: files named against the pattern, centres outside
+    the plan (said once per cohort, never silently dropped)."""
+    problems = []
+    if cohort.ignored:
+        problems.append(
+            f"{cohort.root / 'imagesTr'}: {len(cohort.ignored)} file(s) match no <ID>__CT / <ID>__PT "
+            f"name and are not read: {', '.join(cohort.ignored[:5])}"
+        )
+    planned = {*d.pretrain_centres, d.adapt_centre, *d.continual_centres}
+    outside = {c: len(cases) for c, cases in cohort.centres().items() if c not in planned}
+    if outside:
+        listed = ", ".join(f"{c} ({n} patients)" for c, n in sorted(outside.items()))
+        problems.append(f"{cohort.root}: centre(s) outside the plan, not used: {listed}")
+    return problems
 
 
 @dataclass
@@ -53,6 +73,8 @@ class DataStore:
             fingerprint = cohort.fingerprint()
             self.check_once(cohort, fingerprint)
             plan = make_plan(cohort, d.pretrain_centres, d.adapt_centre, d.split, cfg.split_seed, order)
+            for problem in unused(cohort, d):
+                log.warning("%s", problem)
             self._loaded[d, order, cfg.split_seed] = LoadedData(
                 cohort, plan, CohortData(d, fingerprint, self.results / "cache")
             )
