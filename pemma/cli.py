@@ -357,7 +357,12 @@ def run(
     suite: Annotated[
         str, typer.Option(help="Suite name (see `pemma-bench suites`) or a suite YAML file.")
     ] = "smoke",
-    profile: Annotated[str | None, typer.Option(help="ci | smoke | paper (sizes and budgets).")] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            help="ci | smoke | paper | paper-harness (sizes and budgets); default: the suite's own."
+        ),
+    ] = None,
     seeds: Annotated[list[str] | None, typer.Option(help="Seeds, e.g. 0,1,2.")] = None,
     methods: Annotated[
         list[str] | None, typer.Option("--methods", help="Methods, e.g. pemma-lora,early-fusion.")
@@ -623,7 +628,7 @@ def _print_frame(table, title: str) -> None:
 def bench_throughput(
     profile: Annotated[str, typer.Option(help="ci | smoke | paper (model size and crop).")] = "smoke",
     methods: Annotated[list[str] | None, typer.Option("--methods", help="Methods (default: all).")] = None,
-    backbone: Annotated[str, typer.Option(help="Backbone.")] = "unetr",
+    backbone: Annotated[str, typer.Option("--backbones", "--backbone", help="Backbone (one).")] = "unetr",
     steps: Annotated[int, typer.Option(help="Timed training steps per method (after warm-up).")] = 10,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value.")] = None,
     out: Annotated[Path | None, typer.Option(help="Also write the table as CSV here.")] = None,
@@ -695,7 +700,9 @@ def bench_merge(
 @bench_app.command("data")
 def bench_data(
     profile: Annotated[str, typer.Option(help="ci | smoke | paper.")] = "smoke",
-    method: Annotated[str, typer.Option(help="Method whose training step is timed.")] = "pemma-lora",
+    method: Annotated[
+        str, typer.Option("--methods", "--method", help="Method whose training step is timed (one).")
+    ] = "pemma-lora",
     steps: Annotated[int, typer.Option(help="Timed training steps.")] = 20,
     results: ResultsOpt = Path("results"),
     data: Annotated[
