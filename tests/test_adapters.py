@@ -107,6 +107,12 @@ def test_a_trained_state_is_refused_by_another_base_or_method(tmp_path):
     with pytest.raises(PortableStateError, match="junk.safetensors"):
         load_trained(fresh.model, fresh.trained, tmp_path / "junk.safetensors")
 
+    data = bytearray(path.read_bytes())  # flipped bytes in the tensors load silently without the digest
+    data[-64:] = bytes(b ^ 0xFF for b in data[-64:])
+    path.write_bytes(bytes(data))
+    with pytest.raises(PortableStateError, match="lora.safetensors: its contents differ"):
+        load_trained(method.create(_base("unetr"), cfg).model, built.trained, path)
+
 
 MERGEABLE = [
     (name, backbone, targets)

@@ -265,3 +265,17 @@ def test_nothing_in_a_cohort_is_accepted_silently(tiny_cohort, tmp_path):
         assert out.exit_code == 2 and message in text and patient in text, (name, text)
         if name == "relapse":
             assert text.split("patient(s)")[1].split(",")[0].strip() == patient, "the culprit, not row 0"
+
+
+def test_a_broken_link_or_a_folder_in_imagesTr_stops_run_naming_it(tiny_cohort, tmp_path):
+    for name, make in (
+        ("link", lambda p: p.symlink_to(tmp_path / "nowhere.nii.gz")),
+        ("folder", lambda p: p.mkdir()),
+    ):
+        root = _copy(tiny_cohort, tmp_path, name)
+        bad = root / "imagesTr" / "CHUM-999__CT.nii.gz"
+        make(bad)
+        out = _invoke(
+            "run", "--profile", "ci", "--data", str(root), "--results", str(tmp_path / "r"), "--dry-run"
+        )
+        assert out.exit_code == 2 and "CHUM-999__CT.nii.gz:notareadablefile" in "".join(out.output.split())

@@ -84,6 +84,8 @@ def read_cohort(root: Path | str) -> Cohort:
             ignored.append(path.name)
             continue
         pid, mod = m["id"], m["mod"]
+        if not path.is_file():
+            raise CohortError(f"{path}: not a readable file (a folder, or a link to nothing)")
         if not ID_PATTERN.match(pid):
             raise CohortError(
                 f"{path}: patient ID {pid!r} names no centre (expected CENTRE-NNN, e.g. CHUM-001)"

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pemma.files import write_atomic
+from pemma.files import CorruptFile, record_digest, verify, write_atomic
 
 
 class PortableStateError(ValueError):
@@ -44,6 +44,7 @@ def save_trained(model: nn.Module, trained: list[str], path: Path, metadata: dic
     state = trained_state(model, trained)
     meta = {**metadata, "frozen_digest": frozen_digest(model, trained)}
     write_atomic(Path(path), lambda tmp: save_file(state, tmp, metadata=meta))
+    record_digest(Path(path))
     return Path(path).stat().st_size
 
 
@@ -59,6 +60,10 @@ def load_trained(model: nn.Module, trained: list[str], path: Path) -> dict[str, 
     on other frozen weights. Returns the file's metadata.
     """
     path = Path(path)
+    try:
+        verify(path)
+    except CorruptFile as err:
+        raise PortableStateError(str(err)) from err
     try:
         state = load_file(str(path))
         meta = read_metadata(path)
