@@ -279,3 +279,12 @@ def test_a_broken_link_or_a_folder_in_imagesTr_stops_run_naming_it(tiny_cohort, 
             "run", "--profile", "ci", "--data", str(root), "--results", str(tmp_path / "r"), "--dry-run"
         )
         assert out.exit_code == 2 and "CHUM-999__CT.nii.gz:notareadablefile" in "".join(out.output.split())
+
+
+def test_one_spelling_per_option_and_defaults_said():
+    bench = " ".join(_invoke("bench", "throughput", "--help").output.split())
+    assert "--backbones" in bench and "--methods" in bench
+    run = " ".join(_invoke("run", "--help").output.split())
+    assert "default: the suite's own" in run and "--dry-run" in run and "--no-dry-run" not in run
+    check = " ".join(_invoke("data", "check", "--help").output.split())
+    assert "HECKTOR 2022-layout folder" in check
