@@ -99,3 +99,20 @@ def test_centres_differ_in_scanner_and_grid(tiny_cohort):
         for mod in ("CT",)
     }
     assert not np.allclose(zooms["CHUV"], zooms["HGJ"])
+
+
+def test_a_volume_smaller_than_the_crop_is_cropped_then_padded_even_from_an_unpadded_cache():
+    """Crops share the cached deterministic prefix with whole-volume evaluation, so the random part
+    must cope with a volume smaller than the crop (seen: 47 slices under a 48^3 crop)."""
+    import torch
+
+    from pemma.data.transforms import augment
+
+    label = torch.zeros(1, 60, 50, 20)
+    label[0, 20:30, 20:30, 5:15] = 1
+    item = {"ct": torch.rand(1, 60, 50, 20), "label": label}
+    pipeline = augment(("ct", "label"), (48, 48, 48))
+    pipeline.set_random_state(seed=0)
+    (out,) = pipeline(item)
+    assert tuple(out["ct"].shape) == (1, 48, 48, 48) and tuple(out["label"].shape) == (1, 48, 48, 48)
+    assert out["label"].sum() > 0

@@ -57,10 +57,14 @@ def preprocess(
 
 
 def augment(keys: tuple[str, ...], roi: tuple[int, int, int]) -> T.Compose:
-    """Random part: positive/negative-balanced crops as in the published setup, and left-right flips."""
+    """Random part: positive/negative-balanced crops as in the published setup, and left-right flips.
+
+    A volume smaller than the crop in some axis is cropped to what it has there, then padded to the
+    crop size. (Padding before the crop would land in the cached deterministic prefix, which crops
+    share with whole-volume evaluation: an entry written unpadded by evaluation would then reach the
+    crop unpadded.)"""
     return T.Compose(
         [
-            T.SpatialPadd(keys=list(keys), spatial_size=roi),
             T.RandCropByPosNegLabeld(
                 keys=list(keys),
                 label_key="label",
@@ -68,8 +72,9 @@ def augment(keys: tuple[str, ...], roi: tuple[int, int, int]) -> T.Compose:
                 pos=2,
                 neg=1,
                 num_samples=1,
-                allow_smaller=False,
+                allow_smaller=True,
             ),
+            T.SpatialPadd(keys=list(keys), spatial_size=roi),
             T.RandFlipd(keys=list(keys), spatial_axis=0, prob=0.5),
             T.EnsureTyped(keys=list(keys), track_meta=False),
         ]
