@@ -156,15 +156,20 @@ def summarise(report: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         )
     if no_endpoint:
         notes.append(f"{len(no_endpoint)} patient(s) without an endpoint are left out of prognosis")
-    for klass in ("gtvp", "gtvn"):
+    return pd.DataFrame(rows), notes
+
+
+def absent_classes(report: pd.DataFrame) -> list[str]:
+    """Labelled patients without a class (common for GTVn): information, not a problem."""
+    lines = []
+    for klass, name in (("gtvp", "GTVp"), ("gtvn", "GTVn")):
         lacking = report[report[f"{klass}_ml"] == 0]["patient_id"].tolist()
         if lacking:
-            notes.append(
-                f"{len(lacking)} labelled patient(s) have no {'GTVp' if klass == 'gtvp' else 'GTVn'} voxel "
-                f"(their Dice for it is undefined; a split where every label lacks it has no mean Dice): "
-                + ", ".join(lacking[:8])
+            lines.append(
+                f"{len(lacking)} labelled patient(s) have no {name} voxel (their {name} Dice is undefined; "
+                "a test split where every label lacks it has no mean Dice): " + ", ".join(lacking[:8])
             )
-    return pd.DataFrame(rows), notes
+    return lines
 
 
 def _spread(values: pd.Series) -> str:
