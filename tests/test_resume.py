@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import pemma.engine.train as training
 from pemma.cli import app
 from pemma.config import resolve
-from pemma.files import load_state
+from pemma.files import load_state, save_state
 from pemma.methods import build_method
 from pemma.modalities import SUBSETS
 from pemma.models.backbones import BACKBONES
@@ -97,7 +97,7 @@ def test_a_checkpoint_of_another_budget_is_refused_by_name(tmp_path):
     _train(checkpoint)
     state = load_state(checkpoint)
     state["identity"]["steps"] = 5
-    torch.save(state, checkpoint)
+    save_state(state, checkpoint)  # a sound file (its digest recorded) of another budget
     with pytest.raises(ValueError, match=r"train\.pt: a checkpoint of another training budget"):
         _train(checkpoint)
 
@@ -154,3 +154,17 @@ def test_a_unit_killed_mid_training_resumes_to_the_same_metrics(tiny_cohort, tmp
         k: (a[k], b[k]) for k in compared if a[k] != b[k]
     }
     assert len(Tracker(killed).runs("smoke", status="KILLED")) == 1  # the killed attempt, closed
+
+
+def test_a_damaged_checkpoint_restarts_its_stage_with_a_warning(tmp_path, caplog):
+    checkpoint = tmp_path / "train.pt"
+    first, weights, _ = _train(checkpoint)
+    data = bytearray(checkpoint.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 32] = bytes(32)
+    checkpoint.write_bytes(bytes(data))
+    again, weights_again, _ = _train(checkpoint)
+    assert (
+        "train.pt: its contents differ" in caplog.text and "starting this training stage over" in caplog.text
+    )
+    assert (again.first_loss, again.final_loss) == (first.first_loss, first.final_loss)
+    assert all(torch.equal(weights[n], weights_again[n]) for n in weights), "trained again from the start"
