@@ -349,3 +349,30 @@ def test_the_suite_table_holds_every_finished_run_once_whichever_command_ran_it(
     assert left_out["duplicate FINISHED runs of one key (the latest kept)"] == 1, again
     text = out.read_text()
     assert "late-fusion" not in text and "1 failed runs" in text and "1 duplicate FINISHED" in text
+
+
+def test_an_interval_exists_when_some_resamples_leave_a_class_undefined():
+    import pandas as pd
+
+    rows = []
+    for seed in (0, 1):
+        for i in range(10):
+            for klass in ("gtvp", "gtvn"):
+                lacks = klass == "gtvn" and seed == 1 and i > 2  # seed 1: three patients with GTVn
+                truth = 0 if lacks else 50 + i
+                inter = (0.6 + 0.03 * i) * truth
+                rows.append(
+                    {
+                        "seed": seed,
+                        "patient_id": f"P{i}",
+                        "class": klass,
+                        "intersection_voxels": inter,
+                        "prediction_voxels": truth,
+                        "truth_voxels": truth,
+                        "dice": np.nan,
+                    }
+                )
+    counts = stats.Counts.from_rows(pd.DataFrame(rows))
+    interval = stats.bootstrap(stats.aggregated_dice(counts), len(counts.patients))
+    # some draws hold none of seed 1's GTVn patients: BCa is undefined, the defined draws give the interval
+    assert np.isfinite(interval.low) and interval.low <= interval.estimate <= interval.high

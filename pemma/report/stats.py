@@ -37,7 +37,8 @@ def bootstrap(statistic: Callable[[np.ndarray], np.ndarray], n: int, resamples: 
     """BCa 95% interval of `statistic(idx)`, where idx (..., k) indexes the n patients along the last axis.
 
     An undefined estimate, fewer than 3 patients or a degenerate resampling distribution gives NaN
-    bounds (never a zero-width interval presented as certainty)."""
+    bounds (never a zero-width interval presented as certainty). Where BCa is undefined because
+    some resamples are, the percentile interval of the defined ones (see _percentile_of_defined)."""
     estimate = float(statistic(np.arange(n)))
     if n < 3 or not np.isfinite(estimate):
         return Interval(estimate, np.nan, np.nan)
@@ -53,6 +54,27 @@ def bootstrap(statistic: Callable[[np.ndarray], np.ndarray], n: int, resamples: 
             rng=np.random.default_rng(SEED),
         )
     low, high = result.confidence_interval
+    if np.isfinite(low) and np.isfinite(high):
+        return Interval(estimate, float(low), float(high))
+    return _percentile_of_defined(statistic, n, resamples)
+
+
+def _percentile_of_defined(statistic, n: int, resamples: int) -> Interval:
+    """Where some resamples leave the statistic undefined (a seed's drawn patients hold no voxel of a
+    class), BCa is undefined too: the percentile interval of the defined resamples, kept only if
+    at least 90% of them are defined (the same generator, so it regenerates identically)."""
+    rng = np.random.default_rng(SEED)
+    values = np.concatenate(
+        [
+            np.asarray(statistic(rng.integers(0, n, size=(min(1000, resamples - i), n))), dtype=float)
+            for i in range(0, resamples, 1000)
+        ]
+    )
+    defined = values[np.isfinite(values)]
+    estimate = float(statistic(np.arange(n)))
+    if defined.size < 0.9 * values.size or np.ptp(defined) == 0:
+        return Interval(estimate, np.nan, np.nan)
+    low, high = np.quantile(defined, [0.025, 0.975])
     return Interval(estimate, float(low), float(high))
 
 
