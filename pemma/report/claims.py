@@ -212,7 +212,8 @@ def _cohort(sources: Sources, suite: str, runs: pd.DataFrame, pairs: list[tuple[
 
 
 def _basis(cohort: Cohort) -> str:
-    return f"{len(cohort.seeds)} seeds, {cohort.patients} test patients"
+    seeds = len(cohort.seeds)
+    return f"{seeds} seed{'s' if seeds != 1 else ''}, {cohort.patients} test patients"
 
 
 def _paired_dice(sources, suite, runs, method, reference, subset="ctpet"):
