@@ -126,3 +126,23 @@ def test_a_plan_with_a_typo_is_refused(tmp_path):
     plan.write_text("title: x\nmagrin: 0.02\n")
     out = CliRunner().invoke(app, ["claims", str(plan), "--results", str(tmp_path / "r")])
     assert out.exit_code == 2 and "did you mean 'margin'" in out.output
+
+
+def test_the_continual_claims_read_the_r_cells_of_each_seed(monkeypatch):
+    import pandas as pd
+
+    from pemma.report import claims
+
+    runs = pd.DataFrame(
+        {
+            "tags.method": ["pemma-lora", "early-fusion"] * 3,
+            "params.seed": ["0", "0", "1", "1", "2", "2"],
+            "metrics.cl/pet/R/0/MDA": [0.60, 0.70, 0.50, 0.60, 0.55, 0.65],
+            "metrics.cl/pet/R/1/MDA": [0.50, 0.30, 0.45, 0.20, 0.50, 0.25],
+        }
+    )
+    monkeypatch.setattr(claims, "select", lambda plan, sources, suite: runs)
+    plan = claims.Plan("t", "smoke", (0, 1, 2), "unetr", (), ())
+    kept, versus = claims.claim_continual(plan, None)
+    assert kept.verdict == SUPPORTED and kept.basis.startswith("3 seeds")  # kept 83%, 90%, 91%
+    assert versus.verdict == SUPPORTED  # PEMMA's PET Dice after the stage is about twice early fusion's

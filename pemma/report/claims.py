@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pemma.config import ConfigError, parse_override
+from pemma.config import ConfigError, flatten, parse_override
 from pemma.files import write_atomic
-from pemma.methods import METHODS
+from pemma.methods import METHODS, reference_method
 from pemma.modalities import LABELS
 from pemma.report import stats
-from pemma.report.definition import ReportError, _did_you_mean
+from pemma.report.definition import ReportError, _did_you_mean, logged, read_yaml
 from pemma.report.sources import Sources
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "supported", "contradicted", "inconclusive", "not run"
@@ -63,14 +63,7 @@ PLAN_KEYS = {"title", "profile", "seeds", "backbone", "set", "runs", "margin", "
 
 def load_plan(path: Path) -> Plan:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ReportError(f"{path}: cannot read the claims plan ({err.strerror})") from err
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ReportError(f"{path}:{where}: not valid YAML: {getattr(err, 'problem', err)}") from err
+    raw = read_yaml(path, "claims plan")
     if not isinstance(raw, dict):
         raise ReportError(f"{path}: a claims plan is a mapping ({', '.join(sorted(PLAN_KEYS))})")
     for key in raw:
@@ -105,18 +98,6 @@ def load_plan(path: Path) -> Plan:
     return plan
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        out.update(_flatten(value, name + ".") if isinstance(value, dict) else {name: value})
-    return out
-
-
-def _logged(value) -> str:
-    return str(tuple(value)) if isinstance(value, list) else str(value)
-
-
 def select(plan: Plan, sources: Sources, suite: str) -> pd.DataFrame:
     """The suite's FINISHED runs that are units of the plan (profile, backbone, seeds, methods, overrides)."""
     entry = plan.suite_runs(suite)
@@ -131,9 +112,9 @@ def select(plan: Plan, sources: Sources, suite: str) -> pd.DataFrame:
     if entry.methods:
         keep &= runs["tags.method"].isin(entry.methods)
     for override in (*plan.overrides, *entry.overrides):
-        for key, value in _flatten(parse_override(override)).items():
+        for key, value in flatten(parse_override(override)).items():
             column = runs.get(f"params.{key}", pd.Series(None, index=runs.index, dtype=object))
-            keep &= column.astype(str) == _logged(value)
+            keep &= column.astype(str) == logged(value)
     return runs[keep].reset_index(drop=True)
 
 
@@ -238,7 +219,7 @@ def claim_comparable(plan: Plan, sources: Sources) -> list[Verdict]:
         f"1. PEMMA-LoRA's CT+PET Dice is within {plan.margin:.0%} (relative) of early fusion's "
         "(non-inferiority: the interval's lower end above -margin)"
     )
-    interval, ref, cohort = _paired_dice(sources, "main", runs, "pemma-lora", "early-fusion")
+    interval, ref, cohort = _paired_dice(sources, "main", runs, "pemma-lora", reference_method("parameters"))
     if interval is None:
         rows.append(Verdict(statement))
     else:
@@ -325,8 +306,9 @@ def claim_continual(plan: Plan, sources: Sources) -> list[Verdict]:
     )
     if runs.empty or key_after not in runs:
         return [Verdict(first), Verdict(second)]
-    lora = runs[runs["tags.method"] == "pemma-lora"].set_index(runs["params.seed"].astype(int))
-    ef = runs[runs["tags.method"] == "early-fusion"].set_index(runs["params.seed"].astype(int))
+    by_seed = runs.set_index(runs["params.seed"].astype(int))
+    lora = by_seed[by_seed["tags.method"] == "pemma-lora"]
+    ef = by_seed[by_seed["tags.method"] == reference_method("parameters")]
     rows = []
     if lora.empty:
         rows.append(Verdict(first))
@@ -365,7 +347,9 @@ def claim_continual(plan: Plan, sources: Sources) -> list[Verdict]:
 def claim_prognosis(plan: Plan, sources: Sources) -> list[Verdict]:
     runs = select(plan, sources, "prognosis")
     entry = plan.suite_runs("prognosis")
-    methods = [m for m in (entry.methods if entry else ()) if m != "ct-only"] or ["pemma-lora"]
+    methods = [m for m in (entry.methods if entry else ()) if m != reference_method("modalities")] or [
+        "pemma-lora"
+    ]
     patients = sources.patients("prognosis") if not runs.empty else pd.DataFrame()
     rows = []
     for method in methods:
@@ -379,7 +363,7 @@ def claim_prognosis(plan: Plan, sources: Sources) -> list[Verdict]:
                 continue
             ehr_column = runs.get("params.prognosis.ehr", pd.Series("False", index=runs.index)).astype(str)
             mine = runs[(runs["tags.method"] == method) & (ehr_column == str(ehr))]
-            ref = runs[(runs["tags.method"] == "ct-only") & (ehr_column == "False")]
+            ref = runs[(runs["tags.method"] == reference_method("modalities")) & (ehr_column == "False")]
             seeds = sorted(set(mine["params.seed"].astype(int)) & set(ref["params.seed"].astype(int)))
             if not seeds:
                 rows.append(Verdict(statement))

@@ -152,17 +152,22 @@ def check_suites(report: Report, path: Path) -> None:
                 )
 
 
-def load_report(path: Path) -> Report:
-    path = Path(path)
+def read_yaml(path: Path, what: str):
+    """A YAML file's contents; an unreadable file or a syntax error is a ReportError naming the line."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(Path(path).read_text())
     except OSError as err:
-        raise ReportError(f"{path}: cannot read the report definition ({err.strerror})") from err
+        raise ReportError(f"{path}: cannot read the {what} ({err.strerror})") from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ReportError(f"{path}:{where}: not valid YAML: {problem}") from err
+
+
+def load_report(path: Path) -> Report:
+    path = Path(path)
+    raw = read_yaml(path, "report definition")
     if not isinstance(raw, dict):
         raise ReportError(f"{path}: a report definition is a mapping with 'title' and 'sections'")
     unknown = set(raw) - {"title", "description", "sections"}
@@ -181,7 +186,7 @@ def load_report(path: Path) -> Report:
     )
 
 
-def _logged(value) -> str:
+def logged(value) -> str:
     """A config value as MLflow holds it (lists are tuples in the resolved config)."""
     return str(tuple(value)) if isinstance(value, list) else str(value)
 
@@ -211,7 +216,7 @@ def _section(path: Path, number: int, raw) -> Section:
     conditions = raw.get("where", {})
     if not isinstance(conditions, dict):
         raise ReportError(f"{where}: 'where' maps config keys to values, e.g. {{continual.inputs: ct}}")
-    values["where"] = tuple(sorted((str(k), _logged(v)) for k, v in conditions.items()))
+    values["where"] = tuple(sorted((str(k), logged(v)) for k, v in conditions.items()))
     for key, value in raw.items():
         if key == "where":
             continue

@@ -19,7 +19,7 @@ from pemma.modalities import LABELS, SUBSETS
 from pemma.report import stats
 from pemma.report.definition import Section
 from pemma.report.sources import Sources
-from pemma.report.tables import variant_columns, with_derived
+from pemma.report.tables import variant_columns, variant_of, with_derived
 from pemma.tasks import all_metrics
 
 CLASS_TITLES = {"mean": "Dice", **{name: name.replace("gtv", "GTV") for name in CLASSES.values()}}
@@ -76,18 +76,12 @@ def _groups(
 ) -> list[tuple[tuple[str, str, str], pd.DataFrame]]:
     """(method, backbone, variant) groups in registry order; `drop` params do not make a variant."""
     varying = [c for c in variant_columns(runs) if c not in drop]
-    variant = runs.apply(lambda r: _variant(r, runs, varying), axis=1) if varying else ""
+    variant = runs.apply(lambda r: variant_of(r, runs, varying), axis=1) if varying else ""
     runs = runs.assign(variant=variant)
     order = {m: i for i, m in enumerate(METHODS.names())}
     groups = list(runs.groupby(["tags.method", "tags.backbone", "variant"], sort=False))
     groups.sort(key=lambda g: (g[0][1], order.get(g[0][0], len(order)), g[0][2]))
     return groups
-
-
-def _variant(run: pd.Series, runs: pd.DataFrame, varying: list[str]) -> str:
-    same = runs[runs["tags.backbone"] == run["tags.backbone"]]
-    cols = [c for c in varying if same[c].nunique(dropna=False) > 1]
-    return ", ".join(f"{c.removeprefix('params.')}={run[c]}" for c in cols)
 
 
 def _label(method: str, backbone: str, variant: str) -> dict[str, str]:

@@ -59,7 +59,7 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     cols = columns()
     varying = variant_columns(runs)
     runs = runs.assign(
-        variant=runs.apply(lambda run: _variant(run, runs, varying), axis=1) if varying else ""
+        variant=runs.apply(lambda run: variant_of(run, runs, varying), axis=1) if varying else ""
     )
     rows = []
     for (method, backbone, variant), group in runs.groupby(
@@ -119,7 +119,7 @@ def with_derived(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
-def _variant(run: pd.Series, runs: pd.DataFrame, varying: list[str]) -> str:
+def variant_of(run: pd.Series, runs: pd.DataFrame, varying: list[str]) -> str:
     """`key=value` for the varying params that vary among the runs of this run's backbone."""
     same = runs[runs["tags.backbone"] == run["tags.backbone"]] if "tags.backbone" in runs else runs
     cols = [c for c in varying if same[c].nunique(dropna=False) > 1]
