@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -272,6 +273,16 @@ def validate() -> None:
         except ReportError as err:
             bad += 1
             console.print(f"[red]invalid[/] claims plan {path.stem}: {err}")
+    from pemma.search import SearchError, available_spaces, check_space, load_space
+
+    for name, path in available_spaces().items():
+        try:
+            space = load_space(str(path))
+            check_space(space)
+            console.print(f"[green]ok[/]      search space {name}: {len(space.params)} parameters")
+        except (SearchError, ConfigError) as err:
+            bad += 1
+            console.print(f"[red]invalid[/] search space {name}: {err}")
     for name, path in shipped_reports().items():
         try:
             spec = load_report(path)
@@ -611,17 +622,125 @@ def _run_plan(spec, results: Path) -> None:
             raise _fail(f"claims plan, suite {entry.suite}: {err}") from err
 
 
+@app.command()
+def search(
+    space: Annotated[
+        str,
+        typer.Argument(help="A search space: a shipped name (rank, pareto) or a YAML file."),
+    ] = "rank",
+    method: Annotated[str | None, typer.Option(help="Method to search (default: the space's).")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Backbone (default: the space's).")] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            help="Trials the study should hold when done (a rerun continues it); default: the space's."
+        ),
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: the space's name).")] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage: an RDB URL (postgresql://...) or a journal file; default: "
+            "RESULTS/search/studies.journal (safe for several local workers).",
+            envvar="PEMMA_SEARCH_STORAGE",
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Local worker processes sharing the study.")] = 1,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Fixed config override key=value (repeatable).")
+    ] = None,
+    profile: Annotated[str | None, typer.Option(help="Profile (default: the space's suite's).")] = None,
+    results: ResultsOpt = Path("results"),
+    export_best: Annotated[
+        Path | None,
+        typer.Option(help="Write the best configuration (or the Pareto set) as a suite file for `run`."),
+    ] = None,
+) -> None:
+    """An Optuna study over a search space; objectives on the validation split, never the test split."""
+    logging.basicConfig(
+        level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)], format="%(message)s"
+    )
+    from pemma.config import ConfigError
+    from pemma.data.hecktor import CohortError
+    from pemma.registry import RegistryError
+    from pemma.search import Options, check_space, load_space, open_study, with_options
+    from pemma.search import search as run_search
+
+    results = _results(results)
+    try:
+        spec = with_options(load_space(space), method=method, backbone=backbone, overrides=tuple(set_ or ()))
+        cfgs = check_space(spec, profile)
+        name = study or spec.name
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or "__" in name:
+            raise ConfigError(f"--study {name!r}: letters, digits, '.', '-' and single '_' only")
+        if workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {workers}")
+        options = Options(spec, name, trials or spec.trials, results, storage, profile, workers=workers)
+        open_study(options)  # a bad storage or a study of other directions fails before any training
+        _tracker(results)
+        from pemma.data.store import DataStore
+
+        DataStore(results).load(cfgs[0])
+    except (ConfigError, RegistryError, CohortError, ValueError) as err:
+        raise _fail(str(err)) from err
+    console.print(
+        f"study [bold]{name}[/] ({spec.path.name}): {spec.method} on {spec.backbone}, "
+        f"{options.trials} trials, {workers} worker(s), profile {cfgs[0].profile}, objectives "
+        + ", ".join(f"{o.metric} ({o.direction})" for o in spec.objectives)
+        + " (validation split)"
+    )
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        counts = run_search(options, LineReporter(0))
+    except ConfigError as err:
+        raise _fail(str(err)) from err
+    except KeyboardInterrupt as err:
+        console.print("[red]stopped[/]: the running trial's unit is KILLED; rerun to continue the study")
+        raise typer.Exit(code=143 if isinstance(err, Terminated) else 130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _summarise_study(options, counts, export_best)
+
+
+def _summarise_study(options, counts: dict[str, int], export_best: Path | None) -> None:
+    from pemma.search import SearchError, best_trials, open_study, plots, trials_markdown, trials_table
+    from pemma.search import export_best as export
+
+    study = open_study(options)
+    table = trials_table(study)
+    folder = options.results / "search" / options.study
+    folder.mkdir(parents=True, exist_ok=True)
+    if not table.empty:
+        _print_frame(table, f"study {options.study}", ".4g")
+        (folder / "trials.md").write_text(trials_markdown(study))
+    console.print(
+        "this run: " + ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n)
+        or "this run: no trial (the study already holds enough)"
+    )
+    try:
+        for trial in best_trials(study):
+            console.print(f"best: trial {trial.number} {trial.params} -> {trial.values}")
+    except SearchError as err:
+        console.print(str(err))
+        return
+    for path in plots(study, folder):
+        console.print(f"figure: {path}")
+    if export_best is not None:
+        out = export(study, options.space, export_best, options.profile)
+        console.print(f"best configuration written to {out}: `pemma-bench run --suite {out}`")
+
+
 bench_app = typer.Typer(
     help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True
 )
 app.add_typer(bench_app, name="bench")
 
 
-def _print_frame(table, title: str) -> None:
+def _print_frame(table, title: str, digits: str = ",.2f") -> None:
     shown = table.copy()
     for col in shown.columns:
         if shown[col].dtype.kind == "f":
-            shown[col] = shown[col].map(lambda v: f"{v:,.2f}")
+            shown[col] = shown[col].map(lambda v: format(v, digits))
     wide = _wide()
     wide.print(_table(shown, title))
 

@@ -153,11 +153,36 @@ class Tracker:
             self.client.log_batch(run.info.run_id, params=items[i : i + 100])
         return run.info.run_id
 
-    def log(self, run_id: str, metrics: dict[str, float], tags: dict[str, str] | None = None) -> None:
+    def create_run(
+        self, suite: str, name: str, tags: dict[str, str], params: dict[str, Any] | None = None
+    ) -> str:
+        """A run that is not a unit (a search study or trial): no run key, so no report counts it."""
+        from mlflow.entities import Param
+
+        run = self.client.create_run(self.experiment_id(suite), run_name=name, tags={**tags, "suite": suite})
+        items = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run.info.run_id, params=items[i : i + 100])
+        return run.info.run_id
+
+    def find_run(self, suite: str, tags: dict[str, str]) -> str | None:
+        """The oldest run of the suite with these tags, if any."""
+        exp = self.experiment_id(suite, create=False)
+        if exp is None:
+            return None
+        where = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs(
+            [exp], filter_string=where, order_by=["attributes.start_time ASC"], max_results=1
+        )
+        return runs[0].info.run_id if runs else None
+
+    def log(
+        self, run_id: str, metrics: dict[str, float], tags: dict[str, str] | None = None, step: int = 0
+    ) -> None:
         from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
         tag_items = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
         for i in range(0, max(len(items), 1), 500):
             self.client.log_batch(run_id, metrics=items[i : i + 500], tags=tag_items if i == 0 else [])

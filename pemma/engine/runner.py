@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from pemma.locks import Lock
 from pemma.methods import METHODS, build_method, reference_method
 from pemma.metrics.params import count_parameters
 from pemma.tasks import TASKS, Measured, Unit
-from pemma.tasks.base import PARAMETER_METRICS, checkpoint_folder
+from pemma.tasks.base import PARAMETER_METRICS, Monitor, UnitStopped, checkpoint_folder
 from pemma.tracking import Tracker, provenance, run_key
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,16 @@ class Runner:
             outcomes.append(outcome)
         return outcomes
 
-    def claim_and_run(self, cfg: RunConfig, key: str, index: int, total: int) -> UnitOutcome:
+    def claim_and_run(
+        self,
+        cfg: RunConfig,
+        key: str,
+        index: int,
+        total: int,
+        *,
+        monitor: Monitor | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> UnitOutcome:
         lock = Lock(self.results, key)
         if not lock.acquire(block=False):
             return UnitOutcome(key, "SKIPPED", error=f"being run by {lock.owner()}")
@@ -119,7 +128,7 @@ class Runner:
             if key in self.tracker.finished_keys(cfg.suite):  # finished by another process meanwhile
                 return UnitOutcome(key, "SKIPPED")
             self.reporter.start(key, index, total)
-            return self.run_unit(cfg, key)
+            return self.run_unit(cfg, key, monitor=monitor, tags=tags)
         finally:
             lock.release()
 
@@ -129,9 +138,19 @@ class Runner:
             if key and not Lock(self.results, key).held_elsewhere():
                 self.tracker.close_stale(suite, key)
 
-    def run_unit(self, cfg: RunConfig, key: str) -> UnitOutcome:
+    def run_unit(
+        self,
+        cfg: RunConfig,
+        key: str,
+        *,
+        monitor: Monitor | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> UnitOutcome:
+        """One unit, tracked; `monitor` and `tags` come from a search trial (validation metrics on the
+        way, its parent run). A monitor that stops the unit ends its run KILLED and re-raises."""
         t0 = time.perf_counter()
         tags = {
+            **(tags or {}),
             **provenance(self.device, dtype_name(self.device, cfg.train.amp), cfg.profile),
             "task": cfg.task,
             "method": cfg.method,
@@ -140,8 +159,16 @@ class Runner:
         }
         self.tracker.close_stale(cfg.suite, key)
         run_id = self.tracker.start(cfg.suite, key, cfg.flat(), tags)
+        if monitor is not None:  # intermediate validation metrics go to the run's history too
+            report = monitor.report
+
+            def logged(step: int, metrics: dict[str, float]) -> None:
+                self.tracker.log(run_id, metrics, step=step)
+                report(step, metrics)
+
+            monitor = replace(monitor, report=logged)
         try:
-            measured = self.measure(cfg, key)
+            measured = self.measure(cfg, key, monitor)
             metrics = {**measured.metrics, "unit_seconds": time.perf_counter() - t0}
             self.tracker.log(run_id, metrics, measured.tags)
             for folder, path in measured.artifacts.items():
@@ -151,7 +178,7 @@ class Runner:
             return UnitOutcome(
                 key, "FINISHED", metrics["unit_seconds"], metrics=metrics, headline=headline(cfg, metrics)
             )
-        except KeyboardInterrupt as err:
+        except (KeyboardInterrupt, UnitStopped) as err:
             self.tracker.fail(run_id, err, status="KILLED")
             raise
         except Exception as err:
@@ -159,7 +186,7 @@ class Runner:
             self.tracker.fail(run_id, err)
             return UnitOutcome(key, "FAILED", time.perf_counter() - t0, error=f"{type(err).__name__}: {err}")
 
-    def measure(self, cfg: RunConfig, key: str) -> Measured:
+    def measure(self, cfg: RunConfig, key: str, monitor: Monitor | None = None) -> Measured:
         """The one preamble every unit shares (data, CT base, the task's model, parameters), then the task."""
         task = TASKS.get(cfg.task)()
         seed_everything(cfg.seed)
@@ -192,6 +219,7 @@ class Runner:
             self.results,
             stage=self.reporter.stage,
             note=self.reporter.note,
+            monitor=monitor,
         )
         built = task.build(unit)
         total, trainable = count_parameters(built.model)

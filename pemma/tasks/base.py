@@ -99,6 +99,20 @@ UNIT_METRICS = (
 """Metrics the runner logs for every unit, whatever its task."""
 
 
+class UnitStopped(Exception):
+    """Raised by a monitor to stop a unit early (a search pruning its trial); the run ends KILLED."""
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """A search trial's view of its unit: validation metrics every `every` training steps (0: only
+    at the end) on `subsets`, passed to `report(step, metrics)`, which may raise UnitStopped."""
+
+    report: Callable[[int, dict[str, float]], None]
+    subsets: tuple[str, ...]
+    every: int = 0
+
+
 @dataclass
 class Unit:
     """Everything a task needs to train and evaluate one unit; built once by the runner."""
@@ -113,6 +127,8 @@ class Unit:
     stage: Callable[[str, int], Callable[[int, float], None] | None] = field(default=lambda text, total: None)
     """Progress hook: `stage(text, steps)` returns a per-step callback (or None)."""
     note: Callable[[str], None] = field(default=lambda text: None)
+    monitor: Monitor | None = None
+    """Set for a search trial: the task validates as it asks (Task.validate)."""
 
     def output(self, kind: str, suffix: str) -> Path:
         """Where the unit writes an output of `kind`: results/<suite>/<kind>/<run key><suffix>."""
@@ -153,6 +169,11 @@ class Task:
 
     def run(self, unit: Unit, built: Built) -> Measured:
         raise NotImplementedError
+
+    def validate(self, unit: Unit, model: nn.Module, subsets: tuple[str, ...]) -> dict[str, float]:
+        """Metrics on the validation split (named `val_...`): what a search optimises. Never the test
+        split. A task without one cannot be searched."""
+        raise NotImplementedError(f"task {self.name!r} has no validation metrics, so it cannot be searched")
 
     def appendix(self, runs: pd.DataFrame) -> str:
         """Markdown the report adds under the suite table for these runs (e.g. matrices)."""

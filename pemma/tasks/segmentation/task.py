@@ -84,6 +84,15 @@ class Segmentation(Task):
             "train_data_wait_share", "data wait", False, "share of a step spent waiting for data", 2, False
         ),
         Metric("test_cases", "test cases", None, "patients in the test split", 0, column=False),
+        *per_subset(
+            "val_dice/{subset}/<class>",
+            "validation Dice {subset}",
+            True,
+            "aggregated Dice on the adaptation centre's validation split (working grid; `mean` over the "
+            "classes present there), logged by search trials: what a search optimises",
+            column=False,
+        ),
+        Metric("val_cases", "validation cases", None, "patients in the validation split", 0, column=False),
         Metric("saved_bytes", "saved bytes", False, "size of the saved trained state", 0, column=False),
         *continual.METRICS,
     )
@@ -102,6 +111,19 @@ class Segmentation(Task):
             f"{s}={p:.2f}" for s, p in zip(subsets, probabilities, strict=True)
         )
         crops = loaded.data.crops(loaded.plan.adapt["train"], KEYS, cfg.model.roi, seed=cfg.seed)
+        on_step = unit.stage(f"training {cfg.method}", cfg.train.steps)
+        monitor = unit.monitor
+        if monitor is not None:
+            self.validation_volumes(unit)  # an empty validation split fails before training
+        if monitor is not None and monitor.every:
+            progress = on_step
+
+            def on_step(step: int, loss: float) -> None:
+                if progress:
+                    progress(step, loss)
+                if (step + 1) % monitor.every == 0 and step + 1 < cfg.train.steps:
+                    monitor.report(step + 1, self.validate(unit, built.model, monitor.subsets))
+
         stats = train(
             built.model,
             crops,
@@ -110,9 +132,11 @@ class Segmentation(Task):
             probabilities=probabilities,
             seed=cfg.seed,
             device=unit.device,
-            on_step=unit.stage(f"training {cfg.method}", cfg.train.steps),
+            on_step=on_step,
             checkpoint=unit.checkpoint("train"),
         )
+        if monitor is not None:
+            out.metrics.update(self.validate(unit, built.model, monitor.subsets))
         out.metrics.update(
             {
                 "train_seconds": stats.seconds,
@@ -171,6 +195,32 @@ class Segmentation(Task):
         if cfg.continual.order:
             out.metrics.update(continual.run_stages(unit, built.model, results))
         return out
+
+    def validation_volumes(self, unit: Unit):
+        cases = unit.data.plan.adapt["val"]
+        if not cases:
+            cfg = unit.cfg
+            raise ValueError(
+                f"centre {cfg.data.adapt_centre}: the validation split is empty (data.split "
+                f"{list(cfg.data.split)}); a search optimises on validation patients: raise the split's "
+                "validation share or, for the synthetic cohort, data.synth_scale"
+            )
+        return unit.data.data.volumes(cases, KEYS)
+
+    def validate(self, unit: Unit, model, subsets: tuple[str, ...]) -> dict[str, float]:
+        """Aggregated Dice on the adaptation centre's validation split (working grid, for speed);
+        `mean` is over the classes present there. The model goes back to training mode."""
+        volumes = self.validation_volumes(unit)
+        cfg = unit.cfg
+        results = evaluate(model, volumes, subsets, cfg.model.roi, cfg.eval, unit.device, cfg.train.amp)
+        model.train()
+        metrics: dict[str, float] = {"val_cases": float(len(volumes))}
+        for subset, result in results.items():
+            per_class = {k: v for k, v in result.aggregated.items() if k != "mean"}
+            present = [v for v in per_class.values() if not np.isnan(v)]
+            metrics.update({f"val_dice/{subset}/{k}": v for k, v in per_class.items()})
+            metrics[f"val_dice/{subset}/mean"] = float(np.mean(present)) if present else float("nan")
+        return metrics
 
     def appendix(self, runs) -> str:
         matrices = continual.matrices_markdown(runs)
