@@ -678,9 +678,11 @@ def search(
         options = Options(spec, name, trials or spec.trials, results, storage, profile, workers=workers)
         open_study(options)  # a bad storage or a study of other directions fails before any training
         _tracker(results)
+        from pemma.data.splits import require_validation
         from pemma.data.store import DataStore
 
-        DataStore(results).load(cfgs[0])
+        loaded = DataStore(results).load(cfgs[0])  # the data, and its validation split, before training
+        require_validation(loaded.plan.adapt["val"], cfgs[0].data.adapt_centre, cfgs[0].data.split)
     except (ConfigError, RegistryError, CohortError, ValueError) as err:
         raise _fail(str(err)) from err
     console.print(

@@ -28,6 +28,17 @@ def split_centre(
     return {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
 
 
+def require_validation(cases: list[Case], centre: str, split: tuple[float, float, float]) -> list[Case]:
+    """The validation cases a search optimises on; an empty split is an error that says what to change."""
+    if not cases:
+        raise CohortError(
+            f"centre {centre}: the validation split is empty (data.split {list(split)}); a search optimises "
+            "on validation patients: raise the split's validation share or, for the synthetic cohort, "
+            "data.synth_scale"
+        )
+    return cases
+
+
 @dataclass(frozen=True)
 class Plan:
     """Which patients serve CT pretraining and multi-modal adaptation, split per centre."""

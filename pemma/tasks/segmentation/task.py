@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from pemma.data.centres import centre_of
+from pemma.data.splits import require_validation
 from pemma.engine.evaluate import evaluate
 from pemma.engine.train import train
 from pemma.methods import Built
@@ -197,14 +198,8 @@ class Segmentation(Task):
         return out
 
     def validation_volumes(self, unit: Unit):
-        cases = unit.data.plan.adapt["val"]
-        if not cases:
-            cfg = unit.cfg
-            raise ValueError(
-                f"centre {cfg.data.adapt_centre}: the validation split is empty (data.split "
-                f"{list(cfg.data.split)}); a search optimises on validation patients: raise the split's "
-                "validation share or, for the synthetic cohort, data.synth_scale"
-            )
+        cfg = unit.cfg
+        cases = require_validation(unit.data.plan.adapt["val"], cfg.data.adapt_centre, cfg.data.split)
         return unit.data.data.volumes(cases, KEYS)
 
     def validate(self, unit: Unit, model, subsets: tuple[str, ...]) -> dict[str, float]:
