@@ -73,6 +73,13 @@ ResultsOpt = Annotated[
         "--results", envvar="PEMMA_RESULTS", help="Results folder (MLflow store, bases, caches, tables)."
     ),
 ]
+ExecutorOpt = Annotated[
+    str, typer.Option(help="local (units one after another here) or ray (Ray tasks, one GPU each).")
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(help="Ray cluster address (with --executor ray); default: a local Ray instance."),
+]
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -395,6 +402,8 @@ def run(
         bool,
         typer.Option("--minimal", help="Every method, but only the first value of every other grid axis."),
     ] = False,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
 ) -> None:
     """Run a suite: every unit not yet finished, tracked in MLflow, then print the results table."""
     logging.basicConfig(
@@ -402,6 +411,7 @@ def run(
     )
     from pemma.config import ConfigError
     from pemma.data.hecktor import CohortError
+    from pemma.engine.executors import check_executor
     from pemma.engine.runner import Runner
     from pemma.registry import RegistryError
     from pemma.suites import expand, load_suite
@@ -420,6 +430,7 @@ def run(
             data_root=str(data.resolve()) if data else None,
             minimal=minimal,
         )
+        check_executor(executor)
         runner = Runner(results, tracker=_tracker(results))
         keys = [runner.key(cfg) for cfg in units]
     except (ConfigError, RegistryError, CohortError, ValueError) as err:
@@ -440,9 +451,9 @@ def run(
     except CohortError as err:
         raise _fail(str(err)) from err
     console.print(f"data ready in {time.perf_counter() - t0:.0f}s")
-    if not console.is_terminal:
+    if not console.is_terminal or executor != "local":
         runner.reporter = LineReporter(len(units))
-        outcomes = _execute(runner, units)
+        outcomes = _execute(runner, units, executor, address)
         _finish_run(runner, spec.name, results, units, outcomes)
         return
     with Progress(
@@ -466,13 +477,17 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
-def _execute(runner, units):
-    """runner.run with SIGTERM handled like Ctrl-C, and a clear exit code for either."""
+def _execute(runner, units, executor: str = "local", address: str | None = None):
+    """runner.run (or Ray tasks) with SIGTERM handled like Ctrl-C, and a clear exit code for either."""
     from pemma.config import ConfigError
     from pemma.data.hecktor import CohortError
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        if executor == "ray":
+            from pemma.engine.executors import run_on_ray
+
+            return run_on_ray(runner, units, address)
         return runner.run(units)
     except (ConfigError, CohortError) as err:
         raise _fail(str(err)) from err
@@ -645,7 +660,9 @@ def search(
             envvar="PEMMA_SEARCH_STORAGE",
         ),
     ] = None,
-    workers: Annotated[int, typer.Option(help="Local worker processes sharing the study.")] = 1,
+    workers: Annotated[int, typer.Option(help="Worker processes (or Ray tasks) sharing the study.")] = 1,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Fixed config override key=value (repeatable).")
     ] = None,
@@ -662,6 +679,7 @@ def search(
     )
     from pemma.config import ConfigError
     from pemma.data.hecktor import CohortError
+    from pemma.engine.executors import check_executor
     from pemma.registry import RegistryError
     from pemma.search import Options, check_space, load_space, open_study, with_options
     from pemma.search import search as run_search
@@ -675,7 +693,17 @@ def search(
             raise ConfigError(f"--study {name!r}: letters, digits, '.', '-' and single '_' only")
         if workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {workers}")
-        options = Options(spec, name, trials or spec.trials, results, storage, profile, workers=workers)
+        options = Options(
+            spec,
+            name,
+            trials or spec.trials,
+            results,
+            storage,
+            profile,
+            workers=workers,
+            executor=check_executor(executor),
+            address=address,
+        )
         open_study(options)  # a bad storage or a study of other directions fails before any training
         _tracker(results)
         from pemma.data.splits import require_validation

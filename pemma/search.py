@@ -324,16 +324,27 @@ def storage_for(url: str | None, results: Path, workers: int):
             "locking); leave --storage out (a journal file under the results folder, safe for local "
             "workers) or give a PostgreSQL URL (several machines)"
         )
-    try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
-    except Exception as err:  # SQLAlchemy raises many kinds
-        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise SearchError(f"--storage {url}: cannot open the study storage: {reason}") from err
+    import time
+    import warnings
+
+    for attempt in range(3):
+        try:
+            # Two processes creating the schema at once collide (duplicate key): a lock on this
+            # machine, and a retry for workers on other machines, which then find the tables made.
+            with locked(results, "search-storage"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
+                return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
+        except Exception as err:  # SQLAlchemy raises many kinds
+            if attempt < 2 and "duplicate" in str(err).lower():
+                time.sleep(1 + attempt)
+                continue
+            reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            raise SearchError(f"--storage {url}: cannot open the study storage: {reason}") from err
+    raise AssertionError("unreachable")
 
 
 def _sampler(space: Space, salt: tuple[int, ...]):
-    """The space's sampler, seeded by (seed, worker, trials already in the study): a rerun that
-    continues a study, or a second worker, does not replay the first trials' draws."""
+    """The space's sampler, seeded by (its seed, *salt)."""
     import optuna
 
     spec = dict(space.sampler)
@@ -381,17 +392,20 @@ class Options:
     profile: str | None = None
     worker: int = 0
     workers: int = 1
+    executor: str = "local"
+    address: str | None = None
 
 
 class TrialFailed(RuntimeError):
     """A unit of the trial failed; the trial ends FAIL and the study goes on."""
 
 
+ALL = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
 ACTIVE = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
 """Trial states that count towards --trials (FAIL does not: a crashed trial is replaced)."""
 
 
-def open_study(options: Options, salt: tuple[int, ...] = ()):
+def open_study(options: Options):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -403,7 +417,7 @@ def open_study(options: Options, salt: tuple[int, ...] = ()):
             study_name=options.study,
             storage=storage,
             directions=directions,
-            sampler=_sampler(space, salt),
+            sampler=_sampler(space, (0,)),
             pruner=_pruner(space),
             load_if_exists=True,
         )
@@ -431,7 +445,7 @@ def _close_stale(study, options: Options) -> None:
     import optuna
     from optuna.trial import TrialState
 
-    if isinstance(study._storage, optuna.storages.RDBStorage):
+    if _is_rdb(options.storage):
         optuna.storages.fail_stale_trials(study)
         return
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -448,15 +462,17 @@ def _trial_lock(study: str, number: int) -> str:
     return f"search-{study}-trial-{number}"
 
 
-def _heartbeat(study, trial) -> Callable[[], None]:
-    """Keep an RDB trial's heartbeat while it runs (ask/tell does not start Optuna's own thread)."""
-    import optuna
+def _is_rdb(storage: str | None) -> bool:
+    return bool(storage) and "://" in storage
 
-    storage = study._storage
-    if not isinstance(storage, optuna.storages.RDBStorage):
+
+def _heartbeat(study, trial, options: Options) -> Callable[[], None]:
+    """Keep an RDB trial's heartbeat while it runs (ask/tell does not start Optuna's own thread)."""
+    storage = study._storage  # Optuna's cache around the RDB storage passes heartbeats through
+    if not _is_rdb(options.storage) or not getattr(storage, "get_heartbeat_interval", lambda: None)():
         return lambda: None
     stop = threading.Event()
-    interval = storage.get_heartbeat_interval() or 30
+    interval = storage.get_heartbeat_interval()
 
     def beat() -> None:
         while not stop.wait(0 if not beat.started else interval):
@@ -480,9 +496,7 @@ def work(options: Options, reporter=None) -> dict[str, int]:
     tracker = Tracker(options.results)
     runner = Runner(options.results, tracker=tracker, reporter=reporter)
     with locked(options.results, f"search-{options.study}"):
-        first = open_study(options, (options.worker,))
-        salt = (options.worker, len(first.trials))
-    study = open_study(options, salt)
+        study = open_study(options)
     parent = study_run(tracker, options)
     counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "REUSED": 0}
     failures = 0
@@ -491,10 +505,13 @@ def work(options: Options, reporter=None) -> dict[str, int]:
             _close_stale(study, options)
             if _count(study, ACTIVE) >= options.trials:
                 break
+            # Trial n draws with the seed (space seed, n): reproducible from the study's history, and
+            # no two workers (or a rerun continuing the study) replay each other's draws.
+            study.sampler = _sampler(options.space, (_count(study, ALL),))
             trial = study.ask()
             trial_lock = Lock(options.results, _trial_lock(options.study, trial.number))
             trial_lock.acquire()
-        stop_beat = _heartbeat(study, trial)
+        stop_beat = _heartbeat(study, trial, options)
         try:
             state, values, reused = run_trial(study, trial, options, runner, tracker, parent)
         finally:
@@ -600,9 +617,14 @@ def run_trial(study, trial, options: Options, runner, tracker, parent: str) -> t
                 outcome = runner.claim_and_run(
                     cfg, key, index, len(cfgs), monitor=monitor, tags={"mlflow.parentRunId": run_id}
                 )
-                if outcome.status != "FINISHED":
+                if outcome.status == "SKIPPED":  # another worker runs (or just ran) the same unit
+                    with locked(options.results, key):
+                        metrics = _finished_metrics(tracker, cfg.suite, key)
+                    reused += 1
+                elif outcome.status == "FINISHED":
+                    metrics = outcome.metrics
+                if metrics is None:
                     raise TrialFailed(f"unit {key}: {outcome.error or outcome.status}")
-                metrics = outcome.metrics
             else:
                 reused += 1
             per_seed.append([_value(metrics, o.metric, key) for o in space.objectives])
@@ -676,8 +698,15 @@ def summarise(tracker, parent: str, study) -> None:
 
 
 def search(options: Options, reporter=None) -> dict[str, int]:
-    """Run `options.workers` local workers on one study (processes beside this one) until it holds
-    `options.trials` finished or running trials."""
+    """Run `options.workers` workers on one study (local processes, or Ray tasks) until it holds
+    `options.trials` finished or running trials; counts of this call's trials by final state."""
+    if options.executor == "ray":
+        from pemma.engine.executors import map_on_ray
+        from pemma.tracking import Tracker
+
+        uri = Tracker(options.results).uri
+        arguments = [(replace(options, worker=w, executor="local"),) for w in range(options.workers)]
+        return _total(map_on_ray(work, arguments, options.address, uri))
     if options.workers <= 1:
         return work(options, reporter)
     import concurrent.futures
@@ -689,10 +718,14 @@ def search(options: Options, reporter=None) -> dict[str, int]:
         options.workers, mp_context=context, initializer=_limit_threads, initargs=(threads,)
     ) as pool:
         futures = [pool.submit(work, replace(options, worker=w)) for w in range(options.workers)]
-        totals: dict[str, int] = {}
-        for future in futures:
-            for state, n in future.result().items():
-                totals[state] = totals.get(state, 0) + n
+        return _total([future.result() for future in futures])
+
+
+def _total(counts: list[dict[str, int]]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for one in counts:
+        for state, n in one.items():
+            totals[state] = totals.get(state, 0) + n
     return totals
 
 

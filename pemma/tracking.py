@@ -107,7 +107,11 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client.create_experiment(name, artifact_location=f"{self.artifact_root}/{suite}")
+            # A local store keeps artifacts under the results folder; a tracking server decides itself
+            # (its --artifacts-destination, which every machine reaches through the server).
+            local = self.uri.startswith(("sqlite:", "file:", "/")) or "://" not in self.uri
+            location = f"{self.artifact_root}/{suite}" if local else None
+            return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:  # another process created it a moment ago
             exp = self.client.get_experiment_by_name(name)
             if exp is None:

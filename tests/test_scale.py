@@ -1,0 +1,212 @@
+"""Beyond one process: Ray tasks agree with the local executor; a throwaway PostgreSQL server backs an
+Optuna study shared by two workers and an MLflow tracking server that two `run` processes write to."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ci_args, ci_run
+
+from pemma.tracking import Tracker
+
+CLI = [sys.executable, "-c", "from pemma.cli import app; app()"]
+METHODS = "early-fusion,pemma-lora,ct-only"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_tasks_give_the_local_executors_units_run_keys_and_metrics(tmp_path, tiny_cohort):
+    pytest.importorskip("ray")
+    local = ci_run(tmp_path / "local", "--methods", METHODS, data=tiny_cohort)
+    assert local.exit_code == 0, local.output
+    out = subprocess.run(
+        [*CLI, *ci_args(tmp_path / "ray", "--methods", METHODS, "--executor", "ray", data=tiny_cohort)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    a = Tracker(tmp_path / "local").runs("smoke").set_index("tags.run_key")
+    b = Tracker(tmp_path / "ray").runs("smoke").set_index("tags.run_key")
+    assert sorted(a.index) == sorted(b.index) and len(a) == 3
+    metrics = [
+        c for c in a.columns if c.startswith("metrics.") and ("dice" in c or "loss" in c or "params" in c)
+    ]
+    assert metrics
+    for key in a.index:  # a Ray worker uses one thread: float sums may differ in the last digits
+        np.testing.assert_allclose(
+            a.loc[key, metrics].astype(float), b.loc[key, metrics].astype(float), rtol=1e-4, atol=1e-6
+        )
+    again = subprocess.run(
+        [*CLI, *ci_args(tmp_path / "ray", "--methods", METHODS, "--executor", "ray", data=tiny_cohort)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    assert again.returncode == 0 and again.stdout.count("skipped") == 3, again.stdout[-2000:]
+
+
+def _postgres_bin() -> Path | None:
+    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
+    return Path(found).parent if found else None
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server in a temp folder on a free localhost port (Debian's `postgresql` package);
+    as root, it runs as the `postgres` user, which PostgreSQL requires. Yields a URL prefix."""
+    pytest.importorskip("psycopg")
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does it)")
+    root = Path(tempfile.mkdtemp(prefix="pemma-pg-"))  # pytest's folders are closed to other users
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        root.chmod(0o755)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", _port()
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "pemma", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+    subprocess.run(
+        [
+            *as_user,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(root / "log"),
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=pemma dbname=postgres", autocommit=True) as c:
+            for name in ("optuna", "mlflow"):
+                c.execute(f"CREATE DATABASE {name}")
+        yield f"postgresql+psycopg://pemma@127.0.0.1:{port}"
+    finally:
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True
+        )
+
+
+def test_an_optuna_study_on_postgresql_is_shared_by_two_worker_processes(tmp_path, tiny_cohort, postgres):
+    from test_search import _space
+
+    from pemma.search import Options, load_space, open_study
+
+    space = _space(tmp_path, tiny_cohort, params={"adapter.rank": [1, 2, 3, 4, 5, 6, 7, 8]})
+    storage = f"{postgres}/optuna"
+    procs = [
+        subprocess.Popen(
+            [
+                *CLI,
+                "search",
+                str(space),
+                "--results",
+                str(tmp_path / "results"),
+                "--storage",
+                storage,
+                "--trials",
+                "4",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=1200)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    study = open_study(Options(load_space(str(space)), "space", 4, tmp_path / "results", storage))
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert all("trial" in out for out in outputs)  # both processes worked on the study
+
+
+@contextlib.contextmanager
+def _mlflow_server(backend: str, artifacts: Path):
+    port = _port()
+    log = open(artifacts.parent / "mlflow-server.log", "w")  # noqa: SIM115
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            artifacts.as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert server.poll() is None, (artifacts.parent / "mlflow-server.log").read_text()[-3000:]
+            time.sleep(1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+
+
+def test_two_run_processes_write_to_one_mlflow_server_on_postgresql(tmp_path, tiny_cohort, postgres):
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    with _mlflow_server(f"{postgres}/mlflow", artifacts) as url:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": url}
+        command = [*CLI, *ci_args(tmp_path / "results", "--methods", METHODS, data=tiny_cohort)]
+        procs = [
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            for _ in range(2)
+        ]
+        outputs = [p.communicate(timeout=1200)[0] for p in procs]
+        for p, out in zip(procs, outputs, strict=True):
+            assert p.returncode == 0, out[-3000:]
+            assert "Traceback" not in out, out[-3000:]
+        runs = Tracker(tmp_path / "results", uri=url).runs("smoke", status=None)
+        assert sorted(runs["status"]) == ["FINISHED"] * 3
+        assert runs["tags.run_key"].nunique() == 3
+        assert not (tmp_path / "results" / "mlflow.db").exists()  # nothing went to a local store
+        assert list(artifacts.rglob("*.csv"))  # the per-patient tables went through the server
