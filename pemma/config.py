@@ -128,6 +128,10 @@ class AdapterConfig:
     """PET skip pathways at every skip level (all) or at the input level only (input). Swin UNETR
     fuses PET at the embedding, so its PET skip exists at the input level only, whatever this says."""
     head_trainable: bool = False
+    pet_route: str = "shared"
+    """PET-only inference (and PET-only training batches): `shared` sends the PET skip inputs through
+    the frozen CT skip encoders and adds the PET branches (the published design); `branch` uses the
+    PET branches alone where a level has one (the PET-only ablation)."""
 
     def __post_init__(self) -> None:
         _require(self.rank >= 1, "adapter.rank", f"must be >= 1, got {self.rank}")
@@ -148,6 +152,11 @@ class AdapterConfig:
             self.pet_init in ("copy", "random"),
             "adapter.pet_init",
             f"expected copy or random, got {self.pet_init!r}",
+        )
+        _require(
+            self.pet_route in ("shared", "branch"),
+            "adapter.pet_route",
+            f"expected shared or branch, got {self.pet_route!r}",
         )
         _require(
             self.skip_levels in ("all", "input"),

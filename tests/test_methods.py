@@ -254,3 +254,27 @@ def test_every_method_and_backbone_feeds_a_survival_head(name, backbone):
     assert risk.shape == (1,) and torch.isfinite(risk).all()
     risk.sum().backward()
     assert model.head.image[1].weight.grad is not None and model.head.ehr.missing.grad is not None
+
+
+@pytest.mark.parametrize("backbone", ["unetr", "swin-unetr"])
+def test_pet_route_branch_leaves_the_frozen_ct_skip_encoder_out_of_pet_only_inference(backbone):
+    """`adapter.pet_route: branch`: with PET alone, the input-level skip is the PET branch's alone, so
+    changing the frozen CT encoder there changes nothing; the published `shared` route reads it."""
+    outputs = {}
+    for route in ("shared", "branch"):
+        cfg = resolve(
+            {"profile": "ci", "backbone": backbone, "adapter": {"pet_route": route, "dropout": 0.0}}
+        )
+        model = METHODS.get("pemma-lora")().create(_base(backbone), cfg).model.eval()
+        _, pet = _inputs("pet", cfg.model.roi)
+        ct, _ = _inputs("ct", cfg.model.roi)
+        with torch.no_grad():
+            before, both = model(None, pet), model(ct, pet)
+            for p in model.base.encoder1.parameters():
+                p.add_(0.5)
+            outputs[route] = (before, model(None, pet), both, model(ct, pet))
+    shared, branch = outputs["shared"], outputs["branch"]
+    assert not torch.allclose(shared[0], shared[1])  # shared: the CT encoder reads PET
+    torch.testing.assert_close(branch[0], branch[1])  # branch: it does not
+    assert not torch.allclose(branch[2], branch[3])  # with CT present both routes use it
+    torch.testing.assert_close(shared[2], branch[2])  # and CT+PET is the same model either way

@@ -3,7 +3,8 @@
 UNETR: PET patches become extra tokens after the CT tokens, so self-attention mixes the two; the
 decoder reads only the CT-token positions and needs no change. Each skip level adds a trainable PET
 branch: z = z_C + beta_l * z_P. With PET alone, the PET tokens and skips take the CT path (the frozen
-CT skip encoders read them) and the PET branches still add their share.
+CT skip encoders read them) and the PET branches still add their share; `adapter.pet_route: branch`
+leaves the CT encoders out of the levels that have a PET branch (an ablation).
 
 Swin UNETR: windowed attention cannot take appended tokens, so CT and PET fuse at the embedding: an
 adapter layer merges the two patch embeddings (channels concatenated, 1x1x1 conv back to C). With one
@@ -55,11 +56,17 @@ class PemmaModel(SegmentationModel):
             self.betas = nn.Parameter(torch.full((levels,), float(cfg.beta_init)))
         else:
             self.register_buffer("betas", torch.ones(levels))
+        self.pet_route = cfg.pet_route
 
-    def add_pet_skips(self, skips: list[torch.Tensor], pet_inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    def add_pet_skips(
+        self, skips: list[torch.Tensor], pet_inputs: list[torch.Tensor], pet_only: bool = False
+    ) -> list[torch.Tensor]:
+        """z = z_C + beta * z_P per level; with PET alone and `pet_route: branch`, z = beta * z_P
+        where a level has a PET branch (the frozen CT encoder's reading of PET left out)."""
         out = list(skips)
         for level, branch in enumerate(self.pet_skips):
-            out[level] = out[level] + self.betas[level] * branch(pet_inputs[level])
+            pet = self.betas[level] * branch(pet_inputs[level])
+            out[level] = pet if pet_only and self.pet_route == "branch" else out[level] + pet
         return out
 
 
@@ -86,7 +93,7 @@ class PemmaUNETR(PemmaModel):
         ]
         if pet is not None:
             pet_pos = slice(n, None) if both else primary_pos
-            skips = self.add_pet_skips(skips, base.skip_inputs(pet, hidden, pet_pos))
+            skips = self.add_pet_skips(skips, base.skip_inputs(pet, hidden, pet_pos), pet_only=ct is None)
         return base.decode(x[:, primary_pos], skips)
 
 
@@ -150,5 +157,5 @@ class PemmaSwin(PemmaModel):
         primary = ct if ct is not None else pet
         skips = [base.encoder1(primary)]
         if pet is not None:
-            skips = self.add_pet_skips(skips, [pet])
+            skips = self.add_pet_skips(skips, [pet], pet_only=ct is None)
         return base.decode(skips[0], hidden)
