@@ -282,7 +282,27 @@ def check_space(space: Space, profile: str | None = None) -> list[Any]:
             cfgs += units(space, values, profile)
         except ConfigError as err:
             raise SearchError(f"{space.path}: {err}") from err
+    _check_task(space, cfgs[0].task)
     return cfgs
+
+
+def _check_task(space: Space, name: str) -> None:
+    """The suite's task validates (it has a `validate` hook) and logs every objective's metric."""
+    from pemma.tasks import TASKS
+    from pemma.tasks.base import UNIT_METRICS, Task
+
+    task = TASKS.get(name)
+    if task.validate is Task.validate:
+        raise SearchError(
+            f"{space.path}: task {name!r} (suite {space.suite}) has no validation metrics to search on"
+        )
+    known = [*task.metrics, *UNIT_METRICS]
+    for objective in space.objectives:
+        if not any(m.matches(objective.metric) for m in known):
+            keys = [m.key for m in known if m.key.startswith(objective.metric.split("/")[0])]
+            close = difflib.get_close_matches(objective.metric, [m.key for m in known], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(keys[:6])})"
+            raise SearchError(f"{space.path}: task {name!r} logs no metric {objective.metric!r}{hint}")
 
 
 def units(space: Space, values: dict[str, Any], profile: str | None = None, study: str | None = None):

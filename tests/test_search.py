@@ -229,6 +229,8 @@ def test_a_multi_objective_study_yields_a_pareto_set_exported_as_variants(tmp_pa
         ),
         ({"params": {"adapter.rnak": [1, 2]}}, [], "adapter.rank"),
         ({"sampler": "tpee"}, [], "did you mean 'tpe'"),
+        ({"objectives": [{"metric": "val_dice/ctpt/mean"}]}, [], "logs no metric 'val_dice/ctpt/mean'"),
+        ({"suite": "prognosis"}, [], "has no validation metrics"),
         ({}, ["--workers", "2", "--storage", "sqlite:///optuna.db"], "SQLite cannot be shared"),
         ({"set": ["data.split=[0.8,0.0,0.2]"]}, [], "validation split is empty"),
     ],
