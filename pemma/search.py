@@ -534,6 +534,15 @@ def work(options: Options, reporter=None) -> dict[str, int]:
         stop_beat = _heartbeat(study, trial, options)
         try:
             state, values, reused = run_trial(study, trial, options, runner, tracker, parent)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: nothing stays RUNNING (the unit is KILLED)
+            study.tell(trial, state=TrialState.FAIL)
+            trial_lock.release()
+            run_id = trial.user_attrs.get("mlflow_run_id")
+            if run_id:
+                tracker.log(run_id, {}, {"optuna_state": "FAIL", "error": "interrupted"})
+                tracker.client.set_terminated(run_id, "KILLED")
+            tracker.client.set_terminated(parent, "KILLED")  # a rerun reopens it
+            raise
         finally:
             stop_beat()
         try:
