@@ -242,3 +242,37 @@ def test_bad_search_input_exits_2_naming_the_problem(tmp_path, tiny_cohort, chan
     result = _invoke(space, "--results", tmp_path / "results", *args)
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()), result.output
+
+
+def test_sigterm_during_a_trial_leaves_nothing_running_and_a_rerun_continues(tmp_path, tiny_cohort):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sets = [SPLIT, f"data.root={tiny_cohort}", "train.steps=100000"]
+    space, results = _space(tmp_path, tiny_cohort, set=sets, trials=1), tmp_path / "results"
+    command = [
+        sys.executable,
+        "-c",
+        "from pemma.cli import app; app()",
+        "search",
+        str(space),
+        "--results",
+        str(results),
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, deadline = [], time.time() + 300
+    for line in proc.stdout:  # wait until the trial's unit trains
+        seen.append(line)
+        if "training pemma-lora" in line or time.time() > deadline:
+            break
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    out = "".join(seen) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, out[-3000:]
+    assert "Traceback" not in out
+    runs = Tracker(results).runs("search-space", status=None)
+    assert "RUNNING" not in set(runs["status"]), runs[["status", "tags.search_level"]]
+    options = Options(load_space(str(space)), "space", 1, results)
+    assert _states(open_study(options)) == ["FAIL"]
