@@ -459,18 +459,28 @@ def _count(study, states: tuple[str, ...]) -> int:
     return len(study.get_trials(deepcopy=False, states=tuple(TrialState[s] for s in states)))
 
 
-def _close_stale(study, options: Options) -> None:
-    """RUNNING trials whose worker is gone end FAIL: heartbeats on RDB storage; on a journal file
-    (one machine), a trial whose lock no live process holds."""
+def _close_stale(study, options: Options, tracker, runner) -> None:
+    """RUNNING trials whose worker is gone end FAIL (heartbeats on RDB storage; on a journal file,
+    one machine, a trial whose lock no live process holds), and their MLflow runs KILLED; unit runs
+    left RUNNING by a dead worker are closed as `run` closes them."""
     import optuna
     from optuna.trial import TrialState
 
+    runner.close_orphans(f"search-{options.study}")
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     if _is_rdb(options.storage):
         optuna.storages.fail_stale_trials(study)
-        return
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not Lock(options.results, _trial_lock(options.study, trial.number)).held_elsewhere():
-            study.tell(trial.number, state=TrialState.FAIL)
+    else:
+        for number in before:
+            if not Lock(options.results, _trial_lock(options.study, number)).held_elsewhere():
+                study.tell(number, state=TrialState.FAIL)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if trial.number in before and run_id:
+            tracker.log(
+                run_id, {}, {"optuna_state": "FAIL", "error": "its worker ended without finishing it"}
+            )
+            tracker.client.set_terminated(run_id, "KILLED")
             log.warning(
                 "trial %d of study %s: its worker ended without finishing it: FAIL",
                 trial.number,
@@ -522,7 +532,7 @@ def work(options: Options, reporter=None) -> dict[str, int]:
     failures = 0
     while True:
         with locked(options.results, f"search-{options.study}"):
-            _close_stale(study, options)
+            _close_stale(study, options, tracker, runner)
             if _count(study, ACTIVE) >= options.trials:
                 break
             # Trial n draws with the seed (space seed, n): reproducible from the study's history, and
