@@ -27,6 +27,7 @@ def test_a_wheel_install_lists_and_loads_every_shipped_suite(tmp_path):
         "print(json.dumps({'package': pemma.__file__, "
         "'suites': {k: [str(p), len(s.expand(s.load_suite(k)))] for k, p in s.available().items()}, "
         "'reports': {k: str(p) for k, p in d.shipped_reports().items()}, "
+        "'spaces': {k: str(p) for k, p in __import__('pemma.search').search.available_spaces().items()}, "
         "'plan': str(d.report_folder() / 'claims' / 'pemma.yaml')}))"
     )
     out = subprocess.run(
@@ -40,6 +41,8 @@ def test_a_wheel_install_lists_and_loads_every_shipped_suite(tmp_path):
     assert set(found["reports"]) == {"paper", "smoke"}, "report definitions ship in the wheel"
     assert all(path.startswith(str(site)) for path in [*found["reports"].values(), found["plan"]])
     assert Path(found["plan"]).is_file()
+    assert set(found["spaces"]) == {"rank", "pareto"}, "search spaces ship in the wheel"
+    assert all(path.startswith(str(site)) for path in found["spaces"].values())
     listed = subprocess.run(
         [sys.executable, "-c", "from pemma.cli import app; app()", "suites"],
         cwd=tmp_path,
