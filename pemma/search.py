@@ -887,8 +887,12 @@ def trials_table(study):
     for t in study.get_trials(deepcopy=False):
         row = {"trial": t.number, "state": t.state.name}
         row.update(t.params)
-        for i, v in enumerate(t.values or []):
+        # Optuna stores a pruned trial's last intermediate value as its value: not an objective
+        for i, v in enumerate(t.values or [] if t.state.name == "COMPLETE" else []):
             row[names[i] if i < len(names) else f"value {i}"] = v
+        if t.state.name == "PRUNED" and t.intermediate_values:
+            step = max(t.intermediate_values)
+            row["pruned at"] = f"step {step}: {t.intermediate_values[step]:.4g}"
         row["run keys"] = ", ".join(t.user_attrs.get("run_keys", []))
         rows.append(row)
     return pd.DataFrame(rows)
