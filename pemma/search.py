@@ -368,35 +368,35 @@ def _sampler(space: Space, salt: tuple[int, ...]):
     import optuna
 
     spec = dict(space.sampler)
-    name, seed = spec.pop("name"), spec.pop("seed", 0)
-    seed = int(np.random.SeedSequence([int(seed), *salt]).generate_state(1)[0])
+    seed = int(np.random.SeedSequence([int(spec.pop("seed", 0)), *salt]).generate_state(1)[0])
     kinds = {
         "tpe": optuna.samplers.TPESampler,
         "random": optuna.samplers.RandomSampler,
         "nsga2": optuna.samplers.NSGAIISampler,
         "gp": optuna.samplers.GPSampler,
     }
-    try:
-        return kinds[name](seed=seed, **spec)
-    except TypeError as err:
-        raise SearchError(f"{space.path}: sampler {name!r}: {err}") from err
+    return _construct(space, "sampler", kinds, {**spec, "seed": seed})
 
 
 def _pruner(space: Space):
     import optuna
 
-    spec = dict(space.pruner)
-    name = spec.pop("name")
     kinds = {
         "none": optuna.pruners.NopPruner,
         "median": optuna.pruners.MedianPruner,
         "percentile": optuna.pruners.PercentilePruner,
         "wilcoxon": optuna.pruners.WilcoxonPruner,
     }
+    return _construct(space, "pruner", kinds, dict(space.pruner))
+
+
+def _construct(space: Space, what: str, kinds: dict[str, Callable], spec: dict[str, Any]):
+    """kinds[spec's name](**the rest); an option the class does not take names the file."""
+    name = spec.pop("name")
     try:
         return kinds[name](**spec)
     except TypeError as err:
-        raise SearchError(f"{space.path}: pruner {name!r}: {err}") from err
+        raise SearchError(f"{space.path}: {what} {name!r}: {err}") from err
 
 
 # -------------------------------------------------------------------------------------------- worker

@@ -47,3 +47,22 @@ def partial_endpoint_cohort(tiny_cohort, tmp_path_factory) -> Path:
     table = pd.read_csv(root / ENDPOINT_CSV)
     table[table.index % 3 != 0].to_csv(root / ENDPOINT_CSV, index=False)  # one patient in three loses it
     return root
+
+
+def sigterm_once(command: list[str], marker: str) -> tuple[int, str]:
+    """Start `command`, wait (up to 5 min) for an output line holding `marker`, then 2 s more, send
+    SIGTERM; its exit code and whole output."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, deadline = [], time.time() + 300
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line or time.time() > deadline:
+            break
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    out = "".join(seen) + proc.communicate(timeout=120)[0]
+    return proc.returncode, out

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
 
-from conftest import ci_args
+from conftest import ci_args, sigterm_once
 
 from pemma.engine.runner import Runner
 from pemma.locks import Lock
@@ -65,17 +64,8 @@ def test_sigterm_ends_the_running_unit_killed_with_exit_code_143(tmp_path, tiny_
         *CLI,
         *ci_args(tmp_path, "--methods", "early-fusion", "--set", "train.steps=100000", data=tiny_cohort),
     ]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    deadline = time.time() + 300
-    for line in proc.stdout:  # wait until the unit trains
-        seen.append(line)
-        if "training early-fusion" in line or time.time() > deadline:
-            break
-    time.sleep(2)
-    proc.send_signal(signal.SIGTERM)
-    out = "".join(seen) + proc.communicate(timeout=120)[0]
-    assert proc.returncode == 143, out[-3000:]
+    code, out = sigterm_once(command, "training early-fusion")
+    assert code == 143, out[-3000:]
     assert "stopped by SIGTERM" in out and "Traceback" not in out
     runs = Tracker(tmp_path).runs("smoke", status=None)
     assert list(runs["status"]) == ["KILLED"]

@@ -9,7 +9,7 @@ import zlib
 import optuna
 import pytest
 import yaml
-from conftest import ci_run
+from conftest import ci_run, sigterm_once
 from typer.testing import CliRunner
 
 from pemma.cli import app
@@ -245,10 +245,7 @@ def test_bad_search_input_exits_2_naming_the_problem(tmp_path, tiny_cohort, chan
 
 
 def test_sigterm_during_a_trial_leaves_nothing_running_and_a_rerun_continues(tmp_path, tiny_cohort):
-    import signal
-    import subprocess
     import sys
-    import time
 
     sets = [SPLIT, f"data.root={tiny_cohort}", "train.steps=100000"]
     space, results = _space(tmp_path, tiny_cohort, set=sets, trials=1), tmp_path / "results"
@@ -261,16 +258,8 @@ def test_sigterm_during_a_trial_leaves_nothing_running_and_a_rerun_continues(tmp
         "--results",
         str(results),
     ]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen, deadline = [], time.time() + 300
-    for line in proc.stdout:  # wait until the trial's unit trains
-        seen.append(line)
-        if "training pemma-lora" in line or time.time() > deadline:
-            break
-    time.sleep(2)
-    proc.send_signal(signal.SIGTERM)
-    out = "".join(seen) + proc.communicate(timeout=120)[0]
-    assert proc.returncode == 143, out[-3000:]
+    code, out = sigterm_once(command, "training pemma-lora")  # SIGTERM once the trial's unit trains
+    assert code == 143, out[-3000:]
     assert "Traceback" not in out
     runs = Tracker(results).runs("search-space", status=None)
     assert "RUNNING" not in set(runs["status"]), runs[["status", "tags.search_level"]]
