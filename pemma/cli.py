@@ -760,6 +760,13 @@ def _summarise_study(options, counts: dict[str, int], export_best: Path | None) 
         console.print(f"best configuration written to {out}: `pemma-bench run --suite {out}`")
 
 
+DataOpt = Annotated[Path | None, typer.Option(help="HECKTOR-layout cohort; default: built-in synthetic.")]
+RoundsOpt = Annotated[int, typer.Option(help="Alternating rounds of each side; the best round counts.")]
+BenchProfileOpt = Annotated[str, typer.Option(help="ci | smoke | paper (model size and crop).")]
+OneMethodOpt = Annotated[str, typer.Option("--methods", "--method", help="Method (one).")]
+OneBackboneOpt = Annotated[str, typer.Option("--backbones", "--backbone", help="Backbone (one).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Config override key=value.")]
+
 bench_app = typer.Typer(
     help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True
 )
@@ -783,6 +790,17 @@ def bench_throughput(
     steps: Annotated[int, typer.Option(help="Timed training steps per method (after warm-up).")] = 10,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value.")] = None,
     out: Annotated[Path | None, typer.Option(help="Also write the table as CSV here.")] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            help="`public`: this harness's defaults against the public PEMMA code's configuration "
+            "(fp32, eager, no SDPA, MetaTensors, no preprocessing cache), for the first --methods "
+            "(default pemma-lora), on the cohort's adaptation crops."
+        ),
+    ] = None,
+    results: ResultsOpt = Path("results"),
+    data: DataOpt = None,
+    rounds: RoundsOpt = 2,
 ) -> None:
     """Train-step throughput, peak memory and inference speed of each method, on random data."""
     from pemma.config import ConfigError, parse_override, resolve
@@ -792,6 +810,8 @@ def bench_throughput(
     from pemma.models.backbones import BACKBONES
     from pemma.registry import RegistryError
 
+    if reference not in (None, "public"):
+        raise _fail(f"--reference: expected public, got {reference!r}")
     try:
         backbone = BACKBONES.canonical(backbone)
         cfg = resolve({"profile": profile, "backbone": backbone}, *(parse_override(s) for s in set_ or []))
@@ -800,14 +820,178 @@ def bench_throughput(
     except (ConfigError, RegistryError) as err:
         raise _fail(str(err)) from err
     device = default_device()
-    table = throughput(cfg, names, steps, device)
-    _print_frame(
-        table,
-        f"throughput: profile {profile}, roi {cfg.model.roi}, batch {cfg.train.batch_size}, "
-        f"{device} {table.attrs['dtype']}",
-    )
+    if reference == "public":
+        from dataclasses import replace
+
+        from pemma.engine.performance import public_reference
+        from pemma.tasks.segmentation.task import KEYS
+
+        method = names[0] if methods else "pemma-lora"
+        cfg, loaded = _bench_data(replace(cfg, method=method), results, data)
+        cases = loaded.plan.adapt["train"]
+        crops = loaded.data.crops(cases, KEYS, cfg.model.roi, seed=cfg.seed)
+        fresh = loaded.data.crops(cases, KEYS, cfg.model.roi, seed=cfg.seed, cached=False)
+        table = public_reference(cfg, fresh, crops, device, steps, rounds)
+        title = f"public configuration vs pemma-bench: {method}, profile {profile}, {device}"
+    else:
+        table = throughput(cfg, names, steps, device)
+        title = (
+            f"throughput: profile {profile}, roi {cfg.model.roi}, batch {cfg.train.batch_size}, "
+            f"{device} {table.attrs['dtype']}"
+        )
+    _print_frame(table, title)
+    _log_bench(results, f"throughput-{reference}" if reference else "throughput", table, cfg, device)
     if out:
         table.to_csv(out, index=False)
+
+
+def _bench_data(cfg, results: Path, data: Path | None):
+    """The cohort a benchmark reads (default: the built-in synthetic one at the profile's scale)."""
+    from pemma.config import ConfigError, resolve
+    from pemma.data.hecktor import CohortError
+    from pemma.data.store import DataStore
+
+    try:
+        if data:
+            cfg = resolve(
+                {"profile": cfg.profile, "backbone": cfg.backbone, "method": cfg.method},
+                {"data": {"root": str(data.resolve())}},
+            )
+        return cfg, DataStore(results).load(cfg)
+    except (ConfigError, CohortError) as err:
+        raise _fail(str(err)) from err
+
+
+def _log_bench(results: Path, name: str, table, cfg, device) -> None:
+    """The benchmark's table into MLflow (experiment pemma-bench/bench): one metric per numeric cell,
+    named `<row labels>/<column>`, and the table as CSV."""
+    import re
+    import tempfile
+
+    from pemma.engine.train import dtype_name
+    from pemma.tracking import provenance
+
+    tracker = _tracker(results)
+    tags = {**provenance(device, dtype_name(device, cfg.train.amp), cfg.profile), "bench": name}
+    run_id = tracker.create_run(
+        "bench", f"bench-{name}", tags, params={"profile": cfg.profile, "backbone": cfg.backbone}
+    )
+    labels = [c for c in table.columns if table[c].dtype.kind not in "fiub"]
+    metrics = {}
+    for _, row in table.iterrows():
+        prefix = "/".join(str(row[c]) for c in labels)
+        for col in table.columns:
+            if col not in labels:
+                key = re.sub(r"[^\w./\- ]", "_", f"{prefix}/{col}" if prefix else col)
+                metrics[key] = float(row[col])
+    tracker.log(run_id, metrics)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{name}.csv"
+        table.to_csv(path, index=False)
+        tracker.log_artifact(run_id, path, "bench")
+    tracker.finish(run_id)
+    console.print(f"logged to MLflow: experiment pemma-bench/bench, run bench-{name}")
+
+
+@bench_app.command("overhead")
+def bench_overhead(
+    profile: BenchProfileOpt = "smoke",
+    method: OneMethodOpt = "pemma-lora",
+    backbone: OneBackboneOpt = "unetr",
+    steps: Annotated[int, typer.Option(help="Training steps per round (each side).")] = 30,
+    rounds: RoundsOpt = 2,
+    set_: SetOpt = None,
+    results: ResultsOpt = Path("results"),
+    data: DataOpt = None,
+) -> None:
+    """The harness's training loop (cached data, checkpoints, progress) against a bare PyTorch loop."""
+    from pemma.engine.performance import overhead
+    from pemma.engine.runner import default_device
+    from pemma.tasks.segmentation.task import KEYS
+
+    cfg = _bench_config(profile, method, backbone, set_)
+    cfg, loaded = _bench_data(cfg, results, data)
+    crops = loaded.data.crops(loaded.plan.adapt["train"], KEYS, cfg.model.roi, seed=cfg.seed)
+    for i in range(len(crops)):  # the harness reads its cache warm, as every unit after the first does
+        crops[i]
+    device = default_device()
+    table = overhead(cfg, crops, device, steps, rounds)
+    _print_frame(table, f"harness vs bare loop: profile {profile}, {device}")
+    _log_bench(results, "overhead", table, cfg, device)
+
+
+@bench_app.command("memory")
+def bench_memory(
+    profile: BenchProfileOpt = "smoke",
+    methods: Annotated[
+        list[str] | None, typer.Option("--methods", help="Methods (default: pemma-lora, full-finetune).")
+    ] = None,
+    backbone: OneBackboneOpt = "unetr",
+    options: Annotated[
+        list[str] | None,
+        typer.Option("--options", help="plain, activation checkpointing, frozen bf16, both."),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Timed training steps per method and option.")] = 5,
+    set_: SetOpt = None,
+    results: ResultsOpt = Path("results"),
+) -> None:
+    """Peak memory and step time with activation checkpointing and frozen bf16 weights, per method."""
+    from pemma.engine.performance import MEMORY_OPTIONS, memory_options
+    from pemma.engine.runner import default_device
+    from pemma.methods import METHODS
+    from pemma.registry import RegistryError
+
+    cfg = _bench_config(profile, "pemma-lora", backbone, set_)
+    chosen = _split(options) or list(MEMORY_OPTIONS)
+    unknown = [o for o in chosen if o not in MEMORY_OPTIONS]
+    if unknown:
+        raise _fail(f"--options: unknown {', '.join(unknown)}; expected {', '.join(MEMORY_OPTIONS)}")
+    try:
+        names = [METHODS.canonical(m) for m in _split(methods) or ["pemma-lora", "full-finetune"]]
+    except RegistryError as err:
+        raise _fail(str(err)) from err
+    device = default_device()
+    table = memory_options(cfg, names, device, steps, chosen)
+    _print_frame(table, f"memory options: profile {profile}, {backbone}, {device}")
+    _log_bench(results, "memory", table, cfg, device)
+
+
+@bench_app.command("compile")
+def bench_compile(
+    profile: BenchProfileOpt = "smoke",
+    method: OneMethodOpt = "pemma-lora",
+    backbone: OneBackboneOpt = "unetr",
+    steps: Annotated[int, typer.Option(help="Timed steps after the compile (each form).")] = 10,
+    set_: SetOpt = None,
+    results: ResultsOpt = Path("results"),
+) -> None:
+    """torch.compile against eager: compile time, steady speed-up, break-even steps, output difference."""
+    from pemma.engine.performance import compile_speed
+    from pemma.engine.runner import default_device
+
+    cfg = _bench_config(profile, method, backbone, set_)
+    device = default_device()
+    table = compile_speed(cfg, device, steps)
+    _print_frame(table, f"torch.compile vs eager: profile {profile}, {device}", digits=",.3g")
+    _log_bench(results, "compile", table, cfg, device)
+
+
+def _bench_config(profile: str, method: str, backbone: str, set_: list[str] | None):
+    from pemma.config import ConfigError, parse_override, resolve
+    from pemma.methods import METHODS
+    from pemma.models.backbones import BACKBONES
+    from pemma.registry import RegistryError
+
+    try:
+        backbone = BACKBONES.canonical(backbone)
+        cfg = resolve(
+            {"profile": profile, "backbone": backbone, "method": METHODS.canonical(method)},
+            *(parse_override(s) for s in set_ or []),
+        )
+        BACKBONES.get(backbone).check(cfg.model)
+    except (ConfigError, RegistryError) as err:
+        raise _fail(str(err)) from err
+    return cfg
 
 
 @bench_app.command("merge")

@@ -187,6 +187,16 @@ class TrainConfig:
     checkpoint_every: int = 500
     """Save a resumable checkpoint every this many steps (0: only at the end of a stage). Not part
     of a unit's identity: it never changes results."""
+    activation_checkpointing: bool = False
+    """Recompute the transformer blocks' activations in the backward pass instead of keeping them
+    (torch.utils.checkpoint; frozen and trainable blocks alike): less memory, more compute. Not part
+    of a unit's identity: the gradients are the same."""
+    frozen_bf16: bool = False
+    """Store the weights a method freezes in bf16 and compute under bf16 autocast (on CPU too): less
+    memory for methods with a frozen base. After training the frozen weights return to fp32 holding
+    their bf16-rounded values, which evaluation then uses."""
+    compile: bool = False
+    """torch.compile the model for training (one graph per input subset; evaluation runs eager)."""
 
     def __post_init__(self) -> None:
         _require(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
@@ -294,7 +304,13 @@ class PrognosisConfig:
         _require(self.bootstrap >= 0, "prognosis.bootstrap", "must be >= 0")
 
 
-NOT_IDENTITY = ("suite", "data.root", "data.plan", "train.checkpoint_every")
+NOT_IDENTITY = (
+    "suite",
+    "data.root",
+    "data.plan",
+    "train.checkpoint_every",
+    "train.activation_checkpointing",
+)
 """Labels and settings that never change a unit's result, left out of its run key."""
 
 

@@ -6,6 +6,7 @@ otherwise. One experiment per suite; one run per unit, named by its run key.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -64,6 +65,17 @@ def provenance(device: torch.device, dtype: str, profile: str) -> dict[str, str]
         "profile": profile,
         "for_reporting": str(profile in REPORTING_PROFILES).lower(),
     }
+
+
+SYSTEM_SUMMARIES = {
+    # summary metric logged at the end of a unit: (MLflow system metric, aggregate over its history)
+    "system_cpu_utilization_pct": ("system/cpu_utilization_percentage", "mean"),
+    "system_memory_peak_mb": ("system/system_memory_usage_megabytes", "max"),
+    "system_gpu_utilization_pct": ("system/gpu_0_utilization_percentage", "mean"),
+    "system_gpu_memory_peak_mb": ("system/gpu_0_memory_usage_megabytes", "max"),
+}
+"""What a unit's run keeps of MLflow's system metrics as single numbers (GPU ones only where
+nvidia-ml-py sees a GPU)."""
 
 
 class TrackingError(RuntimeError):
@@ -190,6 +202,37 @@ class Tracker:
         tag_items = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
         for i in range(0, max(len(items), 1), 500):
             self.client.log_batch(run_id, metrics=items[i : i + 500], tags=tag_items if i == 0 else [])
+
+    @contextlib.contextmanager
+    def system_metrics(self, run_id: str):
+        """MLflow's system metrics (CPU, memory, disk, network; GPU utilisation and memory where
+        nvidia-ml-py finds a GPU) sampled into the run while the block runs, every
+        MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds (10 by default); at the end their means /
+        peaks as single metrics (SYSTEM_SUMMARIES)."""
+        import logging
+
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        quiet = logging.getLogger("mlflow.system_metrics")
+        level, quiet.level = quiet.level, logging.WARNING  # not "started / stopped" on every unit
+        try:
+            monitor = SystemMetricsMonitor(run_id, tracking_uri=self.uri)
+            monitor.start()
+            try:
+                yield
+            finally:
+                monitor.finish()
+            self.log(run_id, self.system_summaries(run_id))
+        finally:
+            quiet.level = level
+
+    def system_summaries(self, run_id: str) -> dict[str, float]:
+        out = {}
+        for name, (key, how) in SYSTEM_SUMMARIES.items():
+            values = [m.value for m in self.client.get_metric_history(run_id, key)]
+            if values:
+                out[name] = max(values) if how == "max" else sum(values) / len(values)
+        return out
 
     def log_artifact(self, run_id: str, path: Path, folder: str) -> None:
         self.client.log_artifact(run_id, str(path), folder)

@@ -85,9 +85,15 @@ class CohortData:
         )
 
     def crops(
-        self, cases: list[Case], keys: tuple[str, ...], roi: tuple[int, int, int], seed: int
+        self,
+        cases: list[Case],
+        keys: tuple[str, ...],
+        roi: tuple[int, int, int],
+        seed: int,
+        cached: bool = True,
     ) -> Dataset:
-        """Random training crops; the deterministic prefix is shared with `volumes` on disk."""
+        """Random training crops; the deterministic prefix is shared with `volumes` on disk (with
+        `cached=False`, every draw reads and preprocesses the files again: a benchmark's reference)."""
         items = _items(cases, keys)
         pipeline = Compose(
             [
@@ -96,6 +102,8 @@ class CohortData:
             ]
         )
         pipeline.set_random_state(seed=seed)
+        if not cached:
+            return Dataset(items, pipeline)
         return VerifiedCache(items, pipeline, cache_dir=self._cache_dir(keys))
 
 

@@ -89,8 +89,14 @@ def _cached_or_trained(cfg, net, folder, data, plan, device, stage, checkpoint_r
             shutil.rmtree(folder)
     model = CTOnly(net)
     crops = data.crops(plan.pretrain["train"], CT_KEYS, cfg.model.roi, seed=cfg.seed)
+    # The adaptation's numerics options (frozen bf16, compile) are not the base's: its key holds neither.
     budget = replace(
-        cfg.train, steps=cfg.pretrain.steps, batch_size=cfg.pretrain.batch_size, lr=cfg.pretrain.lr
+        cfg.train,
+        steps=cfg.pretrain.steps,
+        batch_size=cfg.pretrain.batch_size,
+        lr=cfg.pretrain.lr,
+        frozen_bf16=False,
+        compile=False,
     )
     resume = Path(checkpoint_root) / f"base-{folder.name}" if checkpoint_root else None
     stats = train(

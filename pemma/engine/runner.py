@@ -168,7 +168,8 @@ class Runner:
 
             monitor = replace(monitor, report=logged)
         try:
-            measured = self.measure(cfg, key, monitor)
+            with self.tracker.system_metrics(run_id):
+                measured = self.measure(cfg, key, monitor)
             metrics = {**measured.metrics, "unit_seconds": time.perf_counter() - t0}
             self.tracker.log(run_id, metrics, measured.tags)
             for folder, path in measured.artifacts.items():

@@ -29,6 +29,7 @@ from pemma.config import TrainConfig
 from pemma.engine.throughput import PeakMemory
 from pemma.files import CorruptFile, discard, load_state, save_state
 from pemma.modalities import CTPET, split_inputs
+from pemma.models.networks import set_activation_checkpointing
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
@@ -46,15 +47,61 @@ class TrainStats:
     """Mean loss over the last tenth of the steps."""
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA; plain fp32 elsewhere."""
+def autocast(device: torch.device, enabled: bool, cpu: bool = False):
+    """bf16 autocast on CUDA; plain fp32 elsewhere unless `cpu` asks for bf16 autocast there too."""
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    if cpu and device.type == "cpu":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def dtype_name(device: torch.device, amp: bool) -> str:
-    return "bf16-autocast" if amp and device.type == "cuda" else "fp32"
+def dtype_name(device: torch.device, amp: bool, cpu: bool = False) -> str:
+    return "bf16-autocast" if (amp and device.type == "cuda") or (cpu and device.type == "cpu") else "fp32"
+
+
+_NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._NormBase)
+
+
+def castable_frozen(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The frozen floating-point parameters that `frozen_bf16` stores in bf16: all but those of
+    normalisation layers, which stay fp32 (CPU autocast runs layer norm on fp32 inputs, and their
+    weights are a rounding error of the model's size)."""
+    found: dict[int, torch.nn.Parameter] = {}
+    for module in model.modules():
+        if isinstance(module, _NORMS):
+            continue
+        for param in module.parameters(recurse=False):
+            if not param.requires_grad and param.is_floating_point():
+                found.setdefault(id(param), param)
+    return list(found.values())
+
+
+def cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Store the castable frozen parameters (`castable_frozen`) in `dtype`; returns how many values
+    changed dtype."""
+    count = 0
+    for param in castable_frozen(model):
+        if param.dtype != dtype:
+            param.data = param.data.to(dtype)
+            count += param.numel()
+    return count
+
+
+@contextlib.contextmanager
+def memory_options(model: torch.nn.Module, budget: TrainConfig):
+    """The budget's memory options applied for the span of a training stage and undone after it:
+    activation checkpointing off again; frozen weights back in fp32 (holding their bf16-rounded
+    values, as trained with)."""
+    set_activation_checkpointing(model, budget.activation_checkpointing)
+    if budget.frozen_bf16:
+        cast_frozen(model, torch.bfloat16)
+    try:
+        yield
+    finally:
+        set_activation_checkpointing(model, False)
+        if budget.frozen_bf16:
+            cast_frozen(model, torch.float32)
 
 
 def plain(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -266,7 +313,8 @@ def train(
         save_state(state, Path(checkpoint))
 
     every = budget.checkpoint_every
-    with PeakMemory(device) as memory:
+    forward = torch.compile(model) if budget.compile else model
+    with memory_options(model, budget), PeakMemory(device) as memory:
         for step in range(start, steps):
             t0 = time.perf_counter()
             batch = next(batches)
@@ -276,8 +324,8 @@ def train(
                 subset = CTPET
             ct, pet = (plain(t, device) for t in split_inputs(batch, subset))
             label = plain(batch["label"], device).long()
-            with autocast(device, amp):
-                logits = model(ct, pet)
+            with autocast(device, amp, cpu=budget.frozen_bf16):
+                logits = forward(ct, pet)
             loss = loss_fn(logits.float(), label)
             if not torch.isfinite(loss):
                 raise FloatingPointError(

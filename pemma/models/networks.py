@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import torch
 from monai.networks.nets import UNETR, SwinUNETR
+from monai.networks.nets.swin_unetr import SwinTransformerBlock
 from monai.networks.nets.vit import ViT
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def spread_skip_layers(num_layers: int) -> tuple[int, int, int]:
@@ -60,13 +62,15 @@ class FlexibleUNETR(UNETR):
         self.skip_layers = spread_skip_layers(num_layers)
         for block in self.vit.blocks:
             block.attn.use_flash_attention = sdpa
+        self.use_checkpoint = False
 
     def run_blocks(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Transformer blocks over any token sequence (ViT.forward would re-embed)."""
         hidden = []
         x = tokens
+        recompute = self.use_checkpoint and torch.is_grad_enabled()
         for block in self.vit.blocks:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
             hidden.append(x)
         return self.vit.norm(x), hidden
 
@@ -129,3 +133,17 @@ class FlexibleSwinUNETR(SwinUNETR):
         if not torch.jit.is_scripting() and not torch.jit.is_tracing():
             self._check_input_size(x_in.shape[2:])
         return self.decode(self.encoder1(x_in), self.stages(self.embed(x_in)))
+
+
+def set_activation_checkpointing(model: nn.Module, on: bool) -> int:
+    """Recompute the transformer blocks' activations in the backward pass (UNETR's ViT blocks, Swin
+    UNETR's Swin blocks, wherever they sit in `model`); returns how many blocks or networks were set."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, FlexibleUNETR):
+            module.use_checkpoint = on
+            count += len(module.vit.blocks)
+        elif isinstance(module, SwinTransformerBlock):
+            module.use_checkpoint = on
+            count += 1
+    return count

@@ -1,0 +1,307 @@
+"""What the harness costs against plain PyTorch, and what its speed and memory options buy.
+
+Every figure is a ratio of two measurements taken in one process, side by side (alternating rounds,
+the best round of each kind kept), so machine drift cancels:
+
+- `overhead`: the harness's training loop (its cached data, its loop with checkpoints, progress
+  callback, autocast) against a bare loop written here (same model, crops already in memory).
+- `public_reference`: this harness's defaults against the public PEMMA code's way of training (fp32,
+  eager, MONAI's manual attention, MetaTensors through the network, data read and preprocessed on
+  every step), same model and batch.
+- `memory_options`: peak memory and step time of each method with activation checkpointing and
+  frozen bf16 weights, against full fine-tuning with neither.
+- `compile_speed`: torch.compile's compile time, steady-state speed-up and output difference.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from monai.data import list_data_collate
+from monai.losses import DiceCELoss
+
+from pemma.config import RunConfig
+from pemma.engine.benchmark import RandomVolumes
+from pemma.engine.train import autocast, castable_frozen, dtype_name, plain, train
+from pemma.methods import METHODS, build_method
+from pemma.modalities import CTPET, split_inputs
+from pemma.models.backbones import BACKBONES
+
+MEMORY_OPTIONS = {
+    "plain": {},
+    "activation checkpointing": {"activation_checkpointing": True},
+    "frozen bf16": {"frozen_bf16": True},
+    "both": {"activation_checkpointing": True, "frozen_bf16": True},
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _model(cfg: RunConfig, method: str, sdpa: bool = True) -> torch.nn.Module:
+    torch.manual_seed(cfg.seed)
+    model_cfg = replace(cfg.model, sdpa=sdpa)
+    base = BACKBONES.get(cfg.backbone).build(model_cfg, 1)
+    return build_method(method, replace(cfg, model=model_cfg), base).model
+
+
+def _batches(dataset, batch_size: int, n: int, device: torch.device, keep_meta: bool = False) -> list:
+    """`n` collated batches of CT+PET crops, drawn in order from `dataset` and held in memory."""
+    out = []
+    for i in range(n):
+        batch = list_data_collate([dataset[(i * batch_size + j) % len(dataset)] for j in range(batch_size)])
+        move = (lambda t: t.to(device)) if keep_meta else (lambda t: plain(t, device))
+        ct, pet = (move(t) for t in split_inputs(batch, CTPET))
+        out.append((ct, pet, move(batch["label"]).long()))
+    return out
+
+
+def bare_loop(
+    model: torch.nn.Module, batches: list, cfg: RunConfig, device: torch.device, amp: bool
+) -> float:
+    """The training step with nothing around it: seconds for all `batches`, one sync at the end."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    weight = torch.tensor(cfg.train.class_weights, dtype=torch.float32, device=device)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, weight=weight)
+    model.to(device).train()
+    _sync(device)
+    t0 = time.perf_counter()
+    for ct, pet, label in batches:
+        with autocast(device, amp):
+            logits = model(ct, pet)
+        loss = loss_fn(logits.float(), label)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _harness(
+    model: torch.nn.Module, dataset, cfg: RunConfig, steps: int, device: torch.device, **options
+) -> tuple[float, object]:
+    """Wall seconds of the harness's `train` over `steps` CT+PET steps (checkpoints as configured, a
+    progress callback), and its stats."""
+    shown: list[str] = []
+
+    def on_step(step: int, loss: float) -> None:  # what the CLI's progress bar does per step
+        shown[:] = [f"step {step + 1}/{steps} loss {loss:.3f}"]
+
+    budget = replace(cfg.train, steps=steps, **options)
+    with tempfile.TemporaryDirectory() as folder:
+        _sync(device)
+        t0 = time.perf_counter()
+        stats = train(
+            model,
+            dataset,
+            budget,
+            subsets=(CTPET,),
+            probabilities=(1.0,),
+            seed=cfg.seed,
+            device=device,
+            on_step=on_step,
+            checkpoint=Path(folder) / "train.pt",
+        )
+        _sync(device)
+        return time.perf_counter() - t0, stats
+
+
+def _alternate(rounds: int, contenders: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """Each contender's best (lowest) seconds over `rounds`, the contenders run in turn each round."""
+    best = dict.fromkeys(contenders, float("inf"))
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            best[name] = min(best[name], run())
+    return best
+
+
+def overhead(cfg: RunConfig, crops, device: torch.device, steps: int, rounds: int = 2) -> pd.DataFrame:
+    """The harness's training steps (cached crops, its loop) against the bare loop on the same model,
+    same number of steps, the bare loop's crops drawn beforehand from the same cache."""
+    initial = _model(cfg, cfg.method)
+    batches = _batches(crops, cfg.train.batch_size, steps, device)
+    amp = cfg.train.amp
+    stats = {}
+
+    def harness() -> float:
+        seconds, stats["harness"] = _harness(copy.deepcopy(initial), crops, cfg, steps, device)
+        return seconds
+
+    best = _alternate(
+        rounds,
+        {"harness": harness, "bare": lambda: bare_loop(copy.deepcopy(initial), batches, cfg, device, amp)},
+    )
+    inner = stats["harness"]
+    return pd.DataFrame(
+        [
+            {
+                "method": cfg.method,
+                "backbone": cfg.backbone,
+                "steps": steps,
+                "batch": cfg.train.batch_size,
+                "dtype": dtype_name(device, amp),
+                "bare ms/step": 1000 * best["bare"] / steps,
+                "harness ms/step": 1000 * best["harness"] / steps,
+                "harness / bare": best["harness"] / best["bare"],
+                "overhead %": 100 * (best["harness"] / best["bare"] - 1),
+                "data wait share": inner.data_wait_share,
+            }
+        ]
+    )
+
+
+def public_reference(
+    cfg: RunConfig, fresh, crops, device: torch.device, steps: int, rounds: int = 2
+) -> pd.DataFrame:
+    """The public PEMMA code's configuration against this harness's defaults, same model and batch.
+
+    Public: fp32, eager, MONAI's manual attention (no SDPA), MetaTensors kept through the network,
+    every crop read from its files and preprocessed on the step that uses it. Harness: its loop on
+    cached crops with plain tensors, SDPA, and bf16 autocast where the device has it (CUDA). Both
+    train CT+PET steps from the same initial weights; Dice is the task's concern (`pemma-bench run
+    --set model.sdpa=false --set train.amp=false` trains the public configuration end to end).
+    """
+    public_model = _model(cfg, cfg.method, sdpa=False)
+    harness_model = _model(cfg, cfg.method, sdpa=True)
+
+    def public() -> float:
+        model = copy.deepcopy(public_model).to(device)
+        t0 = time.perf_counter()
+        batches = _batches(fresh, cfg.train.batch_size, steps, device, keep_meta=True)
+        return time.perf_counter() - t0 + bare_loop(model, batches, cfg, device, amp=False)
+
+    def harness() -> float:
+        return _harness(copy.deepcopy(harness_model), crops, cfg, steps, device)[0]
+
+    best = _alternate(rounds, {"public": public, "harness": harness})
+    samples = steps * cfg.train.batch_size
+    return pd.DataFrame(
+        [
+            {
+                "configuration": "public PEMMA code",
+                "dtype": "fp32",
+                "attention": "manual",
+                "tensors": "MetaTensor",
+                "data": "preprocessed every step",
+                "samples/s": samples / best["public"],
+                "speed-up": 1.0,
+            },
+            {
+                "configuration": "pemma-bench",
+                "dtype": dtype_name(device, cfg.train.amp),
+                "attention": "SDPA",
+                "tensors": "plain",
+                "data": "cached",
+                "samples/s": samples / best["harness"],
+                "speed-up": best["public"] / best["harness"],
+            },
+        ]
+    )
+
+
+def _weights_mb(model: torch.nn.Module, frozen_bf16: bool) -> float:
+    """Bytes of the parameters as stored while training, in MiB."""
+    halved = {id(p) for p in castable_frozen(model)} if frozen_bf16 else set()
+    total = sum(p.numel() * (2 if id(p) in halved else p.element_size()) for p in model.parameters())
+    return total / 2**20
+
+
+def memory_options(
+    cfg: RunConfig, methods: list[str], device: torch.device, steps: int, options: list[str] | None = None
+) -> pd.DataFrame:
+    """Peak training memory and step time per method and memory option, on random crops.
+
+    Peak memory counts the weights as stored while training (on CUDA the allocator's peak holds
+    them; on CPU the sampled growth of the resident set is added to their size), activations,
+    gradients and optimiser state. Ratios are against full fine-tuning with no option, same run.
+    """
+    crops = RandomVolumes(max(cfg.train.batch_size, 2), cfg.model.roi)
+    rows = []
+    for name in methods:
+        METHODS.get(name)  # an unknown name fails before any training
+        initial = _model(cfg, name)
+        for option in options or list(MEMORY_OPTIONS):
+            settings = MEMORY_OPTIONS[option]
+            model = copy.deepcopy(initial)
+            budget = replace(cfg.train, steps=steps + cfg.train.warmup_steps, checkpoint_every=0, **settings)
+            stats = train(
+                model, crops, budget, subsets=(CTPET,), probabilities=(1.0,), seed=cfg.seed, device=device
+            )
+            weights = _weights_mb(model, settings.get("frozen_bf16", False))
+            rows.append(
+                {
+                    "method": name,
+                    "option": option,
+                    "weights MB": weights,
+                    "peak MB": stats.peak_memory_mb + (weights if device.type != "cuda" else 0.0),
+                    "ms/step": 1000 * cfg.train.batch_size / stats.samples_per_s,
+                }
+            )
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    table = pd.DataFrame(rows)
+    ref = table[(table["method"] == "full-finetune") & (table["option"] == "plain")]
+    if not ref.empty:
+        table["memory vs full-finetune"] = table["peak MB"] / ref["peak MB"].iloc[0]
+        table["step time vs full-finetune"] = table["ms/step"] / ref["ms/step"].iloc[0]
+    table.attrs["device"] = str(device)
+    return table
+
+
+def compile_speed(cfg: RunConfig, device: torch.device, steps: int) -> pd.DataFrame:
+    """Eager against torch.compile for one method: compile seconds, steady step times, the steps a
+    compile takes to pay for itself (against the profile's step budget), and the largest logit
+    difference on one CT+PET crop from the same weights (eval mode)."""
+    initial = _model(cfg, cfg.method)
+    crops = RandomVolumes(max(cfg.train.batch_size, 2), cfg.model.roi)
+    warm = max(cfg.train.warmup_steps, 2)
+    runs = {}
+    for form, compiled in (("eager", False), ("compiled", True)):
+        model = copy.deepcopy(initial)
+        budget = replace(
+            cfg.train, steps=steps + warm, warmup_steps=warm, checkpoint_every=0, compile=compiled
+        )
+        _sync(device)
+        t0 = time.perf_counter()
+        stats = train(
+            model, crops, budget, subsets=(CTPET,), probabilities=(1.0,), seed=cfg.seed, device=device
+        )
+        _sync(device)
+        runs[form] = (time.perf_counter() - t0, stats.seconds / steps)
+    (wall_e, step_e), (wall_c, step_c) = runs["eager"], runs["compiled"]
+    total = steps + warm
+    compile_s = (wall_c - total * step_c) - (wall_e - total * step_e)
+    gain = step_e - step_c
+    probe = {k: v.unsqueeze(0).to(device) for k, v in crops[0].items() if k != "label"}
+    model = copy.deepcopy(initial).to(device).eval()
+    with torch.no_grad(), autocast(device, cfg.train.amp):
+        eager_logits = model(*split_inputs(probe, CTPET)).float()
+        compiled_logits = torch.compile(model)(*split_inputs(probe, CTPET)).float()
+    return pd.DataFrame(
+        [
+            {
+                "method": cfg.method,
+                "backbone": cfg.backbone,
+                "dtype": dtype_name(device, cfg.train.amp),
+                "compile s": compile_s,
+                "eager ms/step": 1000 * step_e,
+                "compiled ms/step": 1000 * step_c,
+                "speed-up": step_e / step_c,
+                "break-even steps": compile_s / gain if gain > 0 else float("inf"),
+                "unit steps": cfg.train.steps,
+                "max |logit diff|": (compiled_logits - eager_logits).abs().max().item(),
+                "logit scale": eager_logits.abs().max().item(),
+            }
+        ]
+    )

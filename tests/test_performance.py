@@ -1,0 +1,188 @@
+"""Memory and speed options: they change cost, not what is trained (or only as far as stated)."""
+
+import copy
+
+import pytest
+import torch
+
+from pemma.config import TrainConfig, resolve
+from pemma.engine.train import cast_frozen, castable_frozen, train
+from pemma.methods import build_method
+from pemma.models.backbones import BACKBONES
+from pemma.models.networks import set_activation_checkpointing
+from tests.test_methods import CFGS, _base, _Batches, _inputs
+
+
+def _grads_and_saved(model, cfg, recompute: bool) -> tuple[dict[str, torch.Tensor], int]:
+    """Trainable gradients of one CT+PET forward / backward, and how many tensors autograd kept."""
+    model = copy.deepcopy(model).train()
+    set_activation_checkpointing(model, recompute)
+    saved = []
+    ct, pet = _inputs("ctpet", cfg.model.roi)
+    torch.manual_seed(0)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        loss = model(ct, pet).square().mean()
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    return {n: g.clone() for n, g in grads.items() if g is not None}, sum(saved)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES.names())
+@pytest.mark.parametrize("name", ["pemma-lora", "full-finetune"])
+def test_activation_checkpointing_keeps_the_gradients_and_saves_fewer_activations(name, backbone):
+    cfg = CFGS[backbone]
+    model = build_method(name, cfg, _base(backbone)).model
+    assert set_activation_checkpointing(model, True) > 0
+    plain, kept_plain = _grads_and_saved(model, cfg, recompute=False)
+    recomputed, kept_recomputed = _grads_and_saved(model, cfg, recompute=True)
+    assert plain and plain.keys() == recomputed.keys()
+    for n in plain:
+        torch.testing.assert_close(recomputed[n], plain[n], rtol=1e-5, atol=1e-7, msg=n)
+    assert kept_recomputed < kept_plain  # the blocks keep only their inputs; the decoder is unchanged
+
+
+def test_activation_checkpointing_is_not_part_of_a_units_identity():
+    plain = resolve({"profile": "ci"})
+    recomputed = resolve({"profile": "ci"}, {"train": {"activation_checkpointing": True}})
+    assert plain.identity() == recomputed.identity()
+    bf16 = resolve({"profile": "ci"}, {"train": {"frozen_bf16": True}})
+    assert bf16.identity()["train.frozen_bf16"] is True
+
+
+@pytest.mark.parametrize("name", ["pemma-lora", "pemma-dora"])
+def test_frozen_bf16_stores_the_frozen_base_in_bf16_while_training_and_trains_the_rest_in_fp32(name):
+    cfg = CFGS["unetr"]
+    model = build_method(name, cfg, _base("unetr")).model
+    castable = {id(p) for p in castable_frozen(model)}
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) in castable}
+    frozen_values = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    assert sum(v.numel() for v in frozen.values()) > 0.99 * frozen_values  # all but the norms
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    seen = []
+
+    def on_step(step, loss):
+        seen.append({p.dtype for n, p in model.named_parameters() if n in frozen})
+        assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+
+    budget = TrainConfig(steps=2, batch_size=1, lr=1e-2, warmup_steps=0, frozen_bf16=True)
+    stats = train(
+        model,
+        _Batches(),
+        budget,
+        subsets=("ctpet", "pet"),
+        probabilities=(0.5, 0.5),
+        seed=0,
+        device=torch.device("cpu"),
+        on_step=on_step,
+    )
+    assert seen == [{torch.bfloat16}, {torch.bfloat16}]
+    assert torch.isfinite(torch.tensor(stats.final_loss))
+    after = dict(model.named_parameters())
+    for n, value in frozen.items():  # back in fp32, holding the values trained with
+        assert after[n].dtype == torch.float32
+        torch.testing.assert_close(after[n].detach(), value.to(torch.bfloat16).float(), rtol=0, atol=0)
+    assert any(not torch.equal(after[n].detach(), v) for n, v in trainable.items())
+
+
+def test_cast_frozen_leaves_trainable_parameters_and_counts_what_it_cast():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    model[:2].requires_grad_(False)
+    assert cast_frozen(model, torch.bfloat16) == 20  # the frozen linear layer; the norm stays fp32
+    assert model[0].weight.dtype == torch.bfloat16 and model[2].weight.dtype == torch.float32
+    assert model[1].weight.dtype == torch.float32
+    assert cast_frozen(model, torch.bfloat16) == 0
+
+
+def test_every_unit_logs_system_metrics_over_time_and_their_summaries(tmp_path, tiny_cohort, monkeypatch):
+    from pemma.tracking import Tracker
+    from tests.conftest import ci_run
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    result = ci_run(tmp_path, "--methods", "pemma-lora", data=tiny_cohort)
+    assert result.exit_code == 0, result.output
+    tracker = Tracker(tmp_path)
+    runs = tracker.runs("smoke")
+    assert len(runs) == 1
+    run_id = runs["run_id"].iloc[0]
+    history = tracker.client.get_metric_history(run_id, "system/cpu_utilization_percentage")
+    assert len(history) >= 2 and [m.step for m in history] == list(range(len(history)))
+    memory = [
+        m.value for m in tracker.client.get_metric_history(run_id, "system/system_memory_usage_megabytes")
+    ]
+    assert runs["metrics.system_memory_peak_mb"].iloc[0] == max(memory)
+    cpu = [m.value for m in history]
+    assert runs["metrics.system_cpu_utilization_pct"].iloc[0] == pytest.approx(sum(cpu) / len(cpu))
+    assert "metrics.system_gpu_utilization_pct" not in runs  # no GPU here: no GPU figure, no column
+
+
+def _bench(tmp_path, *args):
+    from typer.testing import CliRunner
+
+    from pemma.cli import app
+
+    result = CliRunner().invoke(app, ["bench", *args, "--profile", "ci", "--results", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _bench_metrics(tmp_path, name: str) -> dict[str, float]:
+    from pemma.tracking import Tracker
+
+    tracker = Tracker(tmp_path)
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id("bench")], filter_string=f"tags.bench = '{name}'", max_results=5
+    )
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    artifacts = [a.path for a in tracker.client.list_artifacts(runs[0].info.run_id, "bench")]
+    assert artifacts == [f"bench/{name}.csv"]
+    return runs[0].data.metrics
+
+
+def test_bench_overhead_and_public_reference_log_their_ratios(tmp_path, tiny_cohort):
+    out = _bench(tmp_path, "overhead", "--steps", "2", "--rounds", "1", "--data", str(tiny_cohort)).output
+    assert "harness / bare" in out
+    metrics = _bench_metrics(tmp_path, "overhead")
+    ratio = metrics["pemma-lora/unetr/fp32/harness / bare"]
+    assert ratio > 0 and metrics["pemma-lora/unetr/fp32/overhead _"] == pytest.approx(100 * (ratio - 1))
+
+    _bench(
+        tmp_path,
+        "throughput",
+        "--reference",
+        "public",
+        "--steps",
+        "2",
+        "--rounds",
+        "1",
+        "--data",
+        str(tiny_cohort),
+    )
+    metrics = _bench_metrics(tmp_path, "throughput-public")
+    public = metrics["public PEMMA code/fp32/manual/MetaTensor/preprocessed every step/samples/s"]
+    ours = metrics["pemma-bench/fp32/SDPA/plain/cached/samples/s"]
+    assert metrics["pemma-bench/fp32/SDPA/plain/cached/speed-up"] == pytest.approx(ours / public)
+
+
+def test_bench_memory_reports_every_option_against_plain_full_finetuning(tmp_path):
+    _bench(tmp_path, "memory", "--steps", "1", "--methods", "pemma-lora,full-finetune")
+    metrics = _bench_metrics(tmp_path, "memory")
+    assert metrics["full-finetune/plain/memory vs full-finetune"] == 1.0
+    for method in ("pemma-lora", "full-finetune"):
+        for option in ("plain", "activation checkpointing", "frozen bf16", "both"):
+            assert metrics[f"{method}/{option}/peak MB"] > 0
+    # frozen bf16 halves the frozen weights: most of PEMMA-LoRA's (its PET pathway trains, a larger
+    # share at ci sizes than at paper sizes); full fine-tuning freezes none
+    lora = metrics["pemma-lora/frozen bf16/weights MB"] / metrics["pemma-lora/plain/weights MB"]
+    assert 0.5 < lora < 0.75
+    assert metrics["full-finetune/frozen bf16/weights MB"] == metrics["full-finetune/plain/weights MB"]
+
+
+def test_bench_refuses_an_unknown_memory_option(tmp_path):
+    from typer.testing import CliRunner
+
+    from pemma.cli import app
+
+    result = CliRunner().invoke(
+        app, ["bench", "memory", "--options", "plain,bf16", "--results", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "--options: unknown bf16" in result.output
