@@ -276,7 +276,7 @@ def validate() -> None:
             unknown = [r.suite for r in plan.runs if r.suite not in available()]
             if unknown:
                 raise ReportError(f"{path}: unknown suite(s) {', '.join(unknown)}")
-            console.print(f"[green]ok[/]      claims plan {path.stem}: {len(plan.runs)} suites")
+            console.print(f"[green]ok[/]      claims plan {path.stem}: {len(plan.runs)} run entries")
         except ReportError as err:
             bad += 1
             console.print(f"[red]invalid[/] claims plan {path.stem}: {err}")

@@ -186,3 +186,15 @@ def test_bench_refuses_an_unknown_memory_option(tmp_path):
         app, ["bench", "memory", "--options", "plain,bf16", "--results", str(tmp_path)]
     )
     assert result.exit_code == 2 and "--options: unknown bf16" in result.output
+
+
+def test_bench_compile_reports_compile_time_speed_up_and_the_output_difference(tmp_path):
+    _bench(tmp_path, "compile", "--steps", "2")
+    metrics = _bench_metrics(tmp_path, "compile")
+    row = "pemma-lora/unetr/fp32"
+    assert metrics[f"{row}/speed-up"] == pytest.approx(
+        metrics[f"{row}/eager ms/step"] / metrics[f"{row}/compiled ms/step"]
+    )
+    assert metrics[f"{row}/unit steps"] == 2  # the ci profile's budget, against which it must pay off
+    # same weights, same crop: compiled and eager logits agree to float rounding
+    assert metrics[f"{row}/max _logit diff_"] <= 1e-3 * max(metrics[f"{row}/logit scale"], 1.0)

@@ -54,8 +54,13 @@ class Plan:
     keep: float = 0.5  # claim 3: smallest share of PET-only Dice kept through a CT-only stage
     path: Path | None = None
 
-    def suite_runs(self, suite: str) -> Runs | None:
-        return next((r for r in self.runs if r.suite == suite), None)
+    def suite_entries(self, suite: str) -> list[Runs]:
+        """The plan's entries for one suite (several when methods need different overrides)."""
+        return [r for r in self.runs if r.suite == suite]
+
+    def suite_methods(self, suite: str) -> list[str]:
+        """The methods the plan's entries for `suite` name, in order, each once."""
+        return list(dict.fromkeys(m for r in self.suite_entries(suite) for m in r.methods))
 
 
 PLAN_KEYS = {"title", "profile", "seeds", "backbone", "set", "runs", "margin", "collapse", "keep"}
@@ -100,22 +105,32 @@ def load_plan(path: Path) -> Plan:
 
 def select(plan: Plan, sources: Sources, suite: str) -> pd.DataFrame:
     """The suite's FINISHED runs that are units of the plan (profile, backbone, seeds, methods, overrides)."""
-    entry = plan.suite_runs(suite)
+    entries = plan.suite_entries(suite)
     runs = sources.suite(suite).runs
-    if entry is None or runs.empty:
+    if not entries or runs.empty:
         return pd.DataFrame()
+
+    def matching(overrides) -> pd.Series:
+        keep = pd.Series(True, index=runs.index)
+        for override in overrides:
+            for key, value in flatten(parse_override(override)).items():
+                column = runs.get(f"params.{key}", pd.Series(None, index=runs.index, dtype=object))
+                keep &= column.astype(str) == logged(value)
+        return keep
+
     keep = (
         (runs.get("tags.profile", pd.Series("", index=runs.index)) == plan.profile)
         & (runs["tags.backbone"] == plan.backbone)
         & runs["params.seed"].astype(int).isin(plan.seeds)
+        & matching(plan.overrides)
     )
-    if entry.methods:
-        keep &= runs["tags.method"].isin(entry.methods)
-    for override in (*plan.overrides, *entry.overrides):
-        for key, value in flatten(parse_override(override)).items():
-            column = runs.get(f"params.{key}", pd.Series(None, index=runs.index, dtype=object))
-            keep &= column.astype(str) == logged(value)
-    return runs[keep].reset_index(drop=True)
+    in_entry = pd.Series(False, index=runs.index)
+    for entry in entries:
+        chosen = matching(entry.overrides)
+        if entry.methods:
+            chosen &= runs["tags.method"].isin(entry.methods)
+        in_entry |= chosen
+    return runs[keep & in_entry].reset_index(drop=True)
 
 
 @dataclass
@@ -257,11 +272,7 @@ def claim_comparable(plan: Plan, sources: Sources) -> list[Verdict]:
 
 def claim_no_collapse(plan: Plan, sources: Sources) -> list[Verdict]:
     runs = select(plan, sources, "main")
-    methods = [
-        m
-        for m in (plan.suite_runs("main").methods if plan.suite_runs("main") else ())
-        if len(METHODS.get(m).inputs()) == 3
-    ]
+    methods = [m for m in plan.suite_methods("main") if len(METHODS.get(m).inputs()) == 3]
     rows = []
     for method in methods or ["pemma-lora"]:
         for subset in ("ct", "pet"):
@@ -346,8 +357,7 @@ def claim_continual(plan: Plan, sources: Sources) -> list[Verdict]:
 
 def claim_prognosis(plan: Plan, sources: Sources) -> list[Verdict]:
     runs = select(plan, sources, "prognosis")
-    entry = plan.suite_runs("prognosis")
-    methods = [m for m in (entry.methods if entry else ()) if m != reference_method("modalities")] or [
+    methods = [m for m in plan.suite_methods("prognosis") if m != reference_method("modalities")] or [
         "pemma-lora"
     ]
     patients = sources.patients("prognosis") if not runs.empty else pd.DataFrame()
