@@ -151,7 +151,9 @@ class Runner:
         t0 = time.perf_counter()
         tags = {
             **(tags or {}),
-            **provenance(self.device, dtype_name(self.device, cfg.train.amp), cfg.profile),
+            **provenance(
+                self.device, dtype_name(self.device, cfg.train.amp, cpu=cfg.train.frozen_bf16), cfg.profile
+            ),
             "task": cfg.task,
             "method": cfg.method,
             "backbone": cfg.backbone,
