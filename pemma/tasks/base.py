@@ -89,6 +89,13 @@ UNIT_METRICS = (
     *PARAMETER_METRICS,
     Metric("unit_seconds", "unit s", False, "wall time of the whole unit", 0, column=False),
     Metric(
+        "system/<metric>",
+        "system",
+        None,
+        "MLflow's system metrics, sampled over the unit (a history: one step per sample)",
+        column=False,
+    ),
+    Metric(
         "system_gpu_utilization_pct",
         "GPU util %",
         True,
