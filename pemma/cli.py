@@ -847,16 +847,15 @@ def bench_throughput(
 
 def _bench_data(cfg, results: Path, data: Path | None):
     """The cohort a benchmark reads (default: the built-in synthetic one at the profile's scale)."""
-    from pemma.config import ConfigError, resolve
+    from dataclasses import replace
+
+    from pemma.config import ConfigError
     from pemma.data.hecktor import CohortError
     from pemma.data.store import DataStore
 
     try:
-        if data:
-            cfg = resolve(
-                {"profile": cfg.profile, "backbone": cfg.backbone, "method": cfg.method},
-                {"data": {"root": str(data.resolve())}},
-            )
+        if data:  # the cohort folder only: the command's --set overrides stay
+            cfg = replace(cfg, data=replace(cfg.data, root=str(data.resolve())))
         return cfg, DataStore(results).load(cfg)
     except (ConfigError, CohortError) as err:
         raise _fail(str(err)) from err
