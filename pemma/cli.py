@@ -450,11 +450,12 @@ def run(
         runner.prepare(units)
     except CohortError as err:
         raise _fail(str(err)) from err
-    console.print(f"data ready in {time.perf_counter() - t0:.0f}s")
+    checked = time.perf_counter() - t0
+    console.print(f"data ready in {checked:.0f}s")
     if not console.is_terminal or executor != "local":
         runner.reporter = LineReporter(len(units))
         outcomes = _execute(runner, units, executor, address)
-        _finish_run(runner, spec.name, results, units, outcomes)
+        _finish_run(runner, spec.name, results, units, outcomes, checked)
         return
     with Progress(
         TextColumn("{task.description}"),
@@ -466,7 +467,7 @@ def run(
     ) as progress:
         runner.reporter = RichReporter(progress, len(units))
         outcomes = _execute(runner, units)
-    _finish_run(runner, spec.name, results, units, outcomes)
+    _finish_run(runner, spec.name, results, units, outcomes, checked)
 
 
 class Terminated(KeyboardInterrupt):
@@ -499,13 +500,31 @@ def _execute(runner, units, executor: str = "local", address: str | None = None)
         signal.signal(signal.SIGTERM, previous)
 
 
-def _finish_run(runner, suite: str, results: Path, units, outcomes) -> None:
+def _finish_run(runner, suite: str, results: Path, units, outcomes, checked: float | None = None) -> None:
     ci = bool(units) and all(cfg.profile == "ci" for cfg in units)
     _print_report(runner.tracker, suite, results, include_ci=ci)
+    _print_time_spent(outcomes, checked)
     failed = [o for o in outcomes if o.status == "FAILED"]
     if failed:
         console.print(f"[red]{len(failed)} unit(s) failed[/]; their MLflow runs hold the error")
         raise typer.Exit(code=1)
+
+
+def _print_time_spent(outcomes, checked: float | None) -> None:
+    """Where this command's time went, phase by phase over the units it ran (not those skipped)."""
+    from pemma.engine.runner import time_spent
+
+    spent = time_spent([o for o in outcomes if o.status == "FINISHED"], checked)
+    total = sum(seconds for _, seconds in spent)
+    if total <= 0:
+        return
+    view = Table(title="where the time went", title_justify="left")
+    for column in ("phase", "seconds", "share"):
+        view.add_column(column, justify="left" if column == "phase" else "right")
+    for phase, seconds in spent:
+        view.add_row(phase.replace("_", " "), f"{seconds:.0f}", f"{seconds / total:.0%}")
+    view.add_row("total", f"{total:.0f}", "100%")
+    console.print(view)
 
 
 def _print_report(tracker, suite: str, results: Path, include_ci: bool = False) -> Path:

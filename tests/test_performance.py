@@ -113,6 +113,25 @@ def test_every_unit_logs_system_metrics_over_time_and_their_summaries(tmp_path, 
     cpu = [m.value for m in history]
     assert runs["metrics.system_cpu_utilization_pct"].iloc[0] == pytest.approx(sum(cpu) / len(cpu))
     assert "metrics.system_gpu_utilization_pct" not in runs  # no GPU here: no GPU figure, no column
+    # Where the unit's time went: every phase of a segmentation unit, adding up to its wall time.
+    phases = {c.removeprefix("metrics.time/"): runs[c].iloc[0] for c in runs if c.startswith("metrics.time/")}
+    expected = {"data", "ct_base", "build", "train", "evaluate", "save", "tracking"}
+    assert set(phases) == {f"{p}_s" for p in expected}
+    assert all(v >= 0 for v in phases.values()) and phases["train_s"] > 0 and phases["evaluate_s"] > 0
+    assert sum(phases.values()) == pytest.approx(runs["metrics.unit_seconds"].iloc[0])
+    assert "where the time went" in result.output and "data check" in result.output
+
+
+def test_time_spent_sums_phases_over_units_in_order():
+    from pemma.engine.runner import UnitOutcome, time_spent
+
+    outcomes = [
+        UnitOutcome("a", "FINISHED", metrics={"time/train_s": 2.0, "time/data_s": 1.0, "dice": 0.5}),
+        UnitOutcome("b", "FINISHED", metrics={"time/train_s": 3.0, "time/evaluate_s": 0.5}),
+    ]
+    spent = time_spent(outcomes, 4.0)
+    assert spent == [("data check", 4.0), ("data", 1.0), ("train", 5.0), ("evaluate", 0.5)]
+    assert time_spent([]) == []
 
 
 def _bench(tmp_path, *args):

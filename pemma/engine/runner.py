@@ -25,7 +25,7 @@ from pemma.locks import Lock
 from pemma.methods import METHODS, build_method, reference_method
 from pemma.metrics.params import count_parameters
 from pemma.tasks import TASKS, Measured, Unit
-from pemma.tasks.base import PARAMETER_METRICS, Monitor, UnitStopped, checkpoint_folder
+from pemma.tasks.base import PARAMETER_METRICS, Monitor, Phases, UnitStopped, checkpoint_folder
 from pemma.tracking import Tracker, provenance, run_key
 
 log = logging.getLogger(__name__)
@@ -169,10 +169,14 @@ class Runner:
                 report(step, metrics)
 
             monitor = replace(monitor, report=logged)
+        phases = Phases()
         try:
             with self.tracker.system_metrics(run_id):
-                measured = self.measure(cfg, key, monitor)
+                measured = self.measure(cfg, key, monitor, phases)
             metrics = {**measured.metrics, "unit_seconds": time.perf_counter() - t0}
+            # The rest of the unit's wall time so far: starting its run and the system metrics sampler.
+            metrics.update(phases.metrics())
+            metrics["time/tracking_s"] = metrics["unit_seconds"] - sum(phases.seconds.values())
             self.tracker.log(run_id, metrics, measured.tags)
             for folder, path in measured.artifacts.items():
                 self.tracker.log_artifact(run_id, path, folder)
@@ -189,26 +193,32 @@ class Runner:
             self.tracker.fail(run_id, err)
             return UnitOutcome(key, "FAILED", time.perf_counter() - t0, error=f"{type(err).__name__}: {err}")
 
-    def measure(self, cfg: RunConfig, key: str, monitor: Monitor | None = None) -> Measured:
-        """The one preamble every unit shares (data, CT base, the task's model, parameters), then the task."""
+    def measure(
+        self, cfg: RunConfig, key: str, monitor: Monitor | None = None, phases: Phases | None = None
+    ) -> Measured:
+        """The one preamble every unit shares (data, CT base, the task's model, parameters), then the
+        task; `phases` gathers where the time went."""
+        phases = phases if phases is not None else Phases()
         task = TASKS.get(cfg.task)()
         seed_everything(cfg.seed)
-        loaded = self.store.load(cfg)
+        with phases("data"):
+            loaded = self.store.load(cfg)
         method = METHODS.get(cfg.method)()
         out = Measured(
             tags={"data_fingerprint": loaded.data.fingerprint, "data_root": str(loaded.cohort.root)}
         )
         base = None
         if method.needs_base:
-            base, info = pretrained_base(
-                cfg,
-                loaded.data,
-                loaded.plan,
-                self.results / "bases",
-                self.device,
-                self.reporter.stage,
-                checkpoint_root=self.results / "checkpoints",
-            )
+            with phases("ct_base"):
+                base, info = pretrained_base(
+                    cfg,
+                    loaded.data,
+                    loaded.plan,
+                    self.results / "bases",
+                    self.device,
+                    self.reporter.stage,
+                    checkpoint_root=self.results / "checkpoints",
+                )
             out.tags["base_key"] = info.get("key", info.get("source", ""))
             out.metrics.update({f"base_dice_agg/ct/{k}": v for k, v in info.get("val_dice_agg", {}).items()})
         seed_everything(cfg.seed)
@@ -223,12 +233,14 @@ class Runner:
             stage=self.reporter.stage,
             note=self.reporter.note,
             monitor=monitor,
+            phases=phases,
         )
-        built = task.build(unit)
-        total, trainable = count_parameters(built.model)
+        with phases("build"):
+            built = task.build(unit)
+            total, trainable = count_parameters(built.model)
+            reference = self.reference_trainable(cfg, base) if task.parameter_share else 0
         out.metrics.update({"params_total": total, "params_trainable": trainable})
         if task.parameter_share:
-            reference = self.reference_trainable(cfg, base)
             out.metrics["params_trainable_pct_of_reference"] = 100.0 * trainable / reference
             out.tags["params_reference_method"] = reference_method("parameters")
         out.tags["adapted_modules"] = ",".join(built.adapted_modules) or "none"
@@ -261,3 +273,20 @@ def headline(cfg: RunConfig, metrics: dict[str, float]) -> str:
         if metric.column and metric.key not in shared and metric.key in metrics:
             return f"{metric.title} {metrics[metric.key]:.3f}"
     return ""
+
+
+PHASE_ORDER = ("data", "ct_base", "build", "train", "evaluate", "continual", "save", "tracking")
+
+
+def time_spent(outcomes: list[UnitOutcome], check_seconds: float | None = None) -> list[tuple[str, float]]:
+    """Where a run's time went: the data check before the units (when given), then each phase summed
+    over the units this process ran (their `time/<phase>_s` metrics), in PHASE_ORDER."""
+    totals: dict[str, float] = {}
+    for outcome in outcomes:
+        for name, value in outcome.metrics.items():
+            if name.startswith("time/") and name.endswith("_s"):
+                phase = name.removeprefix("time/").removesuffix("_s")
+                totals[phase] = totals.get(phase, 0.0) + value
+    rank = {name: i for i, name in enumerate(PHASE_ORDER)}
+    rows = [("data check", check_seconds)] if check_seconds is not None else []
+    return rows + sorted(totals.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0]))

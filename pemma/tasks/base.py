@@ -7,8 +7,10 @@ more grows an optional hook here with a no-op default.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -127,6 +129,15 @@ UNIT_METRICS = (
         column=False,
     ),
     Metric(
+        "time/<phase>_s",
+        "phase s",
+        False,
+        "wall seconds of one phase of the unit (data, ct_base, build, train, evaluate, save, continual, "
+        "tracking; `pemma-bench run` sums them into where the suite's time went)",
+        0,
+        column=False,
+    ),
+    Metric(
         "base_dice_agg/ct/<class>",
         "CT base Dice",
         True,
@@ -151,6 +162,24 @@ class Monitor:
     every: int = 0
 
 
+class Phases:
+    """Wall seconds per named phase of a unit (`with phases("train"): ...`), summed over repeats."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{name}_s": s for name, s in self.seconds.items()}
+
+
 @dataclass
 class Unit:
     """Everything a task needs to train and evaluate one unit; built once by the runner."""
@@ -167,6 +196,8 @@ class Unit:
     note: Callable[[str], None] = field(default=lambda text: None)
     monitor: Monitor | None = None
     """Set for a search trial: the task validates as it asks (Task.validate)."""
+    phases: Phases = field(default_factory=Phases)
+    """Where the unit's time goes; a task times its phases with `unit.phases("train")`."""
 
     def output(self, kind: str, suffix: str) -> Path:
         """Where the unit writes an output of `kind`: results/<suite>/<kind>/<run key><suffix>."""

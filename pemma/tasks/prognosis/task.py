@@ -147,17 +147,19 @@ class Prognosis(Task):
         patients = built.patients
         train_p, test_p = patients["train"], patients["test"]
         out = Measured(tags={"prognosis_inputs": LABELS[subset] + ("+EHR" if p.ehr else "")})
+        phase = unit.phases
         t0 = time.perf_counter()
-        losses = fit_risk_model(
-            model,
-            image_forward(model, train_p, subset, encoding, device),
-            len(train_p.ids),
-            train_p.time,
-            train_p.event,
-            p,
-            cfg.seed,
-            device,
-        )
+        with phase("train"):
+            losses = fit_risk_model(
+                model,
+                image_forward(model, train_p, subset, encoding, device),
+                len(train_p.ids),
+                train_p.time,
+                train_p.event,
+                p,
+                cfg.seed,
+                device,
+            )
         out.metrics.update(
             {
                 "train_seconds": time.perf_counter() - t0,
@@ -165,21 +167,22 @@ class Prognosis(Task):
                 "train_final_loss": losses[-1],
             }
         )
-        risks = {
-            name: predict(
-                model, image_forward(model, pts, subset, encoding, device), len(pts.ids), device, p.amp
+        with phase("evaluate"):
+            risks = {
+                name: predict(
+                    model, image_forward(model, pts, subset, encoding, device), len(pts.ids), device, p.amp
+                )
+                for name, pts in patients.items()
+            }
+            scores = survival_scores(
+                (train_p.time.numpy(), train_p.event.numpy(), risks["train"]),
+                (test_p.time.numpy(), test_p.event.numpy(), risks["test"]),
+                p.horizons,
+                n_boot=p.bootstrap,
+                seed=cfg.seed,
             )
-            for name, pts in patients.items()
-        }
-        scores = survival_scores(
-            (train_p.time.numpy(), train_p.event.numpy(), risks["train"]),
-            (test_p.time.numpy(), test_p.event.numpy(), risks["test"]),
-            p.horizons,
-            n_boot=p.bootstrap,
-            seed=cfg.seed,
-        )
-        out.metrics.update({f"surv/{k}": v for k, v in scores.items()})
-        out.metrics.update(baseline_scores(train_p, test_p, p, cfg.seed))
+            out.metrics.update({f"surv/{k}": v for k, v in scores.items()})
+            out.metrics.update(baseline_scores(train_p, test_p, p, cfg.seed))
         out.metrics["train_patients"] = len(train_p.ids)
         predictions = unit.output("predictions", ".csv")
         predictions.parent.mkdir(parents=True, exist_ok=True)

@@ -111,7 +111,9 @@ class Segmentation(Task):
         out.tags["train_schedule"] = ", ".join(
             f"{s}={p:.2f}" for s, p in zip(subsets, probabilities, strict=True)
         )
-        crops = loaded.data.crops(loaded.plan.adapt["train"], KEYS, cfg.model.roi, seed=cfg.seed)
+        phase = unit.phases
+        with phase("data"):
+            crops = loaded.data.crops(loaded.plan.adapt["train"], KEYS, cfg.model.roi, seed=cfg.seed)
         on_step = unit.stage(f"training {cfg.method}", cfg.train.steps)
         monitor = unit.monitor
         if monitor is not None:
@@ -125,17 +127,18 @@ class Segmentation(Task):
                 if (step + 1) % monitor.every == 0 and step + 1 < cfg.train.steps:
                     monitor.report(step + 1, self.validate(unit, built.model, monitor.subsets))
 
-        stats = train(
-            built.model,
-            crops,
-            cfg.train,
-            subsets=subsets,
-            probabilities=probabilities,
-            seed=cfg.seed,
-            device=unit.device,
-            on_step=on_step,
-            checkpoint=unit.checkpoint("train"),
-        )
+        with phase("train"):
+            stats = train(
+                built.model,
+                crops,
+                cfg.train,
+                subsets=subsets,
+                probabilities=probabilities,
+                seed=cfg.seed,
+                device=unit.device,
+                on_step=on_step,
+                checkpoint=unit.checkpoint("train"),
+            )
         if monitor is not None:
             out.metrics.update(self.validate(unit, built.model, monitor.subsets))
         out.metrics.update(
@@ -148,17 +151,19 @@ class Segmentation(Task):
                 "train_final_loss": stats.final_loss,
             }
         )
-        volumes = loaded.data.volumes(loaded.plan.adapt["test"], KEYS)
-        results = evaluate(
-            built.model,
-            volumes,
-            method.inputs(),
-            cfg.model.roi,
-            cfg.eval,
-            unit.device,
-            cfg.train.amp,
-            original_grid=True,
-        )
+        with phase("data"):
+            volumes = loaded.data.volumes(loaded.plan.adapt["test"], KEYS)
+        with phase("evaluate"):
+            results = evaluate(
+                built.model,
+                volumes,
+                method.inputs(),
+                cfg.model.roi,
+                cfg.eval,
+                unit.device,
+                cfg.train.amp,
+                original_grid=True,
+            )
         for subset, result in results.items():
             out.metrics.update({f"dice_hecktor/{subset}/{k}": v for k, v in result.original.items()})
             out.metrics.update(
@@ -182,19 +187,21 @@ class Segmentation(Task):
             for subset, result in results.items()
             for row in result.patients
         ]
-        table = write_patient_table(rows, unit.key, unit.output("patients", ".csv"))
+        with phase("save"):
+            table = write_patient_table(rows, unit.key, unit.output("patients", ".csv"))
+            saved = unit.output("trained", ".safetensors")
+            out.metrics["saved_bytes"] = save_trained(
+                built.model,
+                built.trained,
+                saved,
+                {"method": cfg.method, "backbone": cfg.backbone, "run_key": unit.key},
+            )
         out.artifacts["patients"] = table
         out.tags["patients_file"] = str(table.relative_to(unit.results))
-        saved = unit.output("trained", ".safetensors")
-        out.metrics["saved_bytes"] = save_trained(
-            built.model,
-            built.trained,
-            saved,
-            {"method": cfg.method, "backbone": cfg.backbone, "run_key": unit.key},
-        )
         out.tags["trained_file"] = str(saved.relative_to(unit.results))
         if cfg.continual.order:
-            out.metrics.update(continual.run_stages(unit, built.model, results))
+            with phase("continual"):
+                out.metrics.update(continual.run_stages(unit, built.model, results))
         return out
 
     def validation_volumes(self, unit: Unit):
