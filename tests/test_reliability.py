@@ -175,6 +175,27 @@ def test_cache_entries_are_verified_rebuilt_when_damaged_and_survive_a_moved_fol
     assert next((tmp_path / "b" / "cache").rglob("*.pt")).stat().st_mtime_ns == stamp
 
 
+def test_a_cache_entry_is_hashed_once_per_process_until_it_changes(tiny_cohort, tmp_path, monkeypatch):
+    from pemma.config import DataConfig
+    from pemma.data import datasets
+    from pemma.data.hecktor import read_cohort
+    from pemma.files import verify
+
+    cohort = read_cohort(tiny_cohort)
+    case = [c for c in cohort.cases if c.pet is not None][:1]
+    data = datasets.CohortData(DataConfig(), cohort.fingerprint(), tmp_path / "cache")
+    data.volumes(case, ("ct", "pet", "label"))[0]  # written (and its digest recorded) here
+    hashed = []
+    monkeypatch.setattr(datasets, "verify", lambda path: hashed.append(path) or verify(path))
+    for _ in range(3):
+        data.volumes(case, ("ct", "pet", "label"))[0]
+    assert len(hashed) == 1  # read three times, hashed once
+    (entry,) = (tmp_path / "cache").rglob("*.pt")
+    _flip(entry)  # changed on disk: hashed again, found damaged, rebuilt
+    data.volumes(case, ("ct", "pet", "label"))[0]
+    assert len(hashed) == 2
+
+
 def test_a_damaged_state_is_named_and_a_damaged_ct_base_is_trained_again(tiny_cohort, tmp_path, caplog):
     import pytest
     import torch

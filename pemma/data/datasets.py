@@ -29,18 +29,31 @@ def _portable_hash(item: dict) -> bytes:
     )
 
 
+_VERIFIED: dict[str, tuple[int, int, int]] = {}
+"""Cache entries this process has verified, with the (inode, size, mtime) they had then: a training
+loop reads each entry many times, and hashing it on every read was a share of every step."""
+
+
+def _stat(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class VerifiedCache(PersistentDataset):
-    """MONAI's on-disk cache with a sha256 recorded beside every entry and checked on every read: an
-    entry that differs (flipped bytes, truncation) is rebuilt with a warning naming it."""
+    """MONAI's on-disk cache with a sha256 recorded beside every entry and checked when this process
+    first reads it (and again whenever the file has changed since): an entry that differs (flipped
+    bytes, truncation) is rebuilt with a warning naming it."""
 
     def __init__(self, data, transform, cache_dir: Path) -> None:
         super().__init__(data, transform, cache_dir=cache_dir, hash_func=_portable_hash)
 
     def _cachecheck(self, item_transformed):
         entry = self.cache_dir / f"{self.hash_func(item_transformed).decode('utf-8')}{self.transform_hash}.pt"
-        if entry.is_file():
+        seen = _stat(entry) if entry.is_file() else None
+        if seen is not None and _VERIFIED.get(str(entry)) != seen:
             try:
                 verify(entry)
+                _VERIFIED[str(entry)] = seen  # the stat from before reading: a later change re-verifies
             except CorruptFile as err:
                 log.warning("%s; rebuilding this cache entry", err)
                 discard(entry)
