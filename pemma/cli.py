@@ -942,7 +942,8 @@ def bench_overhead(
 def bench_memory(
     profile: BenchProfileOpt = "smoke",
     methods: Annotated[
-        list[str] | None, typer.Option("--methods", help="Methods (default: pemma-lora, full-finetune).")
+        list[str] | None,
+        typer.Option("--methods", help="Methods (default: pemma-lora and the memory reference method)."),
     ] = None,
     backbone: OneBackboneOpt = "unetr",
     options: Annotated[
@@ -956,7 +957,7 @@ def bench_memory(
     """Peak memory and step time with activation checkpointing and frozen bf16 weights, per method."""
     from pemma.engine.performance import MEMORY_OPTIONS, memory_options
     from pemma.engine.runner import default_device
-    from pemma.methods import METHODS
+    from pemma.methods import METHODS, reference_method
     from pemma.registry import RegistryError
 
     cfg = _bench_config(profile, "pemma-lora", backbone, set_)
@@ -965,7 +966,7 @@ def bench_memory(
     if unknown:
         raise _fail(f"--options: unknown {', '.join(unknown)}; expected {', '.join(MEMORY_OPTIONS)}")
     try:
-        names = [METHODS.canonical(m) for m in _split(methods) or ["pemma-lora", "full-finetune"]]
+        names = [METHODS.canonical(m) for m in _split(methods) or ["pemma-lora", reference_method("memory")]]
     except RegistryError as err:
         raise _fail(str(err)) from err
     device = default_device()

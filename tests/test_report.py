@@ -102,3 +102,9 @@ def test_every_declared_metric_has_a_meaning_and_a_known_reference():
         assert metric.reference is None or metric.reference in REFERENCE_ROLES
     for _, task in TASKS.items():
         assert task.data_keys and task.metrics and task.summary
+    # every role has exactly one method that declares itself its reference
+    assert {role: reference_method(role) for role in REFERENCE_ROLES} == {
+        "parameters": "early-fusion",
+        "modalities": "ct-only",
+        "memory": "full-finetune",
+    }

@@ -30,7 +30,7 @@ from monai.losses import DiceCELoss
 from pemma.config import RunConfig
 from pemma.engine.benchmark import RandomVolumes
 from pemma.engine.train import autocast, castable_frozen, dtype_name, plain, train
-from pemma.methods import METHODS, build_method
+from pemma.methods import METHODS, build_method, reference_method
 from pemma.modalities import CTPET, split_inputs
 from pemma.models.backbones import BACKBONES
 
@@ -251,10 +251,11 @@ def memory_options(
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     table = pd.DataFrame(rows)
-    ref = table[(table["method"] == "full-finetune") & (table["option"] == "plain")]
+    reference = reference_method("memory")
+    ref = table[(table["method"] == reference) & (table["option"] == "plain")]
     if not ref.empty:
-        table["memory vs full-finetune"] = table["peak MB"] / ref["peak MB"].iloc[0]
-        table["step time vs full-finetune"] = table["ms/step"] / ref["ms/step"].iloc[0]
+        table[f"memory vs {reference}"] = table["peak MB"] / ref["peak MB"].iloc[0]
+        table[f"step time vs {reference}"] = table["ms/step"] / ref["ms/step"].iloc[0]
     table.attrs["device"] = str(device)
     return table
 

@@ -91,6 +91,8 @@ class Method:
 REFERENCE_ROLES = {
     "parameters": "trainable-parameter shares are given as a percentage of this method's count",
     "modalities": "gains from adding a modality are given relative to this method (images of CT alone)",
+    "memory": "training memory and step time (`bench memory`) are given relative to this method's plain "
+    "settings",
 }
 
 

@@ -14,6 +14,7 @@ class FullFinetuneMethod(Method):
     summary = "PEMMA architecture, everything (CT backbone and decoder included)"
     model_cls = PemmaModel
     train_inputs = SUBSETS
+    reference_for = ("memory",)
 
     def build(self, base, cfg, backbone):
         return Built(backbone.wrap_pemma(copy.deepcopy(base), cfg.adapter))
