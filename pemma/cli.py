@@ -933,7 +933,10 @@ def bench_overhead(
     for i in range(len(crops)):  # the harness reads its cache warm, as every unit after the first does
         crops[i]
     device = default_device()
-    table = overhead(cfg, crops, device, steps, rounds)
+    try:
+        table = overhead(cfg, crops, device, steps, rounds)
+    except ValueError as err:
+        raise _fail(str(err)) from err
     _print_frame(table, f"harness vs bare loop: profile {profile}, {device}")
     _log_bench(results, "overhead", table, cfg, device)
 

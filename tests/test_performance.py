@@ -163,6 +163,11 @@ def test_bench_overhead_and_public_reference_log_their_ratios(tmp_path, tiny_coh
     metrics = _bench_metrics(tmp_path, "overhead")
     ratio = metrics["pemma-lora/unetr/fp32/harness / bare"]
     assert ratio > 0 and metrics["pemma-lora/unetr/fp32/overhead _"] == pytest.approx(100 * (ratio - 1))
+    # the steady per-step comparison beside the whole call's, and the fixed cost it implies
+    bare, ours = (metrics[f"pemma-lora/unetr/fp32/{side} steady ms/step"] for side in ("bare", "harness"))
+    assert bare > 0 and ours > 0
+    assert metrics["pemma-lora/unetr/fp32/per-step overhead _"] == pytest.approx(100 * (ours / bare - 1))
+    assert "pemma-lora/unetr/fp32/fixed s" in metrics
 
     _bench(
         tmp_path,
