@@ -1056,39 +1056,30 @@ def bench_merge(
 
 @bench_app.command("data")
 def bench_data(
-    profile: Annotated[str, typer.Option(help="ci | smoke | paper.")] = "smoke",
-    method: Annotated[
-        str, typer.Option("--methods", "--method", help="Method whose training step is timed (one).")
-    ] = "pemma-lora",
+    profile: BenchProfileOpt = "smoke",
+    method: OneMethodOpt = "pemma-lora",
+    backbone: OneBackboneOpt = "unetr",
     steps: Annotated[int, typer.Option(help="Timed training steps.")] = 20,
+    set_: SetOpt = None,
     results: ResultsOpt = Path("results"),
-    data: Annotated[
-        Path | None, typer.Option(help="HECKTOR-layout cohort; default: built-in synthetic.")
-    ] = None,
+    data: DataOpt = None,
 ) -> None:
     """Preprocessing cache: first (cold) vs second (warm) epoch, and the data-wait share of a step."""
     import tempfile
 
-    from pemma.config import ConfigError, resolve
-    from pemma.data.hecktor import CohortError
-    from pemma.data.store import DataStore
     from pemma.engine.benchmark import data_cache
     from pemma.engine.runner import default_device
 
-    try:
-        layers = [{"profile": profile, "method": method}]
-        if data:
-            layers.append({"data": {"root": str(data.resolve())}})
-        cfg = resolve(*layers)
-        loaded = DataStore(results).load(cfg)
-    except (ConfigError, CohortError) as err:
-        raise _fail(str(err)) from err
+    cfg = _bench_config(profile, method, backbone, set_)
+    cfg, loaded = _bench_data(cfg, results, data)
+    device = default_device()
     results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=results) as cold:
-        table = data_cache(cfg, loaded, Path(cold), default_device(), steps)
+        table = data_cache(cfg, loaded, Path(cold), device, steps)
     _print_frame(
         table, f"preprocessing cache: profile {profile}, {len(loaded.cohort.cases)} patients in cohort"
     )
+    _log_bench(results, "data", table, cfg, device)
 
 
 @app.command()

@@ -187,6 +187,18 @@ def test_bench_overhead_and_public_reference_log_their_ratios(tmp_path, tiny_coh
     assert metrics["pemma-bench/fp32/SDPA/plain/cached/speed-up"] == pytest.approx(ours / public)
 
 
+def test_bench_data_logs_the_cache_speed_up_and_the_data_wait(tmp_path, tiny_cohort):
+    out = _bench(tmp_path, "data", "--steps", "2", "--data", str(tiny_cohort)).output
+    assert "preprocessing cache" in out
+    logged = _bench_metrics(tmp_path, "data")
+    assert {k.split("/")[0] for k in logged} == {"pemma-lora"}  # one row, labelled by its method
+    metrics = {k.removeprefix("pemma-lora/"): v for k, v in logged.items()}
+    cold, warm = metrics["epoch 1 s _cold cache_"], metrics["epoch 2 s _warm cache_"]
+    assert cold > 0 and warm > 0 and metrics["speed-up"] == pytest.approx(cold / warm)
+    assert 0 <= metrics["data wait share of a step"] <= 1 and metrics["cases"] > 0
+    assert not list(tmp_path.glob("tmp*"))  # the cold cache was a temporary folder, gone
+
+
 def test_bench_memory_reports_every_option_against_plain_full_finetuning(tmp_path):
     _bench(tmp_path, "memory", "--steps", "1", "--methods", "pemma-lora,full-finetune")
     metrics = _bench_metrics(tmp_path, "memory")
