@@ -1,5 +1,7 @@
 """Module surgery and portable results: Swin split forward, q,v split, saved state round trips, merging."""
 
+import copy
+
 import pytest
 import torch
 from monai.networks.nets import UNETR, SwinUNETR
@@ -10,6 +12,7 @@ from pemma.config import resolve
 from pemma.methods import METHODS, build_method
 from pemma.models.adapters import SplitQKV, WidenedConv, fuse_qkv, merge_adapters, split_qkv
 from pemma.models.backbones import BACKBONES
+from pemma.models.networks import set_memory_format
 from pemma.models.portable import PortableStateError, load_trained, read_metadata, save_trained
 
 
@@ -41,8 +44,9 @@ def test_swin_split_forward_is_monai_swin_unetr():
 def test_pemma_swin_starts_as_the_ct_base_on_ct():
     """The merge starts as identity on CT and the CT adapter's residual at zero: CT input = the base."""
     cfg = resolve({"profile": "ci", "backbone": "swin-unetr", "adapter": {"beta": "absent"}})
-    base = _base("swin-unetr").eval()
+    base = copy.deepcopy(_base("swin-unetr")).eval()
     model = METHODS.get("pemma-lora")().create(base, cfg).model.eval()
+    set_memory_format(base, cfg.model.channels_last)  # the same convolution kernels on both sides
     ct, _ = _inputs("ct", cfg.model.roi)
     with torch.no_grad():
         torch.testing.assert_close(model(ct, None), base(ct), atol=1e-6, rtol=1e-6)

@@ -41,6 +41,36 @@ def test_activation_checkpointing_keeps_the_gradients_and_saves_fewer_activation
     assert kept_recomputed < kept_plain  # the blocks keep only their inputs; the decoder is unchanged
 
 
+@pytest.mark.parametrize("backbone", BACKBONES.names())
+@pytest.mark.parametrize("name", ["pemma-lora", "early-fusion"])
+def test_channels_last_convolutions_give_the_same_outputs_and_gradients(name, backbone):
+    from dataclasses import replace
+
+    from pemma.models.networks import set_memory_format
+
+    cfg = CFGS[backbone]
+    ncdhw = replace(cfg, model=replace(cfg.model, channels_last=False))
+    torch.manual_seed(0)
+    fast = build_method(name, cfg, _base(backbone)).model  # the default: channels-last
+    slow = copy.deepcopy(fast)
+    assert set_memory_format(slow, False) > 0 and set_memory_format(slow, False) == 0
+    convs = [p for p in fast.parameters() if p.dim() == 5]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in convs)
+    assert all(p.is_contiguous() for p in build_method(name, ncdhw, _base(backbone)).model.parameters())
+    out = {}
+    for label, model in (("fast", fast), ("slow", slow)):
+        torch.manual_seed(1)
+        model.train()
+        logits = model(*_inputs("ctpet", cfg.model.roi))
+        logits.square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        out[label] = logits.detach(), grads
+    torch.testing.assert_close(out["fast"][0], out["slow"][0], rtol=1e-4, atol=1e-5)
+    assert out["fast"][1].keys() == out["slow"][1].keys() and out["fast"][1]
+    for n, g in out["slow"][1].items():
+        torch.testing.assert_close(out["fast"][1][n], g, rtol=1e-3, atol=1e-5, msg=n)
+
+
 def test_activation_checkpointing_is_not_part_of_a_units_identity():
     plain = resolve({"profile": "ci"})
     recomputed = resolve({"profile": "ci"}, {"train": {"activation_checkpointing": True}})
@@ -182,9 +212,10 @@ def test_bench_overhead_and_public_reference_log_their_ratios(tmp_path, tiny_coh
         str(tiny_cohort),
     )
     metrics = _bench_metrics(tmp_path, "throughput-public")
-    public = metrics["public PEMMA code/fp32/manual/MetaTensor/preprocessed every step/samples/s"]
-    ours = metrics["pemma-bench/fp32/SDPA/plain/cached/samples/s"]
-    assert metrics["pemma-bench/fp32/SDPA/plain/cached/speed-up"] == pytest.approx(ours / public)
+    public = metrics["public PEMMA code/fp32/manual/NCDHW/MetaTensor/preprocessed every step/samples/s"]
+    harness = "pemma-bench/fp32/SDPA/channels-last/plain/cached"
+    ours = metrics[f"{harness}/samples/s"]
+    assert metrics[f"{harness}/speed-up"] == pytest.approx(ours / public)
 
 
 def test_bench_data_logs_the_cache_speed_up_and_the_data_wait(tmp_path, tiny_cohort):

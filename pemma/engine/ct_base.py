@@ -23,6 +23,7 @@ from pemma.locks import locked
 from pemma.modalities import CT
 from pemma.models.backbones import BACKBONES
 from pemma.models.fusion import CTOnly
+from pemma.models.networks import set_memory_format
 
 log = logging.getLogger(__name__)
 CT_KEYS = ("ct", "label")
@@ -87,6 +88,7 @@ def _cached_or_trained(cfg, net, folder, data, plan, device, stage, checkpoint_r
         except (CorruptFile, ValueError) as err:  # ValueError: JSONDecodeError of a broken base.json
             log.warning("the cached CT base is broken (%s); training it again", err)
             shutil.rmtree(folder)
+    set_memory_format(net, cfg.model.channels_last)
     model = CTOnly(net)
     crops = data.crops(plan.pretrain["train"], CT_KEYS, cfg.model.roi, seed=cfg.seed)
     # The adaptation's numerics options (frozen bf16, compile) are not the base's: its key holds neither.

@@ -47,9 +47,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _model(cfg: RunConfig, method: str, sdpa: bool = True) -> torch.nn.Module:
+def _model(cfg: RunConfig, method: str, public: bool = False) -> torch.nn.Module:
+    """The method's model at `cfg`'s sizes; `public`: as the public code builds it (MONAI's manual
+    attention, NCDHW convolutions)."""
     torch.manual_seed(cfg.seed)
-    model_cfg = replace(cfg.model, sdpa=sdpa)
+    model_cfg = replace(cfg.model, sdpa=False, channels_last=False) if public else cfg.model
     base = BACKBONES.get(cfg.backbone).build(model_cfg, 1)
     return build_method(method, replace(cfg, model=model_cfg), base).model
 
@@ -195,14 +197,15 @@ def public_reference(
 ) -> pd.DataFrame:
     """The public PEMMA code's configuration against this harness's defaults, same model and batch.
 
-    Public: fp32, eager, MONAI's manual attention (no SDPA), MetaTensors kept through the network,
-    every crop read from its files and preprocessed on the step that uses it. Harness: its loop on
-    cached crops with plain tensors, SDPA, and bf16 autocast where the device has it (CUDA). Both
-    train CT+PET steps from the same initial weights; Dice is the task's concern (`pemma-bench run
-    --set model.sdpa=false --set train.amp=false` trains the public configuration end to end).
+    Public: fp32, eager, MONAI's manual attention (no SDPA), NCDHW convolutions, MetaTensors kept
+    through the network, every crop read from its files and preprocessed on the step that uses it.
+    Harness: its loop on cached crops with plain tensors, SDPA, channels-last convolutions, and bf16
+    autocast where the device has it (CUDA). Both train CT+PET steps from the same initial weights;
+    Dice is the task's concern (`pemma-bench run --set model.sdpa=false --set
+    model.channels_last=false --set train.amp=false` trains the public configuration end to end).
     """
-    public_model = _model(cfg, cfg.method, sdpa=False)
-    harness_model = _model(cfg, cfg.method, sdpa=True)
+    public_model = _model(cfg, cfg.method, public=True)
+    harness_model = _model(cfg, cfg.method)
 
     def public() -> float:
         model = copy.deepcopy(public_model).to(device)
@@ -221,6 +224,7 @@ def public_reference(
                 "configuration": "public PEMMA code",
                 "dtype": "fp32",
                 "attention": "manual",
+                "layout": "NCDHW",
                 "tensors": "MetaTensor",
                 "data": "preprocessed every step",
                 "samples/s": samples / best["public"],
@@ -230,6 +234,7 @@ def public_reference(
                 "configuration": "pemma-bench",
                 "dtype": dtype_name(device, cfg.train.amp),
                 "attention": "SDPA",
+                "layout": "channels-last" if cfg.model.channels_last else "NCDHW",
                 "tensors": "plain",
                 "data": "cached",
                 "samples/s": samples / best["harness"],

@@ -16,6 +16,7 @@ from pemma.config import RunConfig
 from pemma.modalities import LABELS, MODALITIES, SUBSETS, UnsupportedModalityError
 from pemma.models.backbones import BACKBONES, Backbone
 from pemma.models.base import SegmentationModel
+from pemma.models.networks import set_memory_format
 from pemma.registry import Registry
 
 
@@ -68,6 +69,7 @@ class Method:
     def create(self, base: nn.Module | None, cfg: RunConfig) -> Built:
         built = self.build(base, cfg, BACKBONES.get(cfg.backbone))
         built.trained = set_trainable(built.model, self.trainable_patterns(cfg))
+        set_memory_format(built.model, cfg.model.channels_last)
         return built
 
     def train_schedule(self, cfg: RunConfig) -> tuple[tuple[str, ...], tuple[float, ...]]:

@@ -135,6 +135,19 @@ class FlexibleSwinUNETR(SwinUNETR):
         return self.decode(self.encoder1(x_in), self.stages(self.embed(x_in)))
 
 
+def set_memory_format(model: nn.Module, channels_last: bool) -> int:
+    """Every 5-D parameter (the 3D convolutions' weights) channels-last, or back to NCDHW; a
+    convolution then runs, and hands on its output, in its weight's layout. Returns how many
+    parameters changed layout."""
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    count = 0
+    for param in model.parameters():
+        if param.dim() == 5 and not param.is_contiguous(memory_format=layout):
+            param.data = param.data.contiguous(memory_format=layout)
+            count += 1
+    return count
+
+
 def set_activation_checkpointing(model: nn.Module, on: bool) -> int:
     """Recompute the transformer blocks' activations in the backward pass (UNETR's ViT blocks, Swin
     UNETR's Swin blocks, wherever they sit in `model`); returns how many blocks or networks were set."""
