@@ -978,6 +978,38 @@ def bench_memory(
     _log_bench(results, "memory", table, cfg, device)
 
 
+@bench_app.command("layout")
+def bench_layout(
+    profile: BenchProfileOpt = "smoke",
+    methods: Annotated[
+        list[str] | None,
+        typer.Option("--methods", help="Methods (default: early-fusion, pemma-lora, full-finetune)."),
+    ] = None,
+    backbone: OneBackboneOpt = "unetr",
+    steps: Annotated[int, typer.Option(help="Timed training steps per layout and round.")] = 5,
+    rounds: RoundsOpt = 2,
+    set_: SetOpt = None,
+    results: ResultsOpt = Path("results"),
+) -> None:
+    """Channels-last 3D convolutions (model.channels_last, the default) vs NCDHW: step time per method."""
+    from pemma.engine.performance import layout_speed
+    from pemma.engine.runner import default_device
+    from pemma.methods import METHODS
+    from pemma.registry import RegistryError
+
+    cfg = _bench_config(profile, "pemma-lora", backbone, set_)
+    try:
+        names = [
+            METHODS.canonical(m) for m in _split(methods) or ["early-fusion", "pemma-lora", "full-finetune"]
+        ]
+    except RegistryError as err:
+        raise _fail(str(err)) from err
+    device = default_device()
+    table = layout_speed(cfg, names, device, steps, rounds)
+    _print_frame(table, f"convolution layout: profile {profile}, {backbone}, {device}")
+    _log_bench(results, "layout", table, cfg, device)
+
+
 @bench_app.command("compile")
 def bench_compile(
     profile: BenchProfileOpt = "smoke",

@@ -254,6 +254,23 @@ def test_every_method_and_backbone_feeds_a_survival_head(name, backbone):
     assert risk.shape == (1,) and torch.isfinite(risk).all()
     risk.sum().backward()
     assert model.head.image[1].weight.grad is not None and model.head.ehr.missing.grad is not None
+    # Stopping the forward at the bottleneck changes no risk and no gradient (the decoder's output
+    # never reached the head), on every input the method accepts.
+    for subset in method.inputs():
+        ct, pet = _inputs(subset, cfg.model.roi)
+        seen = {}
+        for stop in (True, False):
+            model.zero_grad(set_to_none=True)
+            model.stop_at_bottleneck = stop
+            torch.manual_seed(3)  # the same dropout masks in the adapters
+            risk = model(ct, pet, values, present)
+            risk.sum().backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            seen[stop] = risk.detach(), grads
+        torch.testing.assert_close(seen[True][0], seen[False][0], rtol=0, atol=0)
+        assert seen[True][1].keys() == seen[False][1].keys()
+        for n, g in seen[False][1].items():
+            torch.testing.assert_close(seen[True][1][n], g, rtol=0, atol=0, msg=n)
 
 
 @pytest.mark.parametrize("backbone", ["unetr", "swin-unetr"])

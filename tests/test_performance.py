@@ -218,6 +218,15 @@ def test_bench_overhead_and_public_reference_log_their_ratios(tmp_path, tiny_coh
     assert metrics[f"{harness}/speed-up"] == pytest.approx(ours / public)
 
 
+def test_bench_layout_logs_both_layouts_step_times_per_method(tmp_path):
+    out = _bench(tmp_path, "layout", "--steps", "1", "--rounds", "1", "--methods", "pemma-lora,ef").output
+    assert "convolution layout" in out
+    metrics = _bench_metrics(tmp_path, "layout")
+    for method in ("pemma-lora", "early-fusion"):
+        ncdhw, fast = metrics[f"{method}/NCDHW ms/step"], metrics[f"{method}/channels-last ms/step"]
+        assert ncdhw > 0 and fast > 0 and metrics[f"{method}/speed-up"] == pytest.approx(ncdhw / fast)
+
+
 def test_bench_data_logs_the_cache_speed_up_and_the_data_wait(tmp_path, tiny_cohort):
     out = _bench(tmp_path, "data", "--steps", "2", "--data", str(tiny_cohort)).output
     assert "preprocessing cache" in out

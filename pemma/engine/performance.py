@@ -295,6 +295,43 @@ def memory_options(
     return table
 
 
+def layout_speed(
+    cfg: RunConfig, methods: list[str], device: torch.device, steps: int, rounds: int = 2
+) -> pd.DataFrame:
+    """Training step time with the 3D convolutions channels-last (`model.channels_last`, the default)
+    against NCDHW, per method: same weights, the same random CT+PET crops, alternating rounds (the
+    steps after `train.warmup_steps` are timed; the best round of each layout counts)."""
+    from pemma.models.networks import set_memory_format
+
+    crops = RandomVolumes(max(cfg.train.batch_size, 2), cfg.model.roi)
+    batches = _batches(crops, cfg.train.batch_size, steps + cfg.train.warmup_steps, device)
+    rows = []
+    for name in methods:
+        METHODS.get(name)  # an unknown name fails before any training
+        initial = _model(cfg, name)
+
+        def timed(channels_last: bool, initial: torch.nn.Module = initial) -> float:
+            model = copy.deepcopy(initial)
+            set_memory_format(model, channels_last)
+            times: dict[str, float] = {}
+            bare_loop(model, batches, cfg, device, cfg.train.amp, times)
+            return times["steady"]
+
+        best = _alternate(rounds, {"NCDHW": lambda: timed(False), "channels-last": lambda: timed(True)})
+        ms = {layout: 1000 * seconds / steps for layout, seconds in best.items()}
+        rows.append(
+            {
+                "method": name,
+                "NCDHW ms/step": ms["NCDHW"],
+                "channels-last ms/step": ms["channels-last"],
+                "speed-up": ms["NCDHW"] / ms["channels-last"],
+            }
+        )
+    table = pd.DataFrame(rows)
+    table.attrs["device"] = str(device)
+    return table
+
+
 def compile_speed(cfg: RunConfig, device: torch.device, steps: int) -> pd.DataFrame:
     """Eager against torch.compile for one method: compile seconds, steady step times, the steps a
     compile takes to pay for itself (against the profile's step budget), and the largest logit

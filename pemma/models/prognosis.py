@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -132,8 +133,17 @@ def pool(features: torch.Tensor) -> torch.Tensor:
     return features.flatten(2).mean(dim=2)
 
 
+class _BottleneckReached(Exception):
+    """Raised by the last bottleneck hook of a forward: nothing after it feeds the survival head."""
+
+
 class PrognosisModel(nn.Module):
-    """A segmentation model (any method's) whose bottleneck features feed a survival head."""
+    """A segmentation model (any method's) whose bottleneck features feed a survival head.
+
+    The forward stops once every bottleneck has been reached (`stop_at_bottleneck`): the decoder's
+    output never reached the head, so skipping it changes no risk and no gradient, and saves most
+    of a step (the decoder is the full-resolution part). A model whose input leaves one of its
+    bottlenecks unused (late fusion on one modality) runs to the end."""
 
     def __init__(
         self, segmentation: nn.Module, bottleneck: str, image_dim: int, variables: int, mix: str = "mean"
@@ -146,8 +156,15 @@ class PrognosisModel(nn.Module):
         if not hooked:
             raise ValueError(f"no module {bottleneck!r} in {type(segmentation).__name__}")
         self._captured: list[torch.Tensor] = []
+        self._bottlenecks = len(hooked)
+        self.stop_at_bottleneck = True
         for module in hooked:
-            module.register_forward_hook(lambda _m, _i, out: self._captured.append(pool(out)))
+            module.register_forward_hook(self._capture)
+
+    def _capture(self, _module: nn.Module, _inputs, out: torch.Tensor) -> None:
+        self._captured.append(pool(out))
+        if self.stop_at_bottleneck and len(self._captured) == self._bottlenecks:
+            raise _BottleneckReached
 
     def forward(
         self,
@@ -157,7 +174,8 @@ class PrognosisModel(nn.Module):
         present: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self._captured.clear()
-        self.segmentation(ct, pet)
+        with contextlib.suppress(_BottleneckReached):
+            self.segmentation(ct, pet)
         image = torch.stack(self._captured).mean(dim=0)
         self._captured.clear()
         return self.head(image, values, present)
