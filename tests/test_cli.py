@@ -174,7 +174,7 @@ def test_an_interrupted_unit_is_marked_killed_and_rerun_cleanly(tiny_cohort, tmp
 
     original = Runner.measure
 
-    def interrupted(self, cfg, key, monitor=None):
+    def interrupted(self, cfg, key, monitor=None, phases=None):
         raise KeyboardInterrupt
 
     args = ci_args(tmp_path, "--methods", "pemma-lora", data=tiny_cohort)
