@@ -127,7 +127,8 @@ def _tracker(results: Path, uri: str | None = None):
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    # One unwrapped line: a long path or URI in the message stays whole (a log line to grep and copy).
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     return typer.Exit(code=2)
 
 
