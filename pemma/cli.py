@@ -961,18 +961,14 @@ def bench_memory(
     """Peak memory and step time with activation checkpointing and frozen bf16 weights, per method."""
     from pemma.engine.performance import MEMORY_OPTIONS, memory_options
     from pemma.engine.runner import default_device
-    from pemma.methods import METHODS, reference_method
-    from pemma.registry import RegistryError
+    from pemma.methods import reference_method
 
     cfg = _bench_config(profile, "pemma-lora", backbone, set_)
     chosen = _split(options) or list(MEMORY_OPTIONS)
     unknown = [o for o in chosen if o not in MEMORY_OPTIONS]
     if unknown:
         raise _fail(f"--options: unknown {', '.join(unknown)}; expected {', '.join(MEMORY_OPTIONS)}")
-    try:
-        names = [METHODS.canonical(m) for m in _split(methods) or ["pemma-lora", reference_method("memory")]]
-    except RegistryError as err:
-        raise _fail(str(err)) from err
+    names = _bench_methods(methods, ["pemma-lora", reference_method("memory")])
     device = default_device()
     table = memory_options(cfg, names, device, steps, chosen)
     _print_frame(table, f"memory options: profile {profile}, {backbone}, {device}")
@@ -995,16 +991,13 @@ def bench_layout(
     """Channels-last 3D convolutions (model.channels_last, the default) vs NCDHW: step time per method."""
     from pemma.engine.performance import layout_speed
     from pemma.engine.runner import default_device
-    from pemma.methods import METHODS
-    from pemma.registry import RegistryError
+    from pemma.methods import reference_method
 
     cfg = _bench_config(profile, "pemma-lora", backbone, set_)
-    try:
-        names = [
-            METHODS.canonical(m) for m in _split(methods) or ["early-fusion", "pemma-lora", "full-finetune"]
-        ]
-    except RegistryError as err:
-        raise _fail(str(err)) from err
+    # the parameters reference (early fusion) and the memory reference (full fine-tuning) train
+    # their convolutions; PEMMA-LoRA freezes most of them
+    default = [reference_method("parameters"), "pemma-lora", reference_method("memory")]
+    names = _bench_methods(methods, default)
     device = default_device()
     table = layout_speed(cfg, names, device, steps, rounds)
     _print_frame(table, f"convolution layout: profile {profile}, {backbone}, {device}")
@@ -1029,6 +1022,17 @@ def bench_compile(
     table = compile_speed(cfg, device, steps)
     _print_frame(table, f"torch.compile vs eager: profile {profile}, {device}", digits=",.3g")
     _log_bench(results, "compile", table, cfg, device)
+
+
+def _bench_methods(methods: list[str] | None, default: list[str]) -> list[str]:
+    """A bench's --methods as registered names (aliases allowed; an unknown one fails clearly)."""
+    from pemma.methods import METHODS
+    from pemma.registry import RegistryError
+
+    try:
+        return [METHODS.canonical(m) for m in _split(methods) or default]
+    except RegistryError as err:
+        raise _fail(str(err)) from err
 
 
 def _bench_config(profile: str, method: str, backbone: str, set_: list[str] | None):
