@@ -610,6 +610,8 @@ def claims(
     tracking_uri: Annotated[
         str | None, typer.Option(help="Read runs from this MLflow store instead of the results folder's.")
     ] = None,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
 ) -> None:
     """The PEMMA papers' claims as a verdict table (supported / contradicted / inconclusive)."""
     from pemma.report.claims import evaluate, load_plan, to_markdown, write_claims
@@ -621,7 +623,7 @@ def claims(
     except ReportError as err:
         raise _fail(str(err)) from err
     if run_units:
-        _run_plan(spec, results)
+        _run_plan(spec, results, executor, address)
     sources = Sources(_tracker(results, tracking_uri), results, include_ci=spec.profile == "ci")
     table = evaluate(spec, sources)
     _wide().print(_table(table, spec.title))
@@ -630,18 +632,25 @@ def claims(
     console.print(f"verdicts written to {out}")
 
 
-def _run_plan(spec, results: Path) -> None:
-    """Every unit of a claims plan, suite by suite, through the same runner as `run`."""
+def _run_plan(spec, results: Path, executor: str = "local", address: str | None = None) -> None:
+    """Every unit of a claims plan through the same runner as `run`: all suites' units in one batch,
+    so a Ray executor keeps its workers busy across the plan's suites."""
     from pemma.config import ConfigError
     from pemma.data.hecktor import CohortError
+    from pemma.engine.executors import check_executor
     from pemma.engine.runner import Runner
     from pemma.suites import expand, load_suite
 
+    try:
+        check_executor(executor)
+    except ConfigError as err:
+        raise _fail(str(err)) from err
     runner = Runner(results, tracker=_tracker(results))
-    runner.reporter = LineReporter(0)
+    units = []
+    start = time.perf_counter()
     for entry in spec.runs:
         try:
-            units = expand(
+            part = expand(
                 load_suite(entry.suite),
                 profile=spec.profile,
                 seeds=list(spec.seeds),
@@ -649,12 +658,22 @@ def _run_plan(spec, results: Path) -> None:
                 backbones=[spec.backbone],
                 overrides=[*spec.overrides, *entry.overrides],
             )
-            console.print(f"suite {entry.suite}: {len(units)} units")
-            runner.reporter = LineReporter(len(units))
-            runner.prepare(units)
-            _execute(runner, units)
+            console.print(f"suite {entry.suite}: {len(part)} units")
+            runner.prepare(part)
         except (ConfigError, CohortError, ValueError) as err:
             raise _fail(f"claims plan, suite {entry.suite}: {err}") from err
+        units += part
+    checked = time.perf_counter() - start
+    runner.reporter = LineReporter(len(units))
+    outcomes = _execute(runner, units, executor, address)
+    ran = sum(o.status == "FINISHED" for o in outcomes)
+    failed = sum(o.status == "FAILED" for o in outcomes)
+    console.print(
+        f"claims plan: {len(units)} units, {ran} run now, {failed} failed"
+        + (" [red](their claims read as not run)[/]" if failed else "")
+        + f"; {time.perf_counter() - start:.0f}s with the data check"
+    )
+    _print_time_spent(outcomes, checked)
 
 
 @app.command()

@@ -146,3 +146,28 @@ def test_the_continual_claims_read_the_r_cells_of_each_seed(monkeypatch):
     kept, versus = claims.claim_continual(plan, None)
     assert kept.verdict == SUPPORTED and kept.basis.startswith("3 seeds")  # kept 83%, 90%, 91%
     assert versus.verdict == SUPPORTED  # PEMMA's PET Dice after the stage is about twice early fusion's
+
+
+def test_claims_run_runs_the_plan_in_one_batch_and_judges(tiny_cohort, tmp_path):
+    """`claims --run` at the ci profile: every suite's units run (the continual unit loads the main
+    unit's adaptation instead of training it again), then the verdicts are judged from them."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "title: ci claims\nprofile: ci\nseeds: [0]\nbackbone: unetr\n"
+        f"set: [data.root={tiny_cohort}, data.split_follows_seed=true]\n"
+        "runs:\n  - {suite: main, methods: [pemma-lora]}\n"
+        "  - {suite: continual, methods: [pemma-lora], set: [continual.inputs=ct, 'continual.order=[HGJ]']}\n"
+    )
+    results = tmp_path / "results"
+    out = CliRunner().invoke(app, ["claims", str(plan), "--run", "--results", str(results)])
+    assert out.exit_code == 0, out.output
+    assert "claims plan: 2 units, 2 run now, 0 failed" in out.output
+    assert "loaded, not trained" in out.output
+    tracker = Tracker(results)
+    continual = tracker.runs("continual").iloc[0]
+    assert continual["tags.adaptation_reused"].startswith("pemma-lora__unetr__s0__")
+    assert 0 <= continual["metrics.cl/pet/R/1/MDA"] <= 1
+    table = (results / "claims" / "plan.md").read_text()
+    assert "| 3. After a CT-only stage" in table
+    again = CliRunner().invoke(app, ["claims", str(plan), "--run", "--results", str(results)])
+    assert again.exit_code == 0 and "2 units, 0 run now" in again.output

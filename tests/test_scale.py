@@ -62,6 +62,19 @@ def test_ray_tasks_give_the_local_executors_units_run_keys_and_metrics(tmp_path,
     assert again.returncode == 0 and again.stdout.count("skipped") == 3, again.stdout[-2000:]
 
 
+def test_parallel_workers_start_on_different_ct_bases():
+    from pemma.engine.runner import spread_by_base
+
+    # main-suite order: per seed, one scratch method then three on that seed's base
+    bases = [None, "b0", "b0", "b0", None, "b1", "b1", None, "b2"]
+    order = spread_by_base(bases)
+    assert sorted(order) == list(range(len(bases)))
+    assert [bases[i] for i in order[:4]] == [None, "b0", "b1", "b2"]  # every base's first unit first
+    for base in ("b0", "b1", None):  # each base's units keep their order
+        mine = [i for i in order if bases[i] == base]
+        assert mine == sorted(mine)
+
+
 def _postgres_bin() -> Path | None:
     found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
     return Path(found).parent if found else None

@@ -101,3 +101,33 @@ def test_continual_suite_logs_the_result_matrix_and_summaries(tiny_cohort, tmp_p
 def test_an_override_that_collapses_grid_points_yields_each_unit_once():
     units = expand(load_suite("continual"), methods=["pemma-lora"], overrides=["continual.inputs=ct"])
     assert len(units) == 2  # the two orders; the three input values collapsed into one
+
+
+def test_a_continual_unit_loads_the_adaptation_a_main_unit_kept(tiny_cohort, tmp_path):
+    """Stage 0 of a continual unit is the main unit of the same method, seed and config: loaded, not
+    trained again, it gives the numbers the unit gets when it trains that stage itself."""
+    same_split = ("--set", "data.split_follows_seed=true")
+    alone, shared = tmp_path / "alone", tmp_path / "shared"
+    lora = ("--methods", "pemma-lora", "--minimal", *same_split)
+    assert ci_run(alone, *lora, data=tiny_cohort, suite="continual").exit_code == 0
+    assert ci_run(shared, *lora, "--backbones", "unetr", data=tiny_cohort, suite="main").exit_code == 0
+    out = ci_run(shared, *lora, data=tiny_cohort, suite="continual")
+    assert out.exit_code == 0, out.output
+    assert "loaded, not trained" in out.output
+    trained = Tracker(alone).runs("continual").iloc[0]
+    loaded = Tracker(shared).runs("continual").iloc[0]
+    main = Tracker(shared).runs("main").iloc[0]
+    assert trained["tags.run_key"] == loaded["tags.run_key"]
+    assert loaded["tags.adaptation_reused"].startswith("pemma-lora__unetr__s0__")
+    assert (
+        "tags.adaptation_reused" not in trained
+        or trained["tags.adaptation_reused"] != trained["tags.adaptation_reused"]
+    )  # absent or NaN: it trained
+    scored = [k for k in trained.index if k.startswith(("metrics.cl", "metrics.dice_hecktor/"))]
+    assert {"metrics.cl_final_loss/1", "metrics.cl_final_loss/2"} <= set(scored)
+    for key in scored:
+        assert loaded[key] == pytest.approx(trained[key], abs=1e-6, nan_ok=True), key
+    assert loaded["metrics.train_final_loss"] == main["metrics.train_final_loss"]
+    # a unit with other frozen weights (another seed's CT base) never loads it
+    other = ci_run(shared, *lora, "--seeds", "1", data=tiny_cohort, suite="continual")
+    assert other.exit_code == 0 and "loaded, not trained" not in other.output

@@ -69,7 +69,7 @@ def _run_unit(results: str, cfg: RunConfig, key: str, index: int, total: int):
 def run_on_ray(runner, units: list[RunConfig], address: str | None = None) -> list:
     """Every unfinished unit as a Ray task (retried once if its worker or node dies); outcomes in
     the units' order. Finished keys are dropped here, once, before anything is submitted."""
-    from pemma.engine.runner import UnitOutcome
+    from pemma.engine.runner import UnitOutcome, spread_by_base
 
     ray = ray_session(address, runner.tracker.uri)
     for suite in dict.fromkeys(cfg.suite for cfg in units):
@@ -79,13 +79,17 @@ def run_on_ray(runner, units: list[RunConfig], address: str | None = None) -> li
     keys = [runner.key(cfg) for cfg in units]
     pending: dict[Any, int] = {}
     outcomes: list[Any] = [None] * len(units)
+    todo = []
     for index, (cfg, key) in enumerate(zip(units, keys, strict=True)):
         if key in finished[cfg.suite]:
             outcomes[index] = UnitOutcome(key, "SKIPPED")
             runner.reporter.done(outcomes[index])
-            continue
-        runner.reporter.start(key, index, len(units))
-        pending[task.remote(str(runner.results), cfg, key, index, len(units))] = index
+        else:
+            todo.append(index)
+    for i in spread_by_base([runner.base_of(units[index]) for index in todo]):
+        index = todo[i]
+        runner.reporter.start(keys[index], index, len(units))
+        pending[task.remote(str(runner.results), units[index], keys[index], index, len(units))] = index
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

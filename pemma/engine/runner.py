@@ -19,7 +19,7 @@ from monai.utils import set_determinism
 
 from pemma.config import RunConfig, stable_hash
 from pemma.data.store import DataStore
-from pemma.engine.ct_base import pretrained_base
+from pemma.engine.ct_base import base_key, pretrained_base
 from pemma.engine.train import dtype_name
 from pemma.locks import Lock
 from pemma.methods import METHODS, build_method, reference_method
@@ -92,6 +92,13 @@ class Runner:
 
     def key(self, cfg: RunConfig) -> str:
         return run_key(cfg, self.store.fingerprint(cfg.data))
+
+    def base_of(self, cfg: RunConfig) -> str | None:
+        """The cached CT base a unit loads or trains first (None: its method starts from scratch, or
+        the user gave a base checkpoint)."""
+        if not METHODS.get(cfg.method).needs_base or cfg.pretrain.checkpoint:
+            return None
+        return base_key(cfg, self.store.load(cfg).data.fingerprint)
 
     def run(self, units: list[RunConfig]) -> list[UnitOutcome]:
         """Every unit not FINISHED and not claimed by another live process (a lock per run key)."""
@@ -290,3 +297,19 @@ def time_spent(outcomes: list[UnitOutcome], check_seconds: float | None = None) 
     rank = {name: i for i, name in enumerate(PHASE_ORDER)}
     rows = [("data check", check_seconds)] if check_seconds is not None else []
     return rows + sorted(totals.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0]))
+
+
+def spread_by_base(bases: list[str | None]) -> list[int]:
+    """An order for parallel workers: the units of each CT base in turn (round robin over bases, in
+    order of first use; units without a base form one more group), so the workers train different
+    bases at first instead of one training a base while the others wait for it. Within a base the
+    units keep their order."""
+    groups: dict[str | None, list[int]] = {}
+    for index, base in enumerate(bases):
+        groups.setdefault(base, []).append(index)
+    queues = list(groups.values())
+    order: list[int] = []
+    while queues:
+        order += [queue.pop(0) for queue in queues]
+        queues = [queue for queue in queues if queue]
+    return order

@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import torch
+from monai.utils import set_determinism
 
 from pemma.engine.evaluate import SubsetResult, evaluate
 from pemma.engine.train import train
@@ -47,6 +48,13 @@ METRICS = (
         column=False,
     ),
     Metric("cl/ct/base/<centre>", "CT base", True, "the unwrapped CT base's Dice on a centre", column=False),
+    Metric(
+        "cl_final_loss/<stage>",
+        "stage final loss",
+        None,
+        "mean training loss over the last tenth of a continual stage's steps",
+        column=False,
+    ),
     Metric("cl_stage_steps", "stage steps", None, "training steps per continual stage", 0, column=False),
 )
 
@@ -85,7 +93,10 @@ def run_stages(unit: Unit, model: torch.nn.Module, adapted: dict[str, SubsetResu
     budget = replace(cfg.train, steps=cfg.continual.steps)
     for stage, centre in enumerate(cfg.continual.order, start=1):
         crops = loaded.data.crops(splits[centre]["train"], KEYS, cfg.model.roi, seed=cfg.seed + stage)
-        train(
+        # Every random stream the stage draws from (adapter dropout among them) starts from the stage's
+        # seed: a stage's result does not depend on whether stage 0 was trained here or loaded.
+        set_determinism(seed=cfg.seed + stage)
+        stats = train(
             model,
             crops,
             budget,
@@ -96,6 +107,7 @@ def run_stages(unit: Unit, model: torch.nn.Module, adapted: dict[str, SubsetResu
             on_step=unit.stage(f"continual stage {centre}", budget.steps),
             checkpoint=unit.checkpoint(f"continual-{stage}-{centre}"),
         )
+        metrics[f"cl_final_loss/{stage}"] = stats.final_loss
         score(stage)
     for s in subsets:
         metrics.update({f"cl/{s}/{k}": v for k, v in continual_summary(r[s]).items()})

@@ -23,7 +23,8 @@ from pemma.tasks.base import (
     per_subset,
     register_task,
 )
-from pemma.tasks.segmentation import continual
+from pemma.tasks.segmentation import adapted, continual
+from pemma.tasks.segmentation.adapted import Adaptations
 
 KEYS = ("ct", "pet", "label")
 
@@ -127,18 +128,27 @@ class Segmentation(Task):
                 if (step + 1) % monitor.every == 0 and step + 1 < cfg.train.steps:
                     monitor.report(step + 1, self.validate(unit, built.model, monitor.subsets))
 
+        # A search trial validates as it trains, so it always trains; other units load the same
+        # adaptation if a unit that differs only in its continual stages kept it.
+        kept = Adaptations(unit.results) if monitor is None and adapted.reusable(cfg) else None
+        adaptation = adapted.adaptation_key(cfg, loaded.data.fingerprint)
         with phase("train"):
-            stats = train(
-                built.model,
-                crops,
-                cfg.train,
-                subsets=subsets,
-                probabilities=probabilities,
-                seed=cfg.seed,
-                device=unit.device,
-                on_step=on_step,
-                checkpoint=unit.checkpoint("train"),
-            )
+            stats = kept.load(adaptation, built) if kept else None
+            if stats is not None:
+                out.tags["adaptation_reused"] = adaptation
+                unit.note(f"{cfg.method}: the adaptation {adaptation} is kept; loaded, not trained")
+            else:
+                stats = train(
+                    built.model,
+                    crops,
+                    cfg.train,
+                    subsets=subsets,
+                    probabilities=probabilities,
+                    seed=cfg.seed,
+                    device=unit.device,
+                    on_step=on_step,
+                    checkpoint=unit.checkpoint("train"),
+                )
         if monitor is not None:
             out.metrics.update(self.validate(unit, built.model, monitor.subsets))
         out.metrics.update(
@@ -196,6 +206,8 @@ class Segmentation(Task):
                 saved,
                 {"method": cfg.method, "backbone": cfg.backbone, "run_key": unit.key},
             )
+            if kept and "adaptation_reused" not in out.tags:
+                kept.keep(adaptation, saved, stats)
         out.artifacts["patients"] = table
         out.tags["patients_file"] = str(table.relative_to(unit.results))
         out.tags["trained_file"] = str(saved.relative_to(unit.results))
