@@ -146,6 +146,12 @@ def test_the_continual_claims_read_the_r_cells_of_each_seed(monkeypatch):
     kept, versus = claims.claim_continual(plan, None)
     assert kept.verdict == SUPPORTED and kept.basis.startswith("3 seeds")  # kept 83%, 90%, 91%
     assert versus.verdict == SUPPORTED  # PEMMA's PET Dice after the stage is about twice early fusion's
+    assert versus.effect.startswith("Δ Dice +0.233 [")
+    assert "(+93% of early fusion's mean 0.250)" in versus.effect
+    # early fusion's PET Dice of 0 after the stage (a seed where it collapsed) keeps that seed in
+    runs.loc[5, "metrics.cl/pet/R/1/MDA"] = 0.0
+    _, versus = claims.claim_continual(plan, None)
+    assert versus.basis == "3 seeds" and versus.effect.startswith("Δ Dice +0.317 [")
 
 
 def test_claims_run_runs_the_plan_in_one_batch_and_judges(tiny_cohort, tmp_path):
