@@ -137,6 +137,11 @@ class AdapterConfig:
     the frozen CT skip encoders and adds the PET branches (the published design); `branch` uses the
     PET branches alone where a level has one (the PET-only ablation)."""
 
+    swin_single: str = "adapter"
+    """Swin UNETR with one modality present: that modality's adapter fills the merge's input
+    (`adapter`, this harness's design) or the missing modality's half is zeros (`zeros`: the merge
+    alone, no modality adapters; the adapter-layer ablation)."""
+
     def __post_init__(self) -> None:
         _require(self.rank >= 1, "adapter.rank", f"must be >= 1, got {self.rank}")
         _require(self.alpha > 0, "adapter.alpha", f"must be > 0, got {self.alpha}")
@@ -161,6 +166,11 @@ class AdapterConfig:
             self.pet_route in ("shared", "branch"),
             "adapter.pet_route",
             f"expected shared or branch, got {self.pet_route!r}",
+        )
+        _require(
+            self.swin_single in ("adapter", "zeros"),
+            "adapter.swin_single",
+            f"expected adapter or zeros, got {self.swin_single!r}",
         )
         _require(
             self.skip_levels in ("all", "input"),

@@ -52,6 +52,30 @@ def test_pemma_swin_starts_as_the_ct_base_on_ct():
         torch.testing.assert_close(model(ct, None), base(ct), atol=1e-6, rtol=1e-6)
 
 
+def test_swin_adapter_layer_ablation_fills_the_missing_modality_with_zeros():
+    """adapter.swin_single=zeros: no modality adapters to train; one modality fills its half of the
+    merge and the other half is zeros, so CT alone still starts as the CT base and PET alone is the
+    merge of (0, PET) however the merge has been trained."""
+    cfg = resolve(
+        {"profile": "ci", "backbone": "swin-unetr", "adapter": {"beta": "absent", "swin_single": "zeros"}}
+    )
+    base = copy.deepcopy(_base("swin-unetr")).eval()
+    built = METHODS.get("pemma-lora")().create(base, cfg)
+    assert not any(".ct." in n or ".pet." in n for n in built.trained if n.startswith("fusion."))
+    with_adapters = METHODS.get("pemma-lora")().create(copy.deepcopy(_base("swin-unetr")), CFGS["swin-unetr"])
+    assert any(n.startswith("fusion.pet.") for n in with_adapters.trained)
+    model = built.model.eval()
+    set_memory_format(base, cfg.model.channels_last)
+    ct, pet = _inputs("ctpet", cfg.model.roi)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ct, None), base(ct), atol=1e-6, rtol=1e-6)
+        model.fusion.merge.weight.normal_()  # a merge that reads PET, as after training
+        tokens = torch.rand(1, model.fusion.merge.in_channels // 2, 2, 2, 2)
+        expected = model.fusion.merge(torch.cat([torch.zeros_like(tokens), tokens], dim=1))
+        torch.testing.assert_close(model.fusion(None, tokens), expected, atol=0, rtol=0)
+    _one_step(model.train(), ("pet",), cfg.model.roi)  # PET-only batches train the merge and PET path
+
+
 @pytest.mark.parametrize("backbone", BACKBONES.names())
 def test_qkv_split_keeps_outputs_and_fuses_back(backbone):
     cfg = CFGS[backbone]

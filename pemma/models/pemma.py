@@ -123,31 +123,38 @@ class EmbeddingFusion(nn.Module):
     """PEMMA-Swin's adapter layer: (CT, PET) embeddings, channels concatenated, 1x1x1 conv back to C.
 
     The merge starts as the identity on the CT half and zero on the PET half, so at adaptation start
-    the model with CT input is exactly the CT network; per-modality adapters serve single inputs.
+    the model with CT input is exactly the CT network; per-modality adapters serve single inputs
+    (`single="adapter"`), or the missing modality's half is zeros (`single="zeros"`).
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, single: str = "adapter") -> None:
         super().__init__()
         self.merge = nn.Conv3d(2 * channels, channels, 1)
         with torch.no_grad():
             self.merge.weight.zero_()
             self.merge.weight[:, :channels, 0, 0, 0] = torch.eye(channels)
             self.merge.bias.zero_()
-        self.ct = ModalityAdapter(channels, slot=0)
-        self.pet = ModalityAdapter(channels, slot=1)
+        self.adapters = single == "adapter"
+        if self.adapters:
+            self.ct = ModalityAdapter(channels, slot=0)
+            self.pet = ModalityAdapter(channels, slot=1)
 
     def forward(self, ct: torch.Tensor | None, pet: torch.Tensor | None) -> torch.Tensor:
         if ct is not None and pet is not None:
             pair = torch.cat([ct, pet], dim=1)
-        else:
+        elif self.adapters:
             pair = self.ct(ct) if ct is not None else self.pet(pet)
+        elif ct is not None:
+            pair = torch.cat([ct, torch.zeros_like(ct)], dim=1)
+        else:
+            pair = torch.cat([torch.zeros_like(pet), pet], dim=1)
         return self.merge(pair)
 
 
 class PemmaSwin(PemmaModel):
     def __init__(self, base: FlexibleSwinUNETR, cfg: AdapterConfig) -> None:
         super().__init__(base, base.swinViT.patch_embed, [base.encoder1], cfg)
-        self.fusion = EmbeddingFusion(base.swinViT.embed_dim)
+        self.fusion = EmbeddingFusion(base.swinViT.embed_dim, cfg.swin_single)
 
     def segment(self, ct: torch.Tensor | None, pet: torch.Tensor | None) -> torch.Tensor:
         base = self.base
