@@ -27,10 +27,15 @@ log = logging.getLogger(__name__)
 FOLDER = "adapted"
 
 
-def adaptation_key(cfg: RunConfig, data_fingerprint: str) -> str:
-    """method__backbone__s<seed>__<hash of the run identity without continual.*, and the data>."""
+def adaptation_key(cfg: RunConfig, data_fingerprint: str, train_patients: list[str]) -> str:
+    """method__backbone__s<seed>__<hash of the run identity without continual.*, the data, and the
+    patients stage 0 trains on>. The patients are in the key, not inferred from the split settings:
+    a unit never loads an adaptation trained on a patient outside its own training split (one it
+    may test on), whatever a future plan makes the split depend on."""
     identity = {k: v for k, v in cfg.identity().items() if not k.startswith("continual.")}
-    digest = stable_hash({"config": identity, "data": data_fingerprint}, length=12)
+    digest = stable_hash(
+        {"config": identity, "data": data_fingerprint, "train": sorted(train_patients)}, length=12
+    )
     return f"{cfg.method}__{cfg.backbone}__s{cfg.seed}__{digest}"
 
 

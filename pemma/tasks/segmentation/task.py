@@ -23,8 +23,8 @@ from pemma.tasks.base import (
     per_subset,
     register_task,
 )
-from pemma.tasks.segmentation import adapted, continual
-from pemma.tasks.segmentation.adapted import Adaptations
+from pemma.tasks.segmentation import continual
+from pemma.tasks.segmentation.adapted import Adaptations, adaptation_key, reusable
 
 KEYS = ("ct", "pet", "label")
 
@@ -113,8 +113,6 @@ class Segmentation(Task):
             f"{s}={p:.2f}" for s, p in zip(subsets, probabilities, strict=True)
         )
         phase = unit.phases
-        with phase("data"):
-            crops = loaded.data.crops(loaded.plan.adapt["train"], KEYS, cfg.model.roi, seed=cfg.seed)
         on_step = unit.stage(f"training {cfg.method}", cfg.train.steps)
         monitor = unit.monitor
         if monitor is not None:
@@ -130,14 +128,18 @@ class Segmentation(Task):
 
         # A search trial validates as it trains, so it always trains; other units load the same
         # adaptation if a unit that differs only in its continual stages kept it.
-        kept = Adaptations(unit.results) if monitor is None and adapted.reusable(cfg) else None
-        adaptation = adapted.adaptation_key(cfg, loaded.data.fingerprint)
+        kept = Adaptations(unit.results) if monitor is None and reusable(cfg) else None
+        cases = loaded.plan.adapt["train"]
+        adaptation = adaptation_key(cfg, loaded.data.fingerprint, [c.patient_id for c in cases])
         with phase("train"):
             stats = kept.load(adaptation, built) if kept else None
-            if stats is not None:
-                out.tags["adaptation_reused"] = adaptation
-                unit.note(f"{cfg.method}: the adaptation {adaptation} is kept; loaded, not trained")
-            else:
+        if stats is not None:
+            out.tags["adaptation_reused"] = adaptation
+            unit.note(f"{cfg.method}: the adaptation {adaptation} is kept; loaded, not trained")
+        else:
+            with phase("data"):
+                crops = loaded.data.crops(cases, KEYS, cfg.model.roi, seed=cfg.seed)
+            with phase("train"):
                 stats = train(
                     built.model,
                     crops,
