@@ -76,6 +76,13 @@ ResultsOpt = Annotated[
 ExecutorOpt = Annotated[
     str, typer.Option(help="local (units one after another here) or ray (Ray tasks, one GPU each).")
 ]
+WorkersOpt = Annotated[
+    int,
+    typer.Option(
+        help="Worker processes running units side by side on this machine (local executor), the CPU "
+        "threads shared out among them."
+    ),
+]
 AddressOpt = Annotated[
     str | None,
     typer.Option(help="Ray cluster address (with --executor ray); default: a local Ray instance."),
@@ -404,6 +411,7 @@ def run(
         typer.Option("--minimal", help="Every method, but only the first value of every other grid axis."),
     ] = False,
     executor: ExecutorOpt = "local",
+    workers: WorkersOpt = 1,
     address: AddressOpt = None,
 ) -> None:
     """Run a suite: every unit not yet finished, tracked in MLflow, then print the results table."""
@@ -431,7 +439,7 @@ def run(
             data_root=str(data.resolve()) if data else None,
             minimal=minimal,
         )
-        check_executor(executor)
+        check_executor(executor, workers)
         runner = Runner(results, tracker=_tracker(results))
         keys = [runner.key(cfg) for cfg in units]
     except (ConfigError, RegistryError, CohortError, ValueError) as err:
@@ -453,9 +461,9 @@ def run(
         raise _fail(str(err)) from err
     checked = time.perf_counter() - t0
     console.print(f"data ready in {checked:.0f}s")
-    if not console.is_terminal or executor != "local":
+    if not console.is_terminal or executor != "local" or workers > 1:
         runner.reporter = LineReporter(len(units))
-        outcomes = _execute(runner, units, executor, address)
+        outcomes = _execute(runner, units, executor, address, workers)
         _finish_run(runner, spec.name, results, units, outcomes, checked)
         return
     with Progress(
@@ -479,8 +487,9 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
-def _execute(runner, units, executor: str = "local", address: str | None = None):
-    """runner.run (or Ray tasks) with SIGTERM handled like Ctrl-C, and a clear exit code for either."""
+def _execute(runner, units, executor: str = "local", address: str | None = None, workers: int = 1):
+    """runner.run (or worker processes, or Ray tasks) with SIGTERM handled like Ctrl-C, and a clear
+    exit code for either."""
     from pemma.config import ConfigError
     from pemma.data.hecktor import CohortError
 
@@ -490,6 +499,10 @@ def _execute(runner, units, executor: str = "local", address: str | None = None)
             from pemma.engine.executors import run_on_ray
 
             return run_on_ray(runner, units, address)
+        if workers > 1:
+            from pemma.engine.executors import run_in_processes
+
+            return run_in_processes(runner, units, workers)
         return runner.run(units)
     except (ConfigError, CohortError) as err:
         raise _fail(str(err)) from err
@@ -504,18 +517,18 @@ def _execute(runner, units, executor: str = "local", address: str | None = None)
 def _finish_run(runner, suite: str, results: Path, units, outcomes, checked: float | None = None) -> None:
     ci = bool(units) and all(cfg.profile == "ci" for cfg in units)
     _print_report(runner.tracker, suite, results, include_ci=ci)
-    _print_time_spent(outcomes, checked)
+    _print_time_spent(outcomes, checked, runner.spent)
     failed = [o for o in outcomes if o.status == "FAILED"]
     if failed:
         console.print(f"[red]{len(failed)} unit(s) failed[/]; their MLflow runs hold the error")
         raise typer.Exit(code=1)
 
 
-def _print_time_spent(outcomes, checked: float | None) -> None:
+def _print_time_spent(outcomes, checked: float | None, outside: dict[str, float] | None = None) -> None:
     """Where this command's time went, phase by phase over the units it ran (not those skipped)."""
     from pemma.engine.runner import time_spent
 
-    spent = time_spent([o for o in outcomes if o.status == "FINISHED"], checked)
+    spent = time_spent([o for o in outcomes if o.status == "FINISHED"], checked, outside)
     total = sum(seconds for _, seconds in spent)
     if total <= 0:
         return
@@ -611,6 +624,7 @@ def claims(
         str | None, typer.Option(help="Read runs from this MLflow store instead of the results folder's.")
     ] = None,
     executor: ExecutorOpt = "local",
+    workers: WorkersOpt = 1,
     address: AddressOpt = None,
 ) -> None:
     """The PEMMA papers' claims as a verdict table (supported / contradicted / inconclusive)."""
@@ -623,7 +637,7 @@ def claims(
     except ReportError as err:
         raise _fail(str(err)) from err
     if run_units:
-        _run_plan(spec, results, executor, address)
+        _run_plan(spec, results, executor, address, workers)
     sources = Sources(_tracker(results, tracking_uri), results, include_ci=spec.profile == "ci")
     table = evaluate(spec, sources)
     _wide().print(_table(table, spec.title))
@@ -632,9 +646,11 @@ def claims(
     console.print(f"verdicts written to {out}")
 
 
-def _run_plan(spec, results: Path, executor: str = "local", address: str | None = None) -> None:
+def _run_plan(
+    spec, results: Path, executor: str = "local", address: str | None = None, workers: int = 1
+) -> None:
     """Every unit of a claims plan through the same runner as `run`: all suites' units in one batch,
-    so a Ray executor keeps its workers busy across the plan's suites."""
+    so worker processes or Ray tasks stay busy across the plan's suites."""
     from pemma.config import ConfigError
     from pemma.data.hecktor import CohortError
     from pemma.engine.executors import check_executor
@@ -642,7 +658,7 @@ def _run_plan(spec, results: Path, executor: str = "local", address: str | None 
     from pemma.suites import expand, load_suite
 
     try:
-        check_executor(executor)
+        check_executor(executor, workers)
     except ConfigError as err:
         raise _fail(str(err)) from err
     runner = Runner(results, tracker=_tracker(results))
@@ -665,7 +681,7 @@ def _run_plan(spec, results: Path, executor: str = "local", address: str | None 
         units += part
     checked = time.perf_counter() - start
     runner.reporter = LineReporter(len(units))
-    outcomes = _execute(runner, units, executor, address)
+    outcomes = _execute(runner, units, executor, address, workers)
     ran = sum(o.status == "FINISHED" for o in outcomes)
     failed = sum(o.status == "FAILED" for o in outcomes)
     console.print(
@@ -673,7 +689,7 @@ def _run_plan(spec, results: Path, executor: str = "local", address: str | None 
         + (" [red](their claims read as not run)[/]" if failed else "")
         + f"; {time.perf_counter() - start:.0f}s with the data check"
     )
-    _print_time_spent(outcomes, checked)
+    _print_time_spent(outcomes, checked, runner.spent)
 
 
 @app.command()

@@ -751,10 +751,12 @@ def search(options: Options, reporter=None) -> dict[str, int]:
     import concurrent.futures
     import multiprocessing
 
-    threads = max(1, (os.cpu_count() or 1) // options.workers)
+    from pemma.engine.executors import cpu_cores, limit_threads
+
+    threads = max(1, cpu_cores() // options.workers)
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
-        options.workers, mp_context=context, initializer=_limit_threads, initargs=(threads,)
+        options.workers, mp_context=context, initializer=limit_threads, initargs=(threads,)
     ) as pool:
         futures = [pool.submit(work, replace(options, worker=w)) for w in range(options.workers)]
         return _total([future.result() for future in futures])
@@ -766,12 +768,6 @@ def _total(counts: list[dict[str, int]]) -> dict[str, int]:
         for state, n in one.items():
             totals[state] = totals.get(state, 0) + n
     return totals
-
-
-def _limit_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 # -------------------------------------------------------------------------------------- best / plots

@@ -61,6 +61,7 @@ def provenance(device: torch.device, dtype: str, profile: str) -> dict[str, str]
         "python_version": platform.python_version(),
         "device": device.type,
         "device_name": device_name,
+        "cpu_threads": str(torch.get_num_threads()),  # a unit's samples/s depend on its share of the CPU
         "dtype": dtype,
         "profile": profile,
         "for_reporting": str(profile in REPORTING_PROFILES).lower(),

@@ -47,6 +47,7 @@ def test_ci_suite_leaves_finished_runs_with_metrics_and_tags(smoke_run):
             "monai_version",
             "peft_version",
             "device",
+            "cpu_threads",
             "dtype",
             "data_fingerprint",
             "profile",

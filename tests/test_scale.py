@@ -7,6 +7,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import ci_args, ci_run
 
 from pemma.tracking import Tracker
@@ -30,10 +32,10 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _on_ray(results, cohort) -> subprocess.CompletedProcess:
-    """`pemma-bench run --executor ray` at the ci profile, in a process of its own."""
+def _cli(results, cohort, *extra: str) -> subprocess.CompletedProcess:
+    """`pemma-bench run` at the ci profile with `extra` options, in a process of its own."""
     return subprocess.run(
-        [*CLI, *ci_args(results, "--methods", METHODS, "--executor", "ray", data=cohort)],
+        [*CLI, *ci_args(results, "--methods", METHODS, *extra, data=cohort)],
         capture_output=True,
         text=True,
         timeout=1200,
@@ -41,25 +43,116 @@ def _on_ray(results, cohort) -> subprocess.CompletedProcess:
     )
 
 
-def test_ray_tasks_give_the_local_executors_units_run_keys_and_metrics(tmp_path, tiny_cohort):
-    pytest.importorskip("ray")
-    local = ci_run(tmp_path / "local", "--methods", METHODS, data=tiny_cohort)
-    assert local.exit_code == 0, local.output
-    out = _on_ray(tmp_path / "ray", tiny_cohort)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    a = Tracker(tmp_path / "local").runs("smoke").set_index("tags.run_key")
-    b = Tracker(tmp_path / "ray").runs("smoke").set_index("tags.run_key")
+@pytest.fixture(scope="module")
+def local_runs(tmp_path_factory, tiny_cohort):
+    """The three units run one after another in this process: the reference for other executors."""
+    results = tmp_path_factory.mktemp("local")
+    out = ci_run(results, "--methods", METHODS, data=tiny_cohort)
+    assert out.exit_code == 0, out.output
+    return results
+
+
+def _same_units(reference, results):
+    """The runs in `results` are the `reference` folder's units with its metrics; they are returned."""
+    a = Tracker(reference).runs("smoke").set_index("tags.run_key")
+    b = Tracker(results).runs("smoke").set_index("tags.run_key")
     assert sorted(a.index) == sorted(b.index) and len(a) == 3
     metrics = [
         c for c in a.columns if c.startswith("metrics.") and ("dice" in c or "loss" in c or "params" in c)
     ]
     assert metrics
-    for key in a.index:  # a Ray worker uses one thread: float sums may differ in the last digits
+    for key in a.index:  # a worker uses fewer threads: float sums may differ in the last digits
         np.testing.assert_allclose(
             a.loc[key, metrics].astype(float), b.loc[key, metrics].astype(float), rtol=1e-4, atol=1e-6
         )
-    again = _on_ray(tmp_path / "ray", tiny_cohort)
+    return b
+
+
+def test_ray_tasks_give_the_local_executors_units_run_keys_and_metrics(tmp_path, tiny_cohort, local_runs):
+    pytest.importorskip("ray")
+    out = _cli(tmp_path / "ray", tiny_cohort, "--executor", "ray")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    _same_units(local_runs, tmp_path / "ray")
+    again = _cli(tmp_path / "ray", tiny_cohort, "--executor", "ray")
     assert again.returncode == 0 and again.stdout.count("skipped") == 3, again.stdout[-2000:]
+
+
+def test_worker_processes_give_the_local_executors_units_run_keys_and_metrics(
+    tmp_path, tiny_cohort, local_runs
+):
+    out = _cli(tmp_path, tiny_cohort, "--workers", "2")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stdout.count(" start ") == 3 and out.stdout.count("finished") == 3, out.stdout[-3000:]
+    assert "training 1 CT base(s) first" in out.stdout and "ready in" in out.stdout  # before its 2 units
+    from pemma.engine.executors import cpu_cores
+
+    runs = _same_units(local_runs, tmp_path)
+    assert set(runs["tags.cpu_threads"]) == {str(max(1, cpu_cores() // 2))}  # the CPU shared out
+    assert "where the time went" in out.stdout
+    again = _cli(tmp_path, tiny_cohort, "--workers", "2")
+    assert again.returncode == 0 and again.stdout.count("skipped") == 3, again.stdout[-2000:]
+
+
+def test_a_ct_base_trained_before_the_units_is_the_one_a_unit_trains_itself(
+    tmp_path, tiny_cohort, local_runs
+):
+    from pemma.engine.runner import Runner
+    from pemma.files import load_state
+    from pemma.suites import expand, load_suite
+
+    (cfg,) = expand(load_suite("smoke"), profile="ci", methods=["pemma-lora"], data_root=str(tiny_cohort))
+    info = Runner(tmp_path).train_base(cfg)  # this process's threads, as the local run had
+    assert Runner(tmp_path).base_cached(cfg)
+    ours = load_state(tmp_path / "bases" / info["key"] / "base.pt")
+    (theirs,) = [load_state(p) for p in (local_runs / "bases").glob("unetr-*/base.pt")]
+    assert ours.keys() == theirs.keys()
+    for name, tensor in ours.items():
+        assert torch.equal(tensor, theirs[name]), name
+
+
+def test_workers_are_the_local_executors_and_at_least_one(tmp_path, tiny_cohort):
+    for extra, message in (
+        (("--workers", "0"), "--workers must be >= 1"),
+        (("--workers", "2", "--executor", "ray"), "--executor local only"),
+    ):
+        out = ci_run(tmp_path, *extra, data=tiny_cohort)
+        assert out.exit_code != 0 and message in out.output, out.output
+        assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_sigterm_stops_every_worker_and_ends_their_units_killed(tmp_path, tiny_cohort):
+    """SIGTERM to `run --workers 2` while both workers train: both runs end KILLED, none RUNNING."""
+    command = [
+        *CLI,
+        *ci_args(
+            tmp_path,
+            "--methods",
+            "early-fusion,early-fusion-lora",
+            "--workers",
+            "2",
+            "--set",
+            "train.steps=100000",
+            data=tiny_cohort,
+        ),
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # both units' runs exist and their workers are training
+            time.sleep(2)
+            if (tmp_path / "mlflow.db").exists():
+                runs = Tracker(tmp_path).runs("smoke", status=None)
+                if len(runs) == 2:
+                    break
+        time.sleep(3)
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=180)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, out[-3000:]
+    assert "stopped by SIGTERM" in out and "Traceback" not in out, out[-3000:]
+    runs = Tracker(tmp_path).runs("smoke", status=None)
+    assert sorted(runs["status"]) == ["KILLED", "KILLED"], runs["status"]
 
 
 def test_parallel_workers_start_on_different_ct_bases():
@@ -69,7 +162,11 @@ def test_parallel_workers_start_on_different_ct_bases():
     bases = [None, "b0", "b0", "b0", None, "b1", "b1", None, "b2"]
     order = spread_by_base(bases)
     assert sorted(order) == list(range(len(bases)))
-    assert [bases[i] for i in order[:4]] == [None, "b0", "b1", "b2"]  # every base's first unit first
+    assert [bases[i] for i in order[:3]] == ["b0", "b1", "b2"]  # every base's first unit first
+    assert [bases[i] for i in order[3:6]] == [None, None, None]  # then the units that wait for none
+    assert [bases[i] for i in order[6:]] == ["b0", "b1", "b0"]  # then the bases' other units in turn
+    # one base, two workers: the second takes a scratch unit, not the base's lock
+    assert spread_by_base(["b0", "b0", None, "b0", None]) == [0, 2, 4, 1, 3]
     for base in ("b0", "b1", None):  # each base's units keep their order
         mine = [i for i in order if bases[i] == base]
         assert mine == sorted(mine)

@@ -55,6 +55,15 @@ def base_key(cfg: RunConfig, data_fingerprint: str) -> str:
     )
 
 
+def base_folder(cfg: RunConfig, data_fingerprint: str, cache_root: Path) -> Path:
+    """Where the CT base of `cfg` is cached (base.pt, base.json)."""
+    return Path(cache_root) / f"{cfg.backbone}-{base_key(cfg, data_fingerprint)}"
+
+
+def is_cached(folder: Path) -> bool:
+    return (folder / "base.pt").exists() and (folder / "base.json").exists()
+
+
 def pretrained_base(
     cfg: RunConfig,
     data: CohortData,
@@ -75,13 +84,13 @@ def pretrained_base(
     if cfg.pretrain.checkpoint:
         net.load_state_dict(load_state(Path(cfg.pretrain.checkpoint)))
         return net, {"source": cfg.pretrain.checkpoint}
-    folder = Path(cache_root) / f"{cfg.backbone}-{base_key(cfg, data.fingerprint)}"
+    folder = base_folder(cfg, data.fingerprint, cache_root)
     with locked(Path(cache_root), folder.name):  # one process trains a base; the others wait, then load it
         return _cached_or_trained(cfg, net, folder, data, plan, device, stage, checkpoint_root)
 
 
 def _cached_or_trained(cfg, net, folder, data, plan, device, stage, checkpoint_root):
-    if (folder / "base.pt").exists() and (folder / "base.json").exists():
+    if is_cached(folder):
         try:
             net.load_state_dict(load_state(folder / "base.pt"))
             return net, json.loads((folder / "base.json").read_text())

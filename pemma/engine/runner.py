@@ -19,7 +19,7 @@ from monai.utils import set_determinism
 
 from pemma.config import RunConfig, stable_hash
 from pemma.data.store import DataStore
-from pemma.engine.ct_base import base_key, pretrained_base
+from pemma.engine.ct_base import base_folder, base_key, is_cached, pretrained_base
 from pemma.engine.train import dtype_name
 from pemma.locks import Lock
 from pemma.methods import METHODS, build_method, reference_method
@@ -84,6 +84,8 @@ class Runner:
         self.reporter = reporter or Reporter()
         self.store = DataStore(self.results)
         self._reference: dict[str, int] = {}
+        self.spent: dict[str, float] = {}
+        """Seconds by phase spent outside units (CT bases trained before them), for time_spent."""
 
     def prepare(self, units: list[RunConfig]) -> None:
         """Load (and on first use write) the data of every unit, so data errors stop the suite early."""
@@ -99,6 +101,28 @@ class Runner:
         if not METHODS.get(cfg.method).needs_base or cfg.pretrain.checkpoint:
             return None
         return base_key(cfg, self.store.load(cfg).data.fingerprint)
+
+    def base_cached(self, cfg: RunConfig) -> bool:
+        """Whether the CT base of `cfg`'s unit is trained and cached (True where it needs none)."""
+        if self.base_of(cfg) is None:
+            return True
+        return is_cached(base_folder(cfg, self.store.load(cfg).data.fingerprint, self.results / "bases"))
+
+    def train_base(self, cfg: RunConfig) -> dict:
+        """The CT base of `cfg`'s unit, trained (or loaded) and cached outside any unit, exactly as the
+        unit's own preamble would; its info (key, validation Dice)."""
+        seed_everything(cfg.seed)
+        loaded = self.store.load(cfg)
+        _, info = pretrained_base(
+            cfg,
+            loaded.data,
+            loaded.plan,
+            self.results / "bases",
+            self.device,
+            self.reporter.stage,
+            checkpoint_root=self.results / "checkpoints",
+        )
+        return info
 
     def run(self, units: list[RunConfig]) -> list[UnitOutcome]:
         """Every unit not FINISHED and not claimed by another live process (a lock per run key)."""
@@ -285,10 +309,13 @@ def headline(cfg: RunConfig, metrics: dict[str, float]) -> str:
 PHASE_ORDER = ("data", "ct_base", "build", "train", "evaluate", "continual", "save", "tracking")
 
 
-def time_spent(outcomes: list[UnitOutcome], check_seconds: float | None = None) -> list[tuple[str, float]]:
+def time_spent(
+    outcomes: list[UnitOutcome], check_seconds: float | None = None, outside: dict[str, float] | None = None
+) -> list[tuple[str, float]]:
     """Where a run's time went: the data check before the units (when given), then each phase summed
-    over the units this process ran (their `time/<phase>_s` metrics), in PHASE_ORDER."""
-    totals: dict[str, float] = {}
+    over the units this process ran (their `time/<phase>_s` metrics) and the phases' seconds spent
+    `outside` them (Runner.spent), in PHASE_ORDER."""
+    totals: dict[str, float] = dict(outside or {})
     for outcome in outcomes:
         for name, value in outcome.metrics.items():
             if name.startswith("time/") and name.endswith("_s"):
@@ -300,15 +327,18 @@ def time_spent(outcomes: list[UnitOutcome], check_seconds: float | None = None) 
 
 
 def spread_by_base(bases: list[str | None]) -> list[int]:
-    """An order for parallel workers: the units of each CT base in turn (round robin over bases, in
-    order of first use; units without a base form one more group), so the workers train different
-    bases at first instead of one training a base while the others wait for it. Within a base the
-    units keep their order."""
+    """An order for parallel workers: every CT base's first unit (the one that trains it), then the
+    units without a base (they wait for nothing), then the other units of each base in turn (round
+    robin over bases, in order of first use). Workers so train different bases first, and a suite
+    with fewer bases than workers fills the rest with units that need none instead of waiting on a
+    base's lock. Within a base the units keep their order."""
     groups: dict[str | None, list[int]] = {}
     for index, base in enumerate(bases):
         groups.setdefault(base, []).append(index)
+    free = groups.pop(None, [])
     queues = list(groups.values())
-    order: list[int] = []
+    order = [queue.pop(0) for queue in queues] + free
+    queues = [queue for queue in queues if queue]
     while queues:
         order += [queue.pop(0) for queue in queues]
         queues = [queue for queue in queues if queue]
