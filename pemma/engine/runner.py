@@ -112,8 +112,10 @@ class Runner:
         """The CT base of `cfg`'s unit, trained (or loaded) and cached outside any unit, exactly as the
         unit's own preamble would; its info (key, validation Dice)."""
         seed_everything(cfg.seed)
-        loaded = self.store.load(cfg)
-        _, info = pretrained_base(
+        return self._base(cfg, self.store.load(cfg))[1]
+
+    def _base(self, cfg: RunConfig, loaded) -> tuple[torch.nn.Module, dict]:
+        return pretrained_base(
             cfg,
             loaded.data,
             loaded.plan,
@@ -122,7 +124,6 @@ class Runner:
             self.reporter.stage,
             checkpoint_root=self.results / "checkpoints",
         )
-        return info
 
     def run(self, units: list[RunConfig]) -> list[UnitOutcome]:
         """Every unit not FINISHED and not claimed by another live process (a lock per run key)."""
@@ -241,15 +242,7 @@ class Runner:
         base = None
         if method.needs_base:
             with phases("ct_base"):
-                base, info = pretrained_base(
-                    cfg,
-                    loaded.data,
-                    loaded.plan,
-                    self.results / "bases",
-                    self.device,
-                    self.reporter.stage,
-                    checkpoint_root=self.results / "checkpoints",
-                )
+                base, info = self._base(cfg, loaded)
             out.tags["base_key"] = info.get("key", info.get("source", ""))
             out.metrics.update({f"base_dice_agg/ct/{k}": v for k, v in info.get("val_dice_agg", {}).items()})
         seed_everything(cfg.seed)
