@@ -453,19 +453,22 @@ def run(
         for key in keys:
             console.print(f"{'finished' if key in finished else 'to run  '}  {key}")
         return
-    console.print("checking the data (the first use writes the synthetic cohort and reads every file)")
-    t0 = time.perf_counter()
-    try:
-        runner.prepare(units)
-    except CohortError as err:
-        raise _fail(str(err)) from err
-    checked = time.perf_counter() - t0
-    console.print(f"data ready in {checked:.0f}s")
-    if not console.is_terminal or executor != "local" or workers > 1:
-        runner.reporter = LineReporter(len(units))
-        outcomes = _execute(runner, units, executor, address, workers)
-        _finish_run(runner, spec.name, results, units, outcomes, checked)
-        return
+    from pemma.engine.executors import worker_pool
+
+    with worker_pool(workers) as pool:  # its processes start while the data is checked
+        console.print("checking the data (the first use writes the synthetic cohort and reads every file)")
+        t0 = time.perf_counter()
+        try:
+            runner.prepare(units)
+        except CohortError as err:
+            raise _fail(str(err)) from err
+        checked = time.perf_counter() - t0
+        console.print(f"data ready in {checked:.0f}s")
+        if pool is not None or not console.is_terminal or executor != "local":
+            runner.reporter = LineReporter(len(units))
+            outcomes = _execute(runner, units, executor, address, pool, workers)
+            _finish_run(runner, spec.name, results, units, outcomes, checked)
+            return
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -487,9 +490,9 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
-def _execute(runner, units, executor: str = "local", address: str | None = None, workers: int = 1):
-    """runner.run (or worker processes, or Ray tasks) with SIGTERM handled like Ctrl-C, and a clear
-    exit code for either."""
+def _execute(runner, units, executor: str = "local", address: str | None = None, pool=None, workers: int = 1):
+    """runner.run (or `pool`'s `workers` processes, or Ray tasks) with SIGTERM handled like Ctrl-C,
+    and a clear exit code for either."""
     from pemma.config import ConfigError
     from pemma.data.hecktor import CohortError
 
@@ -499,10 +502,10 @@ def _execute(runner, units, executor: str = "local", address: str | None = None,
             from pemma.engine.executors import run_on_ray
 
             return run_on_ray(runner, units, address)
-        if workers > 1:
+        if pool is not None:
             from pemma.engine.executors import run_in_processes
 
-            return run_in_processes(runner, units, workers)
+            return run_in_processes(runner, units, pool, workers)
         return runner.run(units)
     except (ConfigError, CohortError) as err:
         raise _fail(str(err)) from err
@@ -652,16 +655,23 @@ def _run_plan(
     """Every unit of a claims plan through the same runner as `run`: all suites' units in one batch,
     so worker processes or Ray tasks stay busy across the plan's suites."""
     from pemma.config import ConfigError
-    from pemma.data.hecktor import CohortError
-    from pemma.engine.executors import check_executor
+    from pemma.engine.executors import check_executor, worker_pool
     from pemma.engine.runner import Runner
-    from pemma.suites import expand, load_suite
 
     try:
         check_executor(executor, workers)
     except ConfigError as err:
         raise _fail(str(err)) from err
-    runner = Runner(results, tracker=_tracker(results))
+    with worker_pool(workers) as pool:  # its processes start while the data is checked
+        _run_plan_units(spec, Runner(results, tracker=_tracker(results)), executor, address, pool, workers)
+
+
+def _run_plan_units(spec, runner, executor: str, address: str | None, pool, workers: int) -> None:
+    """_run_plan's work: each suite's units expanded and their data checked, then all run at once."""
+    from pemma.config import ConfigError
+    from pemma.data.hecktor import CohortError
+    from pemma.suites import expand, load_suite
+
     units = []
     start = time.perf_counter()
     for entry in spec.runs:
@@ -681,7 +691,7 @@ def _run_plan(
         units += part
     checked = time.perf_counter() - start
     runner.reporter = LineReporter(len(units))
-    outcomes = _execute(runner, units, executor, address, workers)
+    outcomes = _execute(runner, units, executor, address, pool, workers)
     ran = sum(o.status == "FINISHED" for o in outcomes)
     failed = sum(o.status == "FAILED" for o in outcomes)
     console.print(

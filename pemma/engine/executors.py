@@ -8,6 +8,7 @@ executor's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Callable
@@ -111,15 +112,39 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def run_in_processes(runner, units: list[RunConfig], workers: int) -> list:
-    """Every unfinished unit in a pool of `workers` spawned processes on this machine; outcomes in the
-    units' order. First the CT bases the units need and the cache lacks, as many at a time as there
-    are workers, the CPU threads shared among them (one base on 2 cores trains on both instead of
-    beside a worker waiting for it); then the units, each worker with its share of the threads (on
-    a GPU they share the device). A unit goes to the pool when a worker is free, so its start is
-    reported when it starts. A worker that dies fails its unit; Ctrl-C or SIGTERM stops every
-    worker (its running unit ends KILLED)."""
+@contextlib.contextmanager
+def worker_pool(workers: int):
+    """`workers` spawned processes (None for one: the units run in this process), started at once so
+    that they import what a unit needs while the driver checks the data; stopped on the way out."""
+    if workers <= 1:
+        yield None
+        return
     import concurrent.futures
+    import multiprocessing
+
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
+    )
+    for _ in range(workers):  # spawn with a free worker pending only: one process per job here
+        pool.submit(_warm)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _warm() -> None:
+    import pemma.engine.runner  # noqa: F401  (torch, MONAI, MLflow, the methods and tasks)
+
+
+def run_in_processes(runner, units: list[RunConfig], pool, workers: int) -> list:
+    """Every unfinished unit in `pool` (worker_pool(`workers`): spawned processes on this machine);
+    outcomes in the units' order. First the CT bases the units need and the cache lacks, as many at
+    a time as there are workers, the CPU threads shared among them (one base on 2 cores trains on
+    both instead of beside a worker waiting for it); then the units, each worker with its share of
+    the threads (on a GPU they share the device). A unit goes to the pool when a worker is free, so
+    its start is reported when it starts. A worker that dies fails its unit; Ctrl-C or SIGTERM stops
+    every worker (its running unit ends KILLED)."""
     import multiprocessing
 
     from pemma.engine.runner import UnitOutcome
@@ -127,16 +152,13 @@ def run_in_processes(runner, units: list[RunConfig], workers: int) -> list:
     keys, outcomes, order = _queue(runner, units)
     if not order:
         return outcomes
+    workers = min(workers, len(order))
     first: dict[str, int] = {}  # each CT base's first unit
     for index in order:
         base = runner.base_of(units[index])
         if base is not None and base not in first:
             first[base] = index
     bases = [index for index in first.values() if not runner.base_cached(units[index])]
-    workers = min(workers, len(order))
-    pool = concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
-    )
     results = str(runner.results)
     try:
         if bases:
@@ -169,9 +191,7 @@ def run_in_processes(runner, units: list[RunConfig], workers: int) -> list:
     except KeyboardInterrupt:
         for process in multiprocessing.active_children():
             process.terminate()  # SIGTERM: the worker's running unit ends KILLED, then it exits
-        pool.shutdown(wait=True, cancel_futures=True)
         raise
-    pool.shutdown(wait=True)
     return outcomes
 
 
