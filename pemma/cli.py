@@ -74,7 +74,11 @@ ResultsOpt = Annotated[
     ),
 ]
 ExecutorOpt = Annotated[
-    str, typer.Option(help="local (units one after another here) or ray (Ray tasks, one GPU each).")
+    str,
+    typer.Option(
+        help="local (units here: one after another, or side by side with --workers) or ray (Ray "
+        "tasks, one GPU each)."
+    ),
 ]
 WorkersOpt = Annotated[
     int,
