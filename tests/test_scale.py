@@ -110,6 +110,61 @@ def test_a_ct_base_trained_before_the_units_is_the_one_a_unit_trains_itself(
         assert torch.equal(tensor, theirs[name]), name
 
 
+def _dispatched(jobs, bases, workers=2, cores=2) -> list[str]:
+    """The order `_dispatch` submits `jobs` in (every job ends at once), checking that the jobs
+    running together never hold more than `cores` threads or `workers` workers."""
+    import concurrent.futures
+
+    from pemma.engine.executors import _dispatch
+
+    live: dict[str, int] = {}
+    order: list[str] = []
+
+    def name(job) -> str:
+        return f"base {job.base}" if job.trains_base else f"unit {job.index}"
+
+    def submit(job):
+        assert not live or (sum(live.values()) + job.threads <= cores and len(live) < workers), (live, job)
+        live[name(job)] = job.threads
+        order.append(name(job))
+        future = concurrent.futures.Future()
+        future.set_result(None)
+        return future
+
+    for job, _ in _dispatch(list(jobs), set(bases), workers, cores, submit):
+        del live[name(job)]
+    return order
+
+
+def test_worker_jobs_wait_for_their_base_and_never_oversubscribe_the_cores():
+    from pemma.engine.executors import _Job
+
+    # one base on both cores: the scratch unit waits for the threads, the base's units for the base
+    jobs = [_Job(0, "b", True, 2), _Job(0, "b", False, 1), _Job(1, None, False, 1), _Job(2, "b", False, 1)]
+    assert _dispatched(jobs, {"b"}) == ["base b", "unit 0", "unit 1", "unit 2"]
+    # three bases, two workers: the third base starts as soon as a worker is free, then the units
+    # of the bases that are ready; a base that is cached already (c) holds nothing back
+    jobs = [
+        *(_Job(i, b, True, 1) for i, b in enumerate("xyz")),
+        _Job(0, "x", False, 1),
+        _Job(3, "c", False, 1),
+        _Job(2, "z", False, 1),
+        _Job(1, "y", False, 1),
+    ]
+    assert _dispatched(jobs, set("xyz")) == [
+        "base x",
+        "base y",
+        "base z",
+        "unit 0",
+        "unit 3",
+        "unit 2",
+        "unit 1",
+    ]
+    # a unit that needs a pending base never starts before it, whatever its place in the queue
+    jobs = [_Job(5, "late", False, 1), _Job(0, None, False, 1), _Job(5, "late", True, 1)]
+    assert _dispatched(jobs, {"late"}) == ["unit 0", "base late", "unit 5"]
+
+
 def test_workers_are_the_local_executors_and_at_least_one(tmp_path, tiny_cohort):
     for extra, message in (
         (("--workers", "0"), "--workers must be >= 1"),
@@ -121,7 +176,8 @@ def test_workers_are_the_local_executors_and_at_least_one(tmp_path, tiny_cohort)
 
 
 def test_sigterm_stops_every_worker_and_ends_their_units_killed(tmp_path, tiny_cohort):
-    """SIGTERM to `run --workers 2` while both workers train: both runs end KILLED, none RUNNING."""
+    """SIGTERM to `run --workers 3` while two workers train two units: both runs end KILLED, none
+    RUNNING, and the third worker, idle, exits without a word."""
     command = [
         *CLI,
         *ci_args(
@@ -129,7 +185,7 @@ def test_sigterm_stops_every_worker_and_ends_their_units_killed(tmp_path, tiny_c
             "--methods",
             "early-fusion,early-fusion-lora",
             "--workers",
-            "2",
+            "3",
             "--set",
             "train.steps=100000",
             data=tiny_cohort,

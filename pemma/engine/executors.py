@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,57 +138,64 @@ def _warm() -> None:
     import pemma.engine.runner  # noqa: F401  (torch, MONAI, MLflow, the methods and tasks)
 
 
+@dataclass
+class _Job:
+    """Work for a pool worker: a unit (by its index), or the CT base `base` it is the first to need."""
+
+    index: int
+    base: str | None
+    """The CT base this job trains (trains_base) or its unit needs (None: none)."""
+    trains_base: bool
+    threads: int
+
+
 def run_in_processes(runner, units: list[RunConfig], pool, workers: int) -> list:
     """Every unfinished unit in `pool` (worker_pool(`workers`): spawned processes on this machine);
-    outcomes in the units' order. First the CT bases the units need and the cache lacks, as many at
-    a time as there are workers, the CPU threads shared among them (one base on 2 cores trains on
-    both instead of beside a worker waiting for it); then the units, each worker with its share of
-    the threads (on a GPU they share the device). A unit goes to the pool when a worker is free, so
-    its start is reported when it starts. A worker that dies fails its unit; Ctrl-C or SIGTERM stops
-    every worker (its running unit ends KILLED)."""
-    import multiprocessing
+    outcomes in the units' order.
 
-    from pemma.engine.runner import UnitOutcome
+    The CT bases the units need and the cache lacks go first, as many at a time as there are workers
+    (up to their number), the CPU threads shared among them: the smoke suite's single base trains on
+    both cores instead of beside a worker waiting for it. Units follow in order, each on its share
+    of the threads (cores / workers; on a GPU they share the device), as soon as their base is ready
+    and threads are free: a unit never holds a worker while it waits on a base's lock, and no core
+    idles while a job could use it. A unit's start is reported when it starts. A worker that dies
+    fails its unit; Ctrl-C or SIGTERM stops every worker (its running unit ends KILLED)."""
+    import multiprocessing
 
     keys, outcomes, order = _queue(runner, units)
     if not order:
         return outcomes
-    workers = min(workers, len(order))
-    first: dict[str, int] = {}  # each CT base's first unit
+    cores, workers = cpu_cores(), min(workers, len(order))
+    needs = {index: runner.base_of(units[index]) for index in order}
+    untrained: dict[str, int] = {}  # each missing base, by its first unit
     for index in order:
-        base = runner.base_of(units[index])
-        if base is not None and base not in first:
-            first[base] = index
-    bases = [index for index in first.values() if not runner.base_cached(units[index])]
+        base = needs[index]
+        if base is not None and base not in untrained and not runner.base_cached(units[index]):
+            untrained[base] = index
+    at_once = max(1, min(workers, len(untrained)))
+    jobs = [_Job(index, base, True, max(1, cores // at_once)) for base, index in untrained.items()]
+    jobs += [_Job(index, needs[index], False, max(1, cores // workers)) for index in order]
+    if untrained:
+        runner.reporter.note(
+            f"training {len(untrained)} CT base(s) first, {at_once} at a time, "
+            f"{jobs[0].threads} thread(s) each"
+        )
     results = str(runner.results)
+
+    def submit(job: _Job):
+        if job.trains_base:
+            return _submit(pool, _pool_base, results, units[job.index], job.threads)
+        runner.reporter.start(keys[job.index], job.index, len(units))
+        args = (results, units[job.index], keys[job.index], job.index, len(units), job.threads)
+        return _submit(pool, _pool_unit, *args)
+
     try:
-        if bases:
-            at_once = min(workers, len(bases))
-            threads = max(1, cpu_cores() // at_once)
-            runner.reporter.note(
-                f"training {len(bases)} CT base(s) first, {at_once} at a time, {threads} thread(s) each"
-            )
-            jobs = [(_pool_base, (results, units[index], threads), index) for index in bases]
-            for index, done in _in_pool(pool, jobs, at_once):
-                try:
-                    info, seconds = done.result()
-                    runner.spent["ct_base"] = runner.spent.get("ct_base", 0.0) + seconds
-                    runner.reporter.note(f"CT base {info.get('key', '')} ready in {seconds:.0f}s")
-                except Exception as err:  # the units that need it try again and fail with the reason
-                    runner.reporter.note(f"CT base for {keys[index]} failed: {err!r}")
-        threads = max(1, cpu_cores() // workers)
-        jobs = [(_pool_unit, (results, units[i], keys[i], i, len(units), threads), i) for i in order]
-
-        def started(i: int) -> None:
-            runner.reporter.start(keys[i], i, len(units))
-
-        for index, done in _in_pool(pool, jobs, workers, started):
-            try:
-                outcomes[index] = done.result()
-            except Exception as err:  # its worker process died (killed, out of memory)
-                lost = f"worker process lost: {err!r}"
-                outcomes[index] = UnitOutcome(keys[index], "FAILED", error=lost)
-            runner.reporter.done(outcomes[index])
+        for job, done in _dispatch(jobs, set(untrained), workers, cores, submit):
+            if job.trains_base:
+                _base_done(runner, done, keys[job.index])
+            else:
+                outcomes[job.index] = _unit_done(done, keys[job.index])
+                runner.reporter.done(outcomes[job.index])
     except KeyboardInterrupt:
         for process in multiprocessing.active_children():
             process.terminate()  # SIGTERM: the worker's running unit ends KILLED, then it exits
@@ -195,47 +203,98 @@ def run_in_processes(runner, units: list[RunConfig], pool, workers: int) -> list
     return outcomes
 
 
-def _in_pool(pool, jobs: list[tuple[Callable, tuple, int]], at_once: int, started: Callable | None = None):
-    """Run `jobs` (function, arguments, index) in `pool`, at most `at_once` at a time, in order; yield
-    (index, future) as each ends. `started(index)` is told when a job goes to the pool."""
+def _dispatch(jobs: list[_Job], pending_bases: set[str], workers: int, cores: int, submit: Callable):
+    """Start, in queue order, every job that may start: at most `workers` at once, their threads
+    within `cores` (a job alone may take more), a unit only once its base is trained (or failed to
+    train); yield (job, future) as each ends."""
+    import concurrent.futures
+
+    running: dict[concurrent.futures.Future, _Job] = {}
+    while jobs or running:
+        used = sum(job.threads for job in running.values())
+        for job in list(jobs):
+            if len(running) >= workers:
+                break
+            waits = not job.trains_base and job.base in pending_bases
+            if waits or (running and used + job.threads > cores):
+                continue
+            jobs.remove(job)
+            used += job.threads
+            running[submit(job)] = job
+        done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in done:
+            job = running.pop(future)
+            if job.trains_base:
+                pending_bases.discard(job.base)  # trained or failed: its units go (and fail with the reason)
+            yield job, future
+
+
+def _submit(pool, function: Callable, *args):
+    """pool.submit, or a future holding the error where a worker died and took the pool with it."""
     import concurrent.futures.process
 
-    jobs = list(jobs)
-    pending: dict[concurrent.futures.Future, int] = {}
-    while jobs or pending:
-        while jobs and len(pending) < at_once:
-            function, args, index = jobs.pop(0)
-            if started:
-                started(index)
-            try:
-                future = pool.submit(function, *args)
-            except concurrent.futures.process.BrokenProcessPool as err:  # a worker died: the pool is gone
-                future = concurrent.futures.Future()
-                future.set_exception(err)
-            pending[future] = index
-        done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-        for future in done:
-            yield pending.pop(future), future
+    try:
+        return pool.submit(function, *args)
+    except concurrent.futures.process.BrokenProcessPool as err:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.set_exception(err)
+        return future
+
+
+def _base_done(runner, done, first_unit: str) -> None:
+    try:
+        info, seconds = done.result()
+    except Exception as err:  # the units that need it try again and fail with the reason
+        runner.reporter.note(f"CT base for {first_unit} failed: {err!r}")
+        return
+    runner.spent["ct_base"] = runner.spent.get("ct_base", 0.0) + seconds
+    runner.reporter.note(f"CT base {info.get('key', '')} ready in {seconds:.0f}s")
+
+
+def _unit_done(done, key: str):
+    from pemma.engine.runner import UnitOutcome
+
+    try:
+        return done.result()
+    except Exception as err:  # its worker process died (killed, out of memory)
+        return UnitOutcome(key, "FAILED", error=f"worker process lost: {err!r}")
+
+
+_BUSY = {"job": False}
+"""Whether this pool worker is running a job (a stopped idle worker just exits)."""
 
 
 def _start_worker() -> None:
     """A pool worker: Ctrl-C is the driver's to handle (it sends SIGTERM to every worker); SIGTERM
-    stops the running unit like Ctrl-C."""
+    stops the running job like Ctrl-C, or ends an idle worker quietly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _interrupt(signum, frame) -> None:
+    if not _BUSY["job"]:
+        os._exit(0)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the unit's cleanup runs undisturbed
     raise KeyboardInterrupt()
 
 
-def _pool_unit(results: str, cfg: RunConfig, key: str, index: int, total: int, threads: int):
+@contextlib.contextmanager
+def _job(threads: int):
+    """A pool job's frame: its share of the threads; stopped, the worker exits once the job has
+    cleaned up (a unit's run marked KILLED and its lock released; a base's checkpoint kept)."""
     limit_threads(threads)
+    _BUSY["job"] = True
     try:
-        return _run_unit(results, cfg, key, index, total)
-    except KeyboardInterrupt:  # stopped: the unit's run is marked KILLED and its lock released
+        yield
+    except KeyboardInterrupt:
         os._exit(130)
+    finally:
+        _BUSY["job"] = False
+
+
+def _pool_unit(results: str, cfg: RunConfig, key: str, index: int, total: int, threads: int):
+    with _job(threads):
+        return _run_unit(results, cfg, key, index, total)
 
 
 def _pool_base(results: str, cfg: RunConfig, threads: int) -> tuple[dict, float]:
@@ -244,13 +303,10 @@ def _pool_base(results: str, cfg: RunConfig, threads: int) -> tuple[dict, float]
 
     from pemma.engine.runner import Runner
 
-    limit_threads(threads)
-    t0 = time.perf_counter()
-    try:
+    with _job(threads):
+        t0 = time.perf_counter()
         info = Runner(Path(results)).train_base(cfg)
-    except KeyboardInterrupt:  # stopped: its checkpoint stays, the next run resumes it
-        os._exit(130)
-    return info, time.perf_counter() - t0
+        return info, time.perf_counter() - t0
 
 
 def run_on_ray(runner, units: list[RunConfig], address: str | None = None) -> list:
