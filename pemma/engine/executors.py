@@ -1,9 +1,9 @@
 """Where units run: one after another in this process (local, the default), in worker processes on
 this machine (local with `workers` > 1: the CPU threads shared out among them), or as Ray tasks (one
-GPU each on a GPU cluster, CPUs otherwise). No home-made scheduler: the driver expands the suite,
-drops finished run keys once, and submits what remains to a process pool or to Ray; each task runs
-its unit through the same Runner, so run keys, locks, MLflow runs and metrics are the local
-executor's.
+GPU each on a GPU cluster, CPUs otherwise). The driver expands the suite, drops finished run keys
+once, and submits what remains to Ray or to a stdlib process pool (for the pool it decides only
+when a job may start: after its CT base, within the cores); each task runs its unit through the
+same Runner, so run keys, locks, MLflow runs and metrics are the local executor's.
 """
 
 from __future__ import annotations
