@@ -84,9 +84,9 @@ def _ray_unit(results: str, cfg: RunConfig, key: str, index: int, total: int):
     return _run_unit(results, cfg, key, index, total)
 
 
-def _queue(runner, units: list[RunConfig]) -> tuple[list[str], list[Any], list[int]]:
+def _queue(runner, units: list[RunConfig]) -> tuple[list[str], list[Any], dict[int, str | None]]:
     """The units' run keys, their outcomes so far (SKIPPED for finished keys, reported; None for the
-    rest) and the order to submit the rest in (spread over their CT bases)."""
+    rest) and the rest in the order to submit them (spread over their CT bases), each with its base."""
     from pemma.engine.runner import UnitOutcome, spread_by_base
 
     for suite in dict.fromkeys(cfg.suite for cfg in units):
@@ -101,8 +101,8 @@ def _queue(runner, units: list[RunConfig]) -> tuple[list[str], list[Any], list[i
             runner.reporter.done(outcomes[index])
         else:
             todo.append(index)
-    order = [todo[i] for i in spread_by_base([runner.base_of(units[index]) for index in todo])]
-    return keys, outcomes, order
+    bases = [runner.base_of(units[index]) for index in todo]
+    return keys, outcomes, {todo[i]: bases[i] for i in spread_by_base(bases)}
 
 
 def cpu_cores() -> int:
@@ -153,28 +153,26 @@ def run_in_processes(runner, units: list[RunConfig], pool, workers: int) -> list
     """Every unfinished unit in `pool` (worker_pool(`workers`): spawned processes on this machine);
     outcomes in the units' order.
 
-    The CT bases the units need and the cache lacks go first, as many at a time as there are workers
-    (up to their number), the CPU threads shared among them: the smoke suite's single base trains on
-    both cores instead of beside a worker waiting for it. Units follow in order, each on its share
-    of the threads (cores / workers; on a GPU they share the device), as soon as their base is ready
-    and threads are free: a unit never holds a worker while it waits on a base's lock, and no core
-    idles while a job could use it. A unit's start is reported when it starts. A worker that dies
+    The CT bases the units need and the cache lacks go first, as many at a time as there are workers,
+    the CPU threads shared among them: the smoke suite's single base trains on both cores instead of
+    beside a worker waiting for it. Units follow in order, each on its share of the threads (cores /
+    workers; on a GPU they share the device), as soon as their base is ready and threads are free: a
+    unit never holds a worker while it waits on a base's lock, and a core freed while another base
+    trains takes a unit whose base is ready. A unit's start is reported when it starts. A worker that dies
     fails its unit; Ctrl-C or SIGTERM stops every worker (its running unit ends KILLED)."""
     import multiprocessing
 
-    keys, outcomes, order = _queue(runner, units)
-    if not order:
+    keys, outcomes, needs = _queue(runner, units)
+    if not needs:
         return outcomes
-    cores, workers = cpu_cores(), min(workers, len(order))
-    needs = {index: runner.base_of(units[index]) for index in order}
+    cores, workers = cpu_cores(), min(workers, len(needs))
     untrained: dict[str, int] = {}  # each missing base, by its first unit
-    for index in order:
-        base = needs[index]
+    for index, base in needs.items():
         if base is not None and base not in untrained and not runner.base_cached(units[index]):
             untrained[base] = index
     at_once = max(1, min(workers, len(untrained)))
     jobs = [_Job(index, base, True, max(1, cores // at_once)) for base, index in untrained.items()]
-    jobs += [_Job(index, needs[index], False, max(1, cores // workers)) for index in order]
+    jobs += [_Job(index, base, False, max(1, cores // workers)) for index, base in needs.items()]
     if untrained:
         runner.reporter.note(
             f"training {len(untrained)} CT base(s) first, {at_once} at a time, "
