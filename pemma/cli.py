@@ -108,10 +108,18 @@ def _seeds(seeds: list[str] | None) -> list[int] | None:
     from pemma.config import ConfigError
 
     values = _split(seeds) or []
+    out: list[int] = []
     try:
-        return [int(s) for s in values] or None
+        for value in values:
+            first, _, last = value.partition("-") if not value.startswith("-") else (value, "", "")
+            out += list(range(int(first), int(last) + 1)) if last else [int(first)]
     except ValueError as err:
-        raise ConfigError(f"--seeds {','.join(values)!r}: expected integers, e.g. --seeds 0,1,2") from err
+        raise ConfigError(
+            f"--seeds {','.join(values)!r}: expected integers or ranges, e.g. --seeds 0,1,2 or 0-9"
+        ) from err
+    if len(set(out)) != len(out):
+        raise ConfigError(f"--seeds {','.join(values)!r}: a seed is named twice")
+    return out or None
 
 
 def _results(results: Path) -> Path:
@@ -633,16 +641,27 @@ def claims(
     executor: ExecutorOpt = "local",
     workers: WorkersOpt = 1,
     address: AddressOpt = None,
+    seeds: Annotated[
+        list[str] | None,
+        typer.Option(help="Seeds instead of the plan's, e.g. 0-9 or 0,1,2 (more seeds, narrower intervals)."),
+    ] = None,
 ) -> None:
-    """The PEMMA papers' claims as a verdict table (supported / contradicted / inconclusive)."""
+    """The PEMMA papers' claims as a verdict table (supported / contradicted / inconclusive), each
+    verdict with its stability when a seed is left out."""
+    from dataclasses import replace
+
+    from pemma.config import ConfigError
     from pemma.report.claims import evaluate, load_plan, to_markdown, write_claims
     from pemma.report.definition import ReportError, report_folder
     from pemma.report.sources import Sources
 
     try:
         spec = load_plan(Path(plan) if plan else report_folder() / "claims" / "pemma.yaml")
-    except ReportError as err:
+        chosen = _seeds(seeds)
+    except (ReportError, ConfigError) as err:
         raise _fail(str(err)) from err
+    if chosen:
+        spec = replace(spec, seeds=tuple(chosen))
     if run_units:
         _run_plan(spec, results, executor, address, workers)
     sources = Sources(_tracker(results, tracking_uri), results, include_ci=spec.profile == "ci")

@@ -73,6 +73,15 @@ def _log(tracker, results, method, seed):
     tracker.finish(run_id)
 
 
+@pytest.fixture(autouse=True)
+def counted_share(monkeypatch):
+    """Claim 1b counts parameters at the paper profile's sizes (30 s to build): 8% here, unless a test
+    asks for the count itself."""
+    from pemma.report import claims
+
+    monkeypatch.setattr(claims, "trainable_share", lambda profile, backbone, overrides=(): 8.0)
+
+
 @pytest.fixture
 def claims_setup(tmp_path):
     results = tmp_path / "results"
@@ -91,11 +100,17 @@ def claims_setup(tmp_path):
 
 
 def test_verdicts_follow_where_the_interval_lies():
-    assert decide(stats.Interval(0.1, 0.05, 0.2), 0.0, above=True) == SUPPORTED
-    assert decide(stats.Interval(-0.1, -0.2, -0.05), 0.0, above=True) == CONTRADICTED
-    assert decide(stats.Interval(0.0, -0.1, 0.1), 0.0, above=True) == INCONCLUSIVE
-    assert decide(stats.Interval(0.3, 0.2, 0.4), 0.5, above=False) == SUPPORTED
-    assert decide(stats.Interval(0.3, np.nan, np.nan), 0.5, above=False) == INCONCLUSIVE
+    def about_the_method(*values):
+        return stats.Interval(*values, scope=stats.METHOD, seeds=3)
+
+    assert decide(about_the_method(0.1, 0.05, 0.2), 0.0, above=True) == SUPPORTED
+    assert decide(about_the_method(-0.1, -0.2, -0.05), 0.0, above=True) == CONTRADICTED
+    assert decide(about_the_method(0.0, -0.1, 0.1), 0.0, above=True) == INCONCLUSIVE
+    assert decide(about_the_method(0.3, 0.2, 0.4), 0.5, above=False) == SUPPORTED
+    assert decide(about_the_method(0.3, np.nan, np.nan), 0.5, above=False) == INCONCLUSIVE
+    # one seed's interval holds its network fixed: it decides nothing about the method
+    network = stats.Interval(0.1, 0.05, 0.2, scope=stats.NETWORK, seeds=1)
+    assert decide(network, 0.0, above=True) == INCONCLUSIVE
 
 
 def test_fixture_claims_get_their_known_verdicts(claims_setup):
@@ -110,6 +125,14 @@ def test_fixture_claims_get_their_known_verdicts(claims_setup):
     assert set(table.loc[[c for c in table.index if c.startswith("4.")], "verdict"]) == {NOT_RUN}
     six = table.loc[[c for c in table.index if c.startswith("6.")][0]]
     assert six["basis"] == "2 seeds, 12 test patients" and six["effect"].startswith("Δ Dice +0.1")
+    # both seeds tested the same 12 patients and gave the same counts: the between-seed spread is 0 and
+    # the shared patients' covariance is the whole interval (t with 11 degrees of freedom)
+    assert "t over seeds" in six["test"]
+    # one seed left out leaves one seed, which says nothing about the method: every definite verdict
+    # but the exact count is fragile at two seeds
+    assert six["stability"].startswith("fragile (without seed 0: inconclusive; without seed 1: inconclusive")
+    assert table.loc[[c for c in table.index if c.startswith("1b.")][0], "stability"] == "exact"
+    assert table.loc[table.index[0], "stability"].startswith("robust")  # inconclusive either way
 
 
 def test_cli_claims_writes_the_verdict_table(claims_setup):
@@ -119,6 +142,72 @@ def test_cli_claims_writes_the_verdict_table(claims_setup):
     text = (results / "claims" / "plan.md").read_text()
     assert "| **supported** |" in text and "| **contradicted** |" in text and "| **inconclusive** |" in text
     assert "Verdicts: 2 supported, 1 contradicted, 1 inconclusive" in text
+    assert "| stability |" in text and "**fragile (without seed 0" in text
+
+
+def test_cli_claims_seeds_replace_the_plans(claims_setup):
+    tracker, results, plan = claims_setup
+    out = CliRunner().invoke(app, ["claims", str(plan), "--results", str(results), "--seeds", "0-1"])
+    assert out.exit_code == 0, out.output
+    assert "seeds 0, 1." in (results / "claims" / "plan.md").read_text()
+    out = CliRunner().invoke(app, ["claims", str(plan), "--results", str(results), "--seeds", "0,x"])
+    assert out.exit_code == 2 and "expected integers or ranges" in out.output
+    out = CliRunner().invoke(app, ["claims", str(plan), "--results", str(results), "--seeds", "0-2,2"])
+    assert out.exit_code == 2 and "a seed is named twice" in out.output
+
+
+def test_a_drop_of_every_patient_in_every_seed_is_contradicted_not_left_open(monkeypatch):
+    """Early fusion on CT alone: no overlap for any patient of any seed. No resample can move that, so
+    the row says so and the verdict is what the data say."""
+    import pandas as pd
+
+    from pemma.report import claims
+
+    rows = []
+    for seed in (0, 1, 2):
+        for i, pid in enumerate(PATIENTS):
+            for subset in ("ctpet", "ct"):
+                for k, klass in enumerate(("gtvp", "gtvn")):
+                    inter = BASE[i, k] if subset == "ctpet" else 0.0
+                    rows.append(
+                        {
+                            "seed": seed,
+                            "patient_id": pid,
+                            "subset": subset,
+                            "class": klass,
+                            "intersection_voxels": inter,
+                            "prediction_voxels": TRUTH[i, k],
+                            "truth_voxels": TRUTH[i, k],
+                            "dice": inter / TRUTH[i, k],
+                        }
+                    )
+    frame = pd.DataFrame(rows)
+    cohort = claims.Cohort(
+        {
+            f"early-fusion/{s}": stats.Counts.from_rows(frame[frame["subset"] == s], PATIENTS)
+            for s in ("ctpet", "ct")
+        },
+        [0, 1, 2],
+    )
+    monkeypatch.setattr(claims, "select", lambda plan, sources, suite: pd.DataFrame({"x": [1]}))
+    monkeypatch.setattr(
+        claims, "_cohort", lambda sources, suite, runs, pairs: cohort if pairs[1][1] == "ct" else None
+    )
+    plan = claims.Plan("t", "smoke", (0, 1, 2), "unetr", (), (claims.Runs("main", ("early-fusion",)),))
+    ct = [r for r in claims.claim_no_collapse(plan, None) if "CT alone" in r.claim][0]
+    assert ct.verdict == CONTRADICTED and ct.effect.startswith("drop 100% for every patient, every seed")
+
+
+def test_claim_1b_counts_parameters_at_the_named_profiles_sizes(monkeypatch):
+    from pemma.config import resolve
+    from pemma.engine.benchmark import parameter_table
+    from pemma.report import claims
+
+    monkeypatch.undo()  # the real count
+    share = claims.trainable_share("ci", "unetr")
+    table = parameter_table(resolve({"profile": "ci", "backbone": "unetr"}), ["pemma-lora", "early-fusion"])
+    assert share == pytest.approx(table.set_index("method").loc["pemma-lora", "trainable % of early-fusion"])
+    assert 0 < share < 100
 
 
 def test_a_plan_with_a_typo_is_refused(tmp_path):

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats as sps
 from typer.testing import CliRunner
@@ -163,6 +164,27 @@ def _rows_frame(method, seed):
     )
 
 
+def test_method_interval_is_students_t_over_seeds_and_adds_the_shared_patients():
+    # three seeds, disjoint test splits: mean 0.2, sd 0.1, t(0.975, 2) = 4.303 -> 0.2 +- 0.248
+    tested = np.kron(np.eye(3, dtype=bool), np.ones((1, 4), dtype=bool))
+    per_seed = lambda idx: np.stack([np.full(idx.shape[:-1], v) for v in (0.1, 0.2, 0.3)], axis=-1)  # noqa: E731
+    interval = stats.method_interval(per_seed, tested)
+    assert interval.scope == stats.METHOD and interval.df == pytest.approx(2)
+    assert (interval.low, interval.high) == pytest.approx((0.2 - 0.24841, 0.2 + 0.24841), abs=1e-5)
+    # every seed tests the same patients and agrees: the spread over seeds is 0, the patients' sampling
+    # error is all that is left, and it comes from the shared-patient covariance
+    values = np.array([0.2, 0.5, 0.3, 0.9, 0.4, 0.6])
+    same = lambda idx: np.stack([values[idx].mean(axis=-1)] * 3, axis=-1)  # noqa: E731
+    interval = stats.method_interval(same, np.ones((3, 6), dtype=bool))
+    half = interval.high - interval.estimate
+    assert interval.estimate == pytest.approx(values.mean())
+    assert half == pytest.approx(sps.t.ppf(0.975, 5) * values.std(ddof=0) / np.sqrt(6), rel=0.1)
+    # one seed: the network's patient bootstrap, marked as such
+    assert (
+        stats.method_interval(lambda idx: same(idx)[..., :1], np.ones((1, 6), dtype=bool)).scope == "network"
+    )
+
+
 def test_paired_difference_wilcoxon_and_holm_match_hand_values():
     a = stats.Counts.from_rows(_rows_frame("pemma-lora", 0))
     b = stats.Counts.from_rows(_rows_frame("early-fusion", 0))
@@ -201,8 +223,13 @@ def test_report_cells_runs_left_out_best_marking_and_provenance(fixture_runs):
     assert list(rows["seeds"]) == ["2", "2"]
     diff = np.mean(lora) - np.mean(ef)
     assert rows["Δ Dice [95% CI]"].iloc[0].startswith(f"{diff:.3f} [")
-    # both rows: p = 2/32 over 5 patients whose mean difference over seeds is positive; Holm: 2 x 1/16
-    assert list(rows["Wilcoxon p"]) == ["0.062", "0.062"] and list(rows["Holm p"]) == ["0.125", "0.125"]
+    # two seeds on the same 5 patients: the t test over seeds behind the interval (not Wilcoxon over
+    # patients, whose unit is not the method's); Holm doubles it across the two rows
+    a = stats.Counts.from_rows(pd.concat([_rows_frame("pemma-lora", s) for s in (0, 1)]))
+    b = stats.Counts.from_rows(pd.concat([_rows_frame("early-fusion", s) for s in (0, 1)]))
+    p = stats.paired(a, b).p
+    assert stats.paired(a, b).test == "t" and p < 0.05
+    assert rows["p"].iloc[0] == f"{p:.3f}" and rows["Holm p"].iloc[0] == f"{min(1, 2 * p):.3f}"
     # pemma-lora has more Dice with fewer parameters: early fusion is dominated
     assert list(pareto.table["method"]) == ["pemma-lora", "early-fusion"]
     assert list(pareto.table["Pareto front"]) == ["yes", ""]

@@ -2,19 +2,25 @@
 
 A claims plan (reports/claims.yaml) names the units the claims need (shipped suites, filtered, at one
 profile and seed list, with overrides) and the margins. Each claim reads those units' tracked runs
-and per-patient tables and states its effect with a 95% interval; the verdict follows from where the
-interval lies against the claim's threshold, never from the point estimate alone:
+and per-patient tables and states its effect with a 95% interval about the methods (training
+randomness and patient sampling both inside it: see pemma.report.stats); the verdict follows from
+where the interval lies against the claim's threshold, never from the point estimate alone:
 
 - supported: the whole interval is on the claim's side of the threshold;
 - contradicted: the whole interval is on the other side;
 - inconclusive: the interval straddles the threshold (at this sample size);
 - not run: a unit the claim needs has no FINISHED run.
+
+Each verdict is then judged again with each seed left out in turn: a verdict that any of those
+changes is marked fragile, whatever its interval says (an interval is a statement at this many seeds;
+a verdict that one seed carries would not survive a rerun).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +58,7 @@ class Plan:
     margin: float = 0.02  # claim 1: non-inferiority margin, relative to early fusion's Dice
     collapse: float = 0.5  # claim 2: largest relative drop from CT+PET that is not a collapse
     keep: float = 0.5  # claim 3: smallest share of PET-only Dice kept through a CT-only stage
+    sizes: str = "paper"  # claim 1b: the profile whose model sizes the parameter share is counted at
     path: Path | None = None
 
     def suite_entries(self, suite: str) -> list[Runs]:
@@ -63,7 +70,7 @@ class Plan:
         return list(dict.fromkeys(m for r in self.suite_entries(suite) for m in r.methods))
 
 
-PLAN_KEYS = {"title", "profile", "seeds", "backbone", "set", "runs", "margin", "collapse", "keep"}
+PLAN_KEYS = {"title", "profile", "seeds", "backbone", "set", "runs", "margin", "collapse", "keep", "sizes"}
 
 
 def load_plan(path: Path) -> Plan:
@@ -93,6 +100,7 @@ def load_plan(path: Path) -> Plan:
         margin=float(raw.get("margin", 0.02)),
         collapse=float(raw.get("collapse", 0.5)),
         keep=float(raw.get("keep", 0.5)),
+        sizes=str(raw.get("sizes", "paper")),
         path=path,
     )
     for override in (*plan.overrides, *(o for r in plan.runs for o in r.overrides)):
@@ -140,12 +148,14 @@ class Verdict:
     basis: str = ""
     verdict: str = NOT_RUN
     test: str = ""
+    stability: str = ""
 
 
 def decide(interval: stats.Interval, threshold: float, above: bool) -> str:
-    """The claim holds when its effect lies above (or below) `threshold`."""
+    """The claim holds when its effect lies above (or below) `threshold`. Only a method-level interval
+    (several seeds) can decide; one seed's network interval says nothing about the method."""
     low, high = interval.low, interval.high
-    if not (np.isfinite(low) and np.isfinite(high)):
+    if not (np.isfinite(low) and np.isfinite(high)) or interval.scope != stats.METHOD:
         return INCONCLUSIVE
     if above:
         return SUPPORTED if low > threshold else CONTRADICTED if high < threshold else INCONCLUSIVE
@@ -155,7 +165,8 @@ def decide(interval: stats.Interval, threshold: float, above: bool) -> str:
 def _ci(interval: stats.Interval, digits: int = 3, scale: float = 1.0, unit: str = "") -> str:
     e, lo, hi = (v * scale for v in (interval.estimate, interval.low, interval.high))
     if not np.isfinite(lo):
-        return f"{e:+.{digits}f}{unit} [no interval]"
+        why = "one seed: no interval about the method" if interval.seeds == 1 else "no interval"
+        return f"{e:+.{digits}f}{unit} [{why}]"
     return f"{e:+.{digits}f}{unit} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
@@ -172,6 +183,10 @@ class Cohort:
     @property
     def patients(self) -> int:
         return len(next(iter(self.counts.values())).patients) if self.counts else 0
+
+    def tested(self) -> np.ndarray:
+        """(seeds, patients): tested by every method and subset of the cohort in that seed."""
+        return np.logical_and.reduce([c.tested_mask() for c in self.counts.values()])
 
 
 def _cohort(sources: Sources, suite: str, runs: pd.DataFrame, pairs: list[tuple[str, str]]) -> Cohort | None:
@@ -204,6 +219,8 @@ def _cohort(sources: Sources, suite: str, runs: pd.DataFrame, pairs: list[tuple[
         f"{m}/{s}": stats.Counts.from_rows(r[r["patient_id"].isin(common)], common)
         for (m, s), r in chosen.items()
     }
+    if len({c.seeds for c in counts.values()}) > 1:
+        return None  # a unit without per-patient rows: the seeds do not line up
     return Cohort(counts, sorted(seeds))
 
 
@@ -216,15 +233,21 @@ def _paired_dice(sources, suite, runs, method, reference, subset="ctpet"):
     cohort = _cohort(sources, suite, runs, [(method, subset), (reference, subset)])
     if cohort is None:
         return None, None, None
-    a = stats.aggregated_dice(cohort.counts[f"{method}/{subset}"])
-    b = stats.aggregated_dice(cohort.counts[f"{reference}/{subset}"])
-    interval = stats.bootstrap(lambda idx: a(idx) - b(idx), cohort.patients)
-    return interval, float(b(np.arange(cohort.patients))), cohort
+    a = stats.aggregated_dice_per_seed(cohort.counts[f"{method}/{subset}"])
+    b = stats.aggregated_dice_per_seed(cohort.counts[f"{reference}/{subset}"])
+    interval = stats.method_interval(lambda idx: a(idx) - b(idx), cohort.tested())
+    return interval, float(np.nanmean(b(np.arange(cohort.patients)))), cohort
 
 
 # --- the claims ------------------------------------------------------------------------------------
 
-PAIRED_TEST = "paired BCa bootstrap over patients (aggregated Dice, CT+PET input, original grid)"
+PAIRED_TEST = (
+    "t over seeds of each seed's paired difference (aggregated Dice, CT+PET input, original grid), "
+    "shared patients counted"
+)
+DROP_TEST = "t over seeds of each seed's 1 - Dice(alone) / Dice(CT+PET), shared patients counted"
+C_TEST = "t over seeds of each seed's paired Harrell's C difference, shared patients counted"
+C_RESAMPLES = 500  # the shared-patient term of a C difference (one lifelines call per seed and draw)
 
 
 def claim_comparable(plan: Plan, sources: Sources) -> list[Verdict]:
@@ -248,25 +271,28 @@ def claim_comparable(plan: Plan, sources: Sources) -> list[Verdict]:
                 PAIRED_TEST,
             )
         )
-    share = (
-        runs.loc[runs["tags.method"] == "pemma-lora", "metrics.params_trainable_pct_of_reference"]
+    statement = "1b. ... with about 8% of early fusion's trainable parameters (at most 10%)"
+    logged = (
+        runs.loc[runs["tags.method"] == "pemma-lora", "metrics.params_trainable_pct_of_reference"].dropna()
         if not runs.empty and "metrics.params_trainable_pct_of_reference" in runs
         else pd.Series(dtype=float)
     )
-    statement = "1b. ... with about 8% of early fusion's trainable parameters (at most 10%)"
-    if share.dropna().empty:
-        rows.append(Verdict(statement))
-    else:
-        value = float(share.dropna().mean())
-        rows.append(
-            Verdict(
-                statement,
-                f"{value:.1f}% at the {plan.profile} profile's sizes",
-                "parameter count (exact, no sampling)",
-                SUPPORTED if value <= 10.0 else CONTRADICTED,
-                "count of trainable parameters",
-            )
+    counted = trainable_share(plan.sizes, plan.backbone, plan.overrides)
+    here = (
+        f"; {float(logged.mean()):.1f}% at the {plan.profile} profile's (the runs)"
+        if not logged.empty
+        else ""
+    )
+    rows.append(
+        Verdict(
+            statement,
+            f"{counted:.1f}% at the {plan.sizes} profile's sizes{here}",
+            f"parameter count at the {plan.sizes} profile (exact, no training, no sampling)",
+            SUPPORTED if counted <= 10.0 else CONTRADICTED,
+            "count of trainable parameters (pemma-bench params)",
+            "exact",
         )
+    )
     return rows
 
 
@@ -284,21 +310,35 @@ def claim_no_collapse(plan: Plan, sources: Sources) -> list[Verdict]:
             if cohort is None:
                 rows.append(Verdict(statement))
                 continue
-            full = stats.aggregated_dice(cohort.counts[f"{method}/ctpet"])
-            alone = stats.aggregated_dice(cohort.counts[f"{method}/{subset}"])
+            full_counts, alone_counts = cohort.counts[f"{method}/ctpet"], cohort.counts[f"{method}/{subset}"]
+            tested = cohort.tested()
+            if full_counts.truth[tested].sum() > 0 and alone_counts.intersection[tested].sum() == 0:
+                # no overlap at all alone: a 100% drop is what every patient of every seed shows
+                rows.append(
+                    Verdict(
+                        statement,
+                        "drop 100% for every patient, every seed (no overlap at all)",
+                        _basis(cohort),
+                        CONTRADICTED if plan.collapse < 1 else INCONCLUSIVE,
+                        "every patient at the bound: no sampling can move it",
+                    )
+                )
+                continue
+            full = stats.aggregated_dice_per_seed(full_counts)
+            alone = stats.aggregated_dice_per_seed(alone_counts)
 
             def drop(idx, full=full, alone=alone):
                 with np.errstate(invalid="ignore", divide="ignore"):
                     return 1.0 - alone(idx) / full(idx)
 
-            interval = stats.bootstrap(drop, cohort.patients)
+            interval = stats.method_interval(drop, tested)
             rows.append(
                 Verdict(
                     statement,
                     f"drop {_ci(interval, 1, 100, '%')}",
                     _basis(cohort),
                     decide(interval, plan.collapse, above=False),
-                    "BCa bootstrap over patients of 1 - Dice(alone) / Dice(CT+PET)",
+                    DROP_TEST,
                 )
             )
     return rows
@@ -394,9 +434,15 @@ def claim_prognosis(plan: Plan, sources: Sources) -> list[Verdict]:
                 set(a.loc[a["split"] == "test", "patient_id"])
                 & set(b.loc[b["split"] == "test", "patient_id"])
             )
-            ca, cb = stats.harrell(a, test), stats.harrell(b, test)
-            interval = stats.bootstrap(lambda idx, ca=ca, cb=cb: ca(idx) - cb(idx), len(test), resamples=1999)
-            base = float(cb(np.arange(len(test))))
+            sa, sb = stats.Survival.from_rows(a, test), stats.Survival.from_rows(b, test)
+            if sa.seeds != sb.seeds or not test:
+                rows.append(Verdict(statement))
+                continue
+            ca, cb = stats.harrell_per_seed(sa), stats.harrell_per_seed(sb)
+            interval = stats.method_interval(
+                lambda idx, ca=ca, cb=cb: ca(idx) - cb(idx), sa.tested & sb.tested, resamples=C_RESAMPLES
+            )
+            base = float(np.nanmean(cb(np.arange(len(test)))))
             relative = 100.0 * interval.estimate / base if base else float("nan")
             rows.append(
                 Verdict(
@@ -404,7 +450,7 @@ def claim_prognosis(plan: Plan, sources: Sources) -> list[Verdict]:
                     f"ΔC {_ci(interval)} ({relative:+.1f}% of CT-only's {base:.3f})",
                     f"{len(seeds)} seeds, {len(test)} test patients",
                     decide(interval, 0.0, above=True),
-                    "paired BCa bootstrap over test patients of Harrell's C difference",
+                    C_TEST,
                 )
             )
     return rows
@@ -445,17 +491,69 @@ CLAIMS: tuple[Callable[[Plan, Sources], list[Verdict]], ...] = (
 )
 
 
-def evaluate(plan: Plan, sources: Sources) -> pd.DataFrame:
+def judge(plan: Plan, sources: Sources) -> pd.DataFrame:
+    """One row per claim: statement, effect, basis, verdict, test."""
     rows = [verdict for claim in CLAIMS for verdict in claim(plan, sources)]
     return pd.DataFrame([vars(r) for r in rows])
 
 
-def to_markdown(plan: Plan, table: pd.DataFrame) -> str:
-    head = "| claim | measured effect [95% CI] | basis | verdict | test |\n|---|---|---|---|---|"
-    body = [
-        f"| {r.claim} | {r.effect or '—'} | {r.basis or '—'} | **{r.verdict}** | {r.test or '—'} |"
-        for r in table.itertuples(index=False)
+def evaluate(plan: Plan, sources: Sources) -> pd.DataFrame:
+    """judge(), with each verdict's stability: the verdicts judged again with each seed left out."""
+    table = judge(plan, sources)
+    if len(plan.seeds) < 2:
+        table["stability"] = table["stability"].where(table["stability"] != "", "one seed: not assessed")
+        return table
+    without = {
+        seed: judge(replace(plan, seeds=tuple(s for s in plan.seeds if s != seed)), sources)
+        for seed in plan.seeds
+    }
+    table["stability"] = [
+        row.stability or _stability(row.claim, row.verdict, without) for row in table.itertuples(index=False)
     ]
+    return table
+
+
+def _stability(claim: str, verdict: str, without: dict[int, pd.DataFrame]) -> str:
+    if verdict == NOT_RUN:
+        return "—"
+    changed = []
+    for seed, other in without.items():
+        match = other.loc[other["claim"] == claim, "verdict"]
+        moved = match.iloc[0] if not match.empty else NOT_RUN
+        if moved != verdict:
+            changed.append(f"without seed {seed}: {moved}")
+    if changed:
+        return "fragile (" + "; ".join(changed) + ")"
+    return f"robust (each of {len(without)} seeds left out)"
+
+
+@cache
+def trainable_share(profile: str, backbone: str, overrides: tuple[str, ...] = ()) -> float:
+    """PEMMA-LoRA's trainable parameters as a % of early fusion's, counted on models built at
+    `profile`'s sizes (no training; the plan's adapter overrides apply, its data overrides do not
+    matter)."""
+    from pemma.config import resolve
+    from pemma.engine.benchmark import parameter_table
+
+    reference = reference_method("parameters")
+    model_overrides = [parse_override(o) for o in overrides if not o.startswith("data.")]
+    cfg = resolve({"profile": profile, "backbone": backbone}, *model_overrides)
+    table = parameter_table(cfg, ["pemma-lora", reference]).set_index("method")
+    return float(table.loc["pemma-lora", f"trainable % of {reference}"])
+
+
+def to_markdown(plan: Plan, table: pd.DataFrame) -> str:
+    head = (
+        "| claim | measured effect [95% CI] | basis | verdict | stability | test |\n|---|---|---|---|---|---|"
+    )
+    stability = table["stability"] if "stability" in table else pd.Series("", index=table.index)
+    body = [
+        f"| {r.claim} | {r.effect or '—'} | {r.basis or '—'} | **{r.verdict}** | "
+        + (f"**{s}**" if s.startswith("fragile") else s or "—")
+        + f" | {r.test or '—'} |"
+        for r, s in zip(table.itertuples(index=False), stability, strict=True)
+    ]
+    fragile = int(stability.str.startswith("fragile").sum())
     counts = table["verdict"].value_counts()
     summary = ", ".join(f"{counts.get(v, 0)} {v}" for v in (SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN))
     return "\n".join(
@@ -464,15 +562,19 @@ def to_markdown(plan: Plan, table: pd.DataFrame) -> str:
             "",
             f"Profile {plan.profile}, backbone {plan.backbone}, seeds {', '.join(map(str, plan.seeds))}"
             + (f", overrides {' '.join(plan.overrides)}" if plan.overrides else "")
-            + f". Verdicts: {summary}.",
+            + f". Verdicts: {summary}; {fragile} fragile.",
             "",
             head,
             *body,
             "",
-            "A verdict follows from where the 95% interval lies against the claim's threshold: supported "
-            "when all of it is on the claim's side, contradicted when all of it is on the other side, "
-            "inconclusive when it straddles the threshold (at this sample size); not run when a unit the "
-            "claim needs has no FINISHED run.",
+            "Intervals are about the methods, not the networks one run trained: each seed's statistic on "
+            "its own test split, a t interval over seeds (its spread holds training and patient sampling), "
+            "plus the covariance of patients two seeds both tested. A verdict follows from where the 95% "
+            "interval lies against the claim's threshold: supported when all of it is on the claim's side, "
+            "contradicted when all of it is on the other side, inconclusive when it straddles the threshold "
+            "(at this many seeds and patients); not run when a unit the claim needs has no FINISHED run. "
+            "Stability: the verdict judged again with each seed left out; fragile when any of those "
+            "differs (read those rows as open, whatever their interval says).",
             "",
         ]
     )

@@ -27,9 +27,13 @@ CLASS_TITLES = {"mean": "Dice", **{name: name.replace("gtv", "GTV") for name in 
 # within a minute. Uno's C (scikit-survival, ~3 ms a call, mostly input validation) gets no report
 # interval: each run logs its own percentile interval.
 C_RESAMPLES = 1999
+C_SHARED_RESAMPLES = 500  # the shared-patient covariance of several seeds' C (a variance, not a tail)
 CI_NOTE = (
-    "Cells: mean ± sample std over seeds [95% BCa bootstrap CI over patients, 9,999 resamples; a "
-    "patient tested in several seeds counts in each]."
+    "Cells: mean ± sample std over seeds [95% CI about the method: a t interval over seeds of each "
+    "seed's value on its own test split, plus the covariance of patients that several seeds tested, so "
+    "training randomness and patient sampling are both inside it (pemma.report.stats)]. With one seed, "
+    "marked †: the BCa bootstrap over patients with that seed's network held fixed (9,999 resamples), "
+    "which leaves training randomness out."
 )
 
 
@@ -110,7 +114,8 @@ def _mean_std(values: np.ndarray, digits: int = 3) -> str:
 def _ci(interval: stats.Interval, digits: int = 3) -> str:
     if not np.isfinite(interval.low):
         return ""
-    return f" [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+    network = "†" if interval.scope == stats.NETWORK else ""
+    return f" [{interval.low:.{digits}f}, {interval.high:.{digits}f}]{network}"
 
 
 def _segmentation_rows(sources: Sources, suite: str, keys, subset: str) -> pd.DataFrame:
@@ -131,7 +136,7 @@ def _dice_interval(sources: Sources, suite: str, group: pd.DataFrame, subset: st
     if rows.empty:
         return None, 0
     counts = stats.Counts.from_rows(rows)
-    return stats.bootstrap(stats.aggregated_dice(counts, klass), len(counts.patients)), len(counts.patients)
+    return stats.dice_interval(counts, klass), len(counts.patients)
 
 
 def _declared(key: str):
@@ -263,11 +268,11 @@ def paired_table(section: Section, sources: Sources) -> Block:
                         "Dice": _fmt(mean_a, 3),
                         f"Dice {reference}": _fmt(mean_b, 3),
                         "Δ Dice [95% CI]": _fmt(result.difference.estimate, 3) + _ci(result.difference),
-                        "Wilcoxon p": _p(result.wilcoxon_p),
+                        "p": _p(result.p) + ("†" if result.test == "wilcoxon" else ""),
                     }
                 )
                 rows.append(row)
-                pvalues.append(result.wilcoxon_p)
+                pvalues.append(result.p)
         block.run_keys += sorted(set(mine["tags.run_key"]) | set(theirs["tags.run_key"]))
     if not rows:
         block.notes = [f"No run of {reference} shares a backbone and seed with the other methods."]
@@ -280,10 +285,13 @@ def paired_table(section: Section, sources: Sources) -> Block:
     block.notes = [
         f"Each method against {reference} on the same patients and seeds (the seeds both ran; a seed's "
         "split is shared by every method). Δ Dice: the method's HECKTOR aggregated Dice (original grid, "
-        "mean over seeds) minus the reference's, with its paired 95% BCa bootstrap CI over patients. "
-        "Wilcoxon: two-sided signed-rank test of the per-patient Dice differences (each patient's mean "
-        "over classes and seeds; zero differences dropped). Holm p: adjusted across every row of this "
-        "table; bold where below 0.05."
+        "mean over seeds) minus the reference's, with a 95% CI about the methods: a t interval over seeds "
+        "of each seed's paired difference, plus the covariance of patients several seeds tested "
+        "(training randomness and patient sampling both inside it). p: two-sided, from the same t "
+        "statistic (its unit is the seed, as the interval's). With one seed, marked †: the paired BCa "
+        "bootstrap over patients and the Wilcoxon signed-rank test of per-patient Dice differences, both "
+        "with the networks held fixed. Holm p: adjusted across every row of this table; bold where below "
+        "0.05."
     ]
     block.run_keys = sorted(set(block.run_keys))
     return block
@@ -593,7 +601,10 @@ def prognosis_block(section: Section, sources: Sources) -> Block:
         interval = None
         if not test.empty:
             patients = sorted(test["patient_id"].unique())
-            interval = stats.bootstrap(stats.harrell(mine, patients), len(patients), resamples=C_RESAMPLES)
+            survival = stats.Survival.from_rows(mine, patients)
+            interval = stats.method_interval(
+                stats.harrell_per_seed(survival), survival.tested, C_SHARED_RESAMPLES, C_RESAMPLES
+            )
         title = _arrow("C-index", True)
         row[title] = _mean_std(values) + (_ci(interval) if interval else "")
         means.setdefault(title, []).append(values.mean() if values.size else np.nan)
@@ -613,8 +624,9 @@ def prognosis_block(section: Section, sources: Sources) -> Block:
         block.table, {k: v for k, v in means.items() if k in shown}, dict.fromkeys(means, True)
     )
     block.notes = [
-        "C-index: Harrell's on the test patients, mean ± std over seeds [95% BCa bootstrap CI over "
-        "test patients, 1,999 resamples, each seed's C on the drawn patients it tested, averaged]. "
+        "C-index: Harrell's on the test patients, mean ± std over seeds [95% CI about the method: t over "
+        "seeds of each seed's C on its test split, plus the covariance of patients several seeds tested; "
+        "one seed (†): BCa bootstrap over its test patients, 1,999 resamples, the network fixed]. "
         "Uno C: Uno's IPCW C (censoring from the training split, truncated at its 90th percentile of "
         "follow-up), mean ± std over seeds (each run logs its own percentile interval). "
         "ΔC: change relative to the CT-only model's C on the same seed, as the papers state it. "

@@ -1,11 +1,38 @@
-"""Uncertainty over patients and seeds, and paired tests between methods.
+"""Intervals about methods, not about the networks one run happened to train.
 
-The resampling unit is the patient. A unit of several seeds is scored per seed and averaged, so a
-bootstrap draws patients (with replacement) from the union of the seeds' test splits and recomputes
-every seed's statistic on the drawn patients that seed tested: with one fixed split that is the plain
-patient bootstrap of the mean over seeds; with a split per seed, a patient counts in the seeds that
-tested it. Intervals are BCa (scipy.stats.bootstrap) with a fixed generator, so a report regenerates
-byte for byte.
+The estimand. A claim such as "PEMMA-LoRA is within 2% of early fusion" is about the methods trained
+anew on new patients of this kind. Two sources of randomness are inside it: training (seed, thread
+layout, float rounding amplified by a short schedule) and the patients a split happens to test. A
+bootstrap over patients with the trained networks held fixed describes those networks only; it leaves
+training out and under-covers the method-level quantity whenever seeds move the result (simulated in
+tests/test_coverage.py: 40-85% coverage of a stated 95% at a few hundredths of Dice of seed-level
+noise).
+
+The method. Each seed is one replicate of the whole experiment: networks trained with that seed,
+scored on that seed's test split. Its statistic d_s (a paired difference of aggregated Dice, a relative
+drop, a difference of Harrell's C) is computed as the per-seed table computes it, and the estimate is
+the mean over the k seeds. Its variance is
+
+    Var(mean d) = Var(d_s) / k + c
+
+where Var(d_s), estimated by the sample variance over seeds, already holds both the training variance
+and the sampling variance of a seed's own patients (no variance component has to be pinned
+separately), and c is the mean covariance between two seeds' statistics that comes from patients both
+seeds tested: 0 when the seeds' test splits are disjoint, the whole patient-sampling variance when
+every seed tests the same split. c is estimated, only where seeds share test patients, from a
+bootstrap of the union of the test patients (each seed's statistic recomputed on the drawn patients it
+tested). The 95% interval is Student's t with Satterthwaite's degrees of freedom (k - 1 for the seed
+term, patients - 1 for the shared term).
+
+Few seeds. Three seeds cannot pin a seed-level variance, and the interval says so by widening: the t
+quantile with 2 degrees of freedom is 4.30, not 1.96. A bootstrap over seeds would do the opposite (it
+shrinks the variance by (k - 1) / k and reads normal-like quantiles: about 80% coverage at 3 seeds).
+One seed estimates no training variance at all: there the interval is the patient bootstrap (BCa) with
+the network fixed, marked as such (scope "network"), and no verdict is read from it.
+
+The test that goes with an interval has the same unit: the t statistic over seeds (with the shared
+term) for method-level rows, the Wilcoxon signed-rank test over patients for a single seed's network;
+Holm across a table. Intervals regenerate byte for byte (fixed generators).
 """
 
 from __future__ import annotations
@@ -19,7 +46,9 @@ import pandas as pd
 from scipy import stats
 
 RESAMPLES = 9999
+SHARED_RESAMPLES = 2000  # the shared-patient covariance: a variance, not a tail, needs fewer draws
 SEED = 20240613  # any fixed value: intervals must not change between regenerations
+METHOD, NETWORK = "method", "network"
 
 
 @dataclass(frozen=True)
@@ -27,14 +56,90 @@ class Interval:
     estimate: float
     low: float
     high: float
+    scope: str = NETWORK  # METHOD: training and patients inside it; NETWORK: the trained networks fixed
+    seeds: int = 0
+    se: float = np.nan  # method scope: the standard error behind the t interval
+    df: float = np.nan
 
     @property
     def defined(self) -> bool:
         return bool(np.isfinite(self.estimate))
 
+    @property
+    def bounded(self) -> bool:
+        return bool(np.isfinite(self.low) and np.isfinite(self.high))
+
+    def p_value(self, null: float = 0.0) -> float:
+        """Two-sided p of `estimate == null` from the t statistic behind a method-level interval."""
+        if self.scope != METHOD or not (np.isfinite(self.se) and self.se > 0 and np.isfinite(self.df)):
+            return float("nan")
+        return float(2 * stats.t.sf(abs(self.estimate - null) / self.se, self.df))
+
+
+def method_interval(
+    per_seed: Callable[[np.ndarray], np.ndarray],
+    tested: np.ndarray,
+    resamples: int = SHARED_RESAMPLES,
+    network_resamples: int = RESAMPLES,
+) -> Interval:
+    """95% interval of the mean over seeds of a per-seed statistic, training randomness included.
+
+    `per_seed(idx)` maps patient indices (..., n) of the union of test patients to each seed's
+    statistic on the drawn patients it tested, shape (..., k); `tested` (k, n) says which seed tested
+    which patient. Seeds whose statistic is undefined are left out (the interval counts the others).
+    Fewer than two defined seeds: the patient bootstrap with the network fixed (scope NETWORK)."""
+    tested = np.asarray(tested, dtype=bool)
+    n = tested.shape[1]
+    d = np.asarray(per_seed(np.arange(n)), dtype=float)
+    keep = np.isfinite(d)
+    k = int(keep.sum())
+    if k == 0:
+        return Interval(np.nan, np.nan, np.nan, METHOD, 0)
+    estimate = float(d[keep].mean())
+    if k < 2:
+        network = bootstrap(
+            lambda idx: np.asarray(per_seed(idx))[..., keep].mean(axis=-1), n, network_resamples
+        )
+        return Interval(network.estimate, network.low, network.high, NETWORK, 1)
+    between = float(d[keep].var(ddof=1)) / k
+    shared, n_shared = _shared_covariance(per_seed, tested, keep, resamples)
+    se2 = between + shared
+    if se2 <= 0:  # every seed gave the same value and no patient is shared: nothing to resample
+        return Interval(estimate, np.nan, np.nan, METHOD, k)
+    denominator = between**2 / (k - 1) + (shared**2 / (n_shared - 1) if shared > 0 else 0.0)
+    df = se2**2 / denominator
+    se = float(np.sqrt(se2))
+    half = float(stats.t.ppf(0.975, df)) * se
+    return Interval(estimate, estimate - half, estimate + half, METHOD, k, se, float(df))
+
+
+def _shared_covariance(per_seed, tested: np.ndarray, keep: np.ndarray, resamples: int) -> tuple[float, int]:
+    """(c, patients shared): the mean covariance between two kept seeds' statistics over a bootstrap of
+    the union of test patients, floored at 0; (0, 0) when no patient is tested by two kept seeds."""
+    shared = tested[keep].sum(axis=0) >= 2
+    if not shared.any():
+        return 0.0, 0
+    n = tested.shape[1]
+    rng = np.random.default_rng(SEED)
+    draws = []
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for start in range(0, resamples, 500):
+            idx = rng.integers(0, n, size=(min(500, resamples - start), n))
+            draws.append(np.asarray(per_seed(idx), dtype=float)[:, keep])
+    values = np.concatenate(draws)
+    values = values[np.isfinite(values).all(axis=1)]
+    k = values.shape[1]
+    if values.shape[0] < 0.9 * resamples:  # too many undefined draws: the whole variance, not a part
+        return 0.0, 0
+    cov = np.cov(values, rowvar=False)
+    mean_off_diagonal = (cov.sum() - np.trace(cov)) / (k * (k - 1))
+    return max(float(mean_off_diagonal), 0.0), int(shared.sum())
+
 
 def bootstrap(statistic: Callable[[np.ndarray], np.ndarray], n: int, resamples: int = RESAMPLES) -> Interval:
-    """BCa 95% interval of `statistic(idx)`, where idx (..., k) indexes the n patients along the last axis.
+    """BCa 95% interval over patients of `statistic(idx)` (idx (..., k) indexes the n patients along
+    the last axis), the trained networks held fixed: scope NETWORK.
 
     An undefined estimate, fewer than 3 patients or a degenerate resampling distribution gives NaN
     bounds (never a zero-width interval presented as certainty). Where BCa is undefined because
@@ -88,21 +193,24 @@ class Counts:
     size: np.ndarray  # |P| + |G|
     truth: np.ndarray
     dice: np.ndarray  # per-patient Dice, NaN where undefined or untested
+    seeds: tuple[int, ...] = ()
+    tested: np.ndarray | None = None  # (seeds, patients): the seed's test split held the patient
 
     @classmethod
     def from_rows(cls, rows: pd.DataFrame, patients: list[str] | None = None) -> Counts:
         """`rows`: per-patient segmentation rows of one subset and grid, with a `seed` column."""
         classes = sorted(rows["class"].unique())
-        seeds = sorted(rows["seed"].unique())
+        seeds = sorted(int(s) for s in rows["seed"].unique())
         patients = patients or sorted(rows["patient_id"].unique())
         index = pd.MultiIndex.from_product([seeds, patients, classes])
-        table = rows.set_index(["seed", "patient_id", "class"])
+        table = rows.assign(seed=rows["seed"].astype(int)).set_index(["seed", "patient_id", "class"])
         table = table[~table.index.duplicated(keep="last")].reindex(index)
         shape = (len(seeds), len(patients), len(classes))
 
         def values(column: str, fill: float) -> np.ndarray:
             return table[column].astype(float).fillna(fill).to_numpy().reshape(shape)
 
+        present = table["truth_voxels"].notna().to_numpy().reshape(shape).any(axis=-1)
         return cls(
             patients,
             classes,
@@ -110,11 +218,18 @@ class Counts:
             values("prediction_voxels", 0.0) + values("truth_voxels", 0.0),
             values("truth_voxels", 0.0),
             values("dice", np.nan),
+            tuple(seeds),
+            present,
         )
 
+    def tested_mask(self) -> np.ndarray:
+        if self.tested is not None:
+            return self.tested
+        return (self.size > 0).any(axis=-1)
 
-def aggregated_dice(counts: Counts, klass: str = "mean") -> Callable[[np.ndarray], np.ndarray]:
-    """HECKTOR aggregated Dice of the drawn patients, per seed, averaged over seeds.
+
+def aggregated_dice_per_seed(counts: Counts, klass: str = "mean") -> Callable[[np.ndarray], np.ndarray]:
+    """Each seed's HECKTOR aggregated Dice on the drawn patients it tested: idx (..., n) -> (..., seeds).
 
     'mean' is the mean of the classes' values and undefined when any class is (as in the table)."""
     chosen = range(len(counts.classes)) if klass == "mean" else [counts.classes.index(klass)]
@@ -125,9 +240,20 @@ def aggregated_dice(counts: Counts, klass: str = "mean") -> Callable[[np.ndarray
         truth = counts.truth[:, idx][..., chosen].sum(axis=-2)
         with np.errstate(invalid="ignore", divide="ignore"):
             dice = np.where(truth > 0, 2.0 * inter / size, np.nan)
-        return dice.mean(axis=-1).mean(axis=0)
+        return np.moveaxis(dice.mean(axis=-1), 0, -1)
 
     return statistic
+
+
+def aggregated_dice(counts: Counts, klass: str = "mean") -> Callable[[np.ndarray], np.ndarray]:
+    """The mean over seeds of aggregated_dice_per_seed: idx (..., n) -> (...)."""
+    per_seed = aggregated_dice_per_seed(counts, klass)
+    return lambda idx: per_seed(idx).mean(axis=-1)
+
+
+def dice_interval(counts: Counts, klass: str = "mean") -> Interval:
+    """Method-level interval of a method's aggregated Dice (several seeds), or the network's (one)."""
+    return method_interval(aggregated_dice_per_seed(counts, klass), counts.tested_mask())
 
 
 def patient_dice(counts: Counts) -> np.ndarray:
@@ -142,22 +268,31 @@ def patient_dice(counts: Counts) -> np.ndarray:
 class Paired:
     patients: int
     difference: Interval  # aggregated Dice of the method minus the reference's, same patients and seeds
-    wilcoxon_p: float  # two-sided, per-patient Dice differences
+    p: float  # two-sided: t over seeds (method scope) or Wilcoxon over patients (one seed)
+    test: str  # "t" or "wilcoxon"
+
+    @property
+    def wilcoxon_p(self) -> float:  # the name older callers read
+        return self.p
 
 
 def paired(method: Counts, reference: Counts, klass: str = "mean") -> Paired:
     """The method against the reference on the patients both tested, in the seeds both ran."""
     if method.patients != reference.patients:
         raise ValueError("paired counts must list the same patients in the same order")
-    a, b = aggregated_dice(method, klass), aggregated_dice(reference, klass)
-    n = len(method.patients)
-    difference = bootstrap(lambda idx: a(idx) - b(idx), n)
+    if method.seeds and reference.seeds and method.seeds != reference.seeds:
+        raise ValueError(f"paired counts must hold the same seeds: {method.seeds} and {reference.seeds}")
+    a, b = aggregated_dice_per_seed(method, klass), aggregated_dice_per_seed(reference, klass)
+    tested = method.tested_mask() & reference.tested_mask()
+    difference = method_interval(lambda idx: a(idx) - b(idx), tested)
+    if difference.scope == METHOD:
+        return Paired(len(method.patients), difference, difference.p_value(), "t")
     diffs = patient_dice(method) - patient_dice(reference)
     diffs = diffs[np.isfinite(diffs)]
     p = float("nan")
     if np.count_nonzero(diffs) > 0:
         p = float(stats.wilcoxon(diffs, zero_method="wilcox", alternative="two-sided").pvalue)
-    return Paired(n, difference, p)
+    return Paired(len(method.patients), difference, p, "wilcoxon")
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -175,51 +310,78 @@ def holm(pvalues: list[float]) -> list[float]:
 
 
 def seed_interval(values: np.ndarray) -> Interval:
-    """Mean over seeds with a 95% t interval (for figures with no per-patient rows, e.g. ACC / BWT)."""
+    """Mean over seeds with a 95% t interval, for figures with no per-patient rows (R cells, ACC, BWT):
+    method scope, with no shared-patient term (the per-seed values carry their own patients)."""
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
     if values.size == 0:
-        return Interval(np.nan, np.nan, np.nan)
+        return Interval(np.nan, np.nan, np.nan, METHOD, 0)
     mean = float(values.mean())
     if values.size < 2:
-        return Interval(mean, np.nan, np.nan)
-    low, high = stats.t.interval(0.95, values.size - 1, loc=mean, scale=stats.sem(values))
-    return Interval(mean, float(low), float(high))
+        return Interval(mean, np.nan, np.nan, METHOD, 1)
+    se = float(stats.sem(values))
+    if se == 0:
+        return Interval(mean, np.nan, np.nan, METHOD, int(values.size))
+    low, high = stats.t.interval(0.95, values.size - 1, loc=mean, scale=se)
+    return Interval(mean, float(low), float(high), METHOD, int(values.size), se, float(values.size - 1))
 
 
-def harrell(rows: pd.DataFrame, patients: list[str]) -> Callable[[np.ndarray], np.ndarray]:
-    """Harrell's C (the prognosis task's own function) of each seed on the drawn test patients it
-    tested, averaged over seeds. `rows`: per-patient prognosis rows (split, risk, time, event, seed).
+@dataclass(frozen=True)
+class Survival:
+    """Per-seed prognosis test rows over one list of patients, for Harrell's C on drawn patients."""
 
-    Not vectorised (one lifelines call per seed and resample): use a few thousand resamples."""
+    patients: list[str]
+    seeds: tuple[int, ...]
+    tested: np.ndarray  # (seeds, patients)
+    per_seed: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]  # row_of, time, event, risk
+
+    @classmethod
+    def from_rows(cls, rows: pd.DataFrame, patients: list[str]) -> Survival:
+        """`rows`: per-patient prognosis rows (split, risk, time, event, seed)."""
+        position = {p: i for i, p in enumerate(patients)}
+        test = rows[rows["split"] == "test"]
+        seeds, tested, per_seed = [], [], []
+        for seed, part in test.groupby("seed", sort=True):
+            part = part[part["patient_id"].isin(position)]
+            row_of = np.full(len(patients), -1)  # patient -> its row in this seed's test split
+            row_of[part["patient_id"].map(position).to_numpy()] = np.arange(len(part))
+            arrays = tuple(part[c].to_numpy(dtype=float) for c in ("time", "event", "risk"))
+            seeds.append(int(seed))
+            tested.append(row_of >= 0)
+            per_seed.append((row_of, *arrays))
+        mask = np.array(tested, dtype=bool).reshape(len(seeds), len(patients))
+        return cls(patients, tuple(seeds), mask, per_seed)
+
+
+def harrell_per_seed(survival: Survival) -> Callable[[np.ndarray], np.ndarray]:
+    """Each seed's Harrell's C (the prognosis task's own function) on the drawn test patients it
+    tested: idx (..., n) -> (..., seeds). Not vectorised (one call per seed and resample)."""
     from pemma.metrics.survival import harrell_cindex
 
-    position = {p: i for i, p in enumerate(patients)}
-    test = rows[rows["split"] == "test"]
-    per_seed = []
-    for _, part in test.groupby("seed", sort=True):
-        part = part[part["patient_id"].isin(position)]
-        row_of = np.full(len(patients), -1)  # patient -> its row in this seed's test split, -1 if untested
-        row_of[part["patient_id"].map(position).to_numpy()] = np.arange(len(part))
-        arrays = (part[c].to_numpy(dtype=float) for c in ("time", "event", "risk"))
-        per_seed.append((row_of, *arrays))
-
-    def one(idx: np.ndarray) -> float:
-        scores = []
-        for row_of, time, event, risk in per_seed:
-            chosen = row_of[idx]
-            chosen = chosen[chosen >= 0]
-            if chosen.size < 2 or event[chosen].sum() == 0:
-                return np.nan
-            try:
-                scores.append(harrell_cindex(time[chosen], event[chosen], risk[chosen]))
-            except (ValueError, ZeroDivisionError):  # no comparable pair in this draw
-                return np.nan
-        return float(np.mean(scores)) if scores else np.nan
+    def one(row_of, time, event, risk, idx) -> float:
+        chosen = row_of[idx]
+        chosen = chosen[chosen >= 0]
+        if chosen.size < 2 or event[chosen].sum() == 0:
+            return np.nan
+        try:
+            return harrell_cindex(time[chosen], event[chosen], risk[chosen])
+        except (ValueError, ZeroDivisionError):  # no comparable pair in this draw
+            return np.nan
 
     def statistic(idx: np.ndarray) -> np.ndarray:
         flat = idx.reshape(-1, idx.shape[-1])
-        out = np.array([one(row) for row in flat])
-        return out.reshape(idx.shape[:-1]) if idx.ndim > 1 else out[0]
+        out = np.array([[one(*seed, row) for seed in survival.per_seed] for row in flat], dtype=float)
+        return out.reshape(*idx.shape[:-1], len(survival.per_seed))
+
+    return statistic
+
+
+def harrell(rows: pd.DataFrame, patients: list[str]) -> Callable[[np.ndarray], np.ndarray]:
+    """Harrell's C averaged over seeds on the drawn patients (NaN if any seed's draw has none)."""
+    per_seed = harrell_per_seed(Survival.from_rows(rows, patients))
+
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        values = per_seed(idx)
+        return values.mean(axis=-1)
 
     return statistic
