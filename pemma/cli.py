@@ -645,6 +645,12 @@ def claims(
         list[str] | None,
         typer.Option(help="Seeds instead of the plan's, e.g. 0-9 or 0,1,2 (more seeds, narrower intervals)."),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="List the plan's units (finished or not) and estimate its cost; run nothing."
+        ),
+    ] = False,
 ) -> None:
     """The PEMMA papers' claims as a verdict table (supported / contradicted / inconclusive), each
     verdict with its stability when a seed is left out."""
@@ -662,6 +668,9 @@ def claims(
         raise _fail(str(err)) from err
     if chosen:
         spec = replace(spec, seeds=tuple(chosen))
+    if dry_run:
+        _plan_cost(spec, results)
+        return
     if run_units:
         _run_plan(spec, results, executor, address, workers)
     sources = Sources(_tracker(results, tracking_uri), results, include_ci=spec.profile == "ci")
@@ -670,6 +679,31 @@ def claims(
     out = write_claims(spec, table, Path(results) / "claims" / f"{(spec.path or Path('claims')).stem}.md")
     console.print(to_markdown(spec, table).splitlines()[2])
     console.print(f"verdicts written to {out}")
+
+
+def _plan_cost(spec, results: Path) -> None:
+    """claims --dry-run: the plan's units and what they cost, from counted samples and measured rates."""
+    from pemma.config import ConfigError
+    from pemma.engine.runner import Runner
+    from pemma.report.claims.cost import estimate, load_rates, plan_work
+    from pemma.report.definition import ReportError
+
+    try:
+        runner = Runner(results, tracker=_tracker(results))
+        work = plan_work(spec, runner)
+        runs = {suite: runner.tracker.runs(suite) for suite in work["suite"].unique()}
+        table, lines = estimate(spec, work, runs, load_rates())
+    except (ConfigError, ReportError, ValueError) as err:
+        raise _fail(str(err)) from err
+    console.print(
+        f"claims plan [bold]{spec.title}[/]: profile {spec.profile}, backbone {spec.backbone}, "
+        f"seeds {', '.join(map(str, spec.seeds))}"
+    )
+    for row in work.itertuples(index=False):
+        console.print(f"{'finished' if row.finished else 'to run  '}  {row.key}")
+    _wide().print(_table(table, "cost by suite and method"))
+    for line in lines:
+        console.print(line)
 
 
 def _run_plan(
@@ -693,24 +727,20 @@ def _run_plan_units(spec, runner, executor: str, address: str | None, pool, work
     """_run_plan's work: each suite's units expanded and their data checked, then all run at once."""
     from pemma.config import ConfigError
     from pemma.data.hecktor import CohortError
-    from pemma.suites import expand, load_suite
+    from pemma.report.claims import units as plan_units
 
     units = []
     start = time.perf_counter()
-    for entry in spec.runs:
+    try:
+        expanded = plan_units(spec)
+    except ConfigError as err:
+        raise _fail(str(err)) from err
+    for suite, part in expanded:
+        console.print(f"suite {suite}: {len(part)} units")
         try:
-            part = expand(
-                load_suite(entry.suite),
-                profile=spec.profile,
-                seeds=list(spec.seeds),
-                methods=list(entry.methods) or None,
-                backbones=[spec.backbone],
-                overrides=[*spec.overrides, *entry.overrides],
-            )
-            console.print(f"suite {entry.suite}: {len(part)} units")
             runner.prepare(part)
         except (ConfigError, CohortError, ValueError) as err:
-            raise _fail(f"claims plan, suite {entry.suite}: {err}") from err
+            raise _fail(f"claims plan, suite {suite}: {err}") from err
         units += part
     checked = time.perf_counter() - start
     runner.reporter = LineReporter(len(units))

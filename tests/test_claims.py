@@ -15,6 +15,8 @@ from pemma.report.claims import (
     INCONCLUSIVE,
     NOT_RUN,
     SUPPORTED,
+    Plan,
+    Runs,
     decide,
     evaluate,
     load_plan,
@@ -77,7 +79,7 @@ def _log(tracker, results, method, seed):
 def counted_share(monkeypatch):
     """Claim 1b counts parameters at the paper profile's sizes (30 s to build): 8% here, unless a test
     asks for the count itself."""
-    from pemma.report import claims
+    from pemma.report.claims import verdicts as claims
 
     monkeypatch.setattr(claims, "trainable_share", lambda profile, backbone, overrides=(): 8.0)
 
@@ -161,7 +163,7 @@ def test_a_drop_of_every_patient_in_every_seed_is_contradicted_not_left_open(mon
     the row says so and the verdict is what the data say."""
     import pandas as pd
 
-    from pemma.report import claims
+    from pemma.report.claims import verdicts as claims
 
     rows = []
     for seed in (0, 1, 2):
@@ -193,7 +195,7 @@ def test_a_drop_of_every_patient_in_every_seed_is_contradicted_not_left_open(mon
     monkeypatch.setattr(
         claims, "_cohort", lambda sources, suite, runs, pairs: cohort if pairs[1][1] == "ct" else None
     )
-    plan = claims.Plan("t", "smoke", (0, 1, 2), "unetr", (), (claims.Runs("main", ("early-fusion",)),))
+    plan = Plan("t", "smoke", (0, 1, 2), "unetr", (), (Runs("main", ("early-fusion",)),))
     ct = [r for r in claims.claim_no_collapse(plan, None) if "CT alone" in r.claim][0]
     assert ct.verdict == CONTRADICTED and ct.effect.startswith("drop 100% for every patient, every seed")
 
@@ -201,7 +203,7 @@ def test_a_drop_of_every_patient_in_every_seed_is_contradicted_not_left_open(mon
 def test_claim_1b_counts_parameters_at_the_named_profiles_sizes(monkeypatch):
     from pemma.config import resolve
     from pemma.engine.benchmark import parameter_table
-    from pemma.report import claims
+    from pemma.report.claims import verdicts as claims
 
     monkeypatch.undo()  # the real count
     share = claims.trainable_share("ci", "unetr")
@@ -220,7 +222,7 @@ def test_a_plan_with_a_typo_is_refused(tmp_path):
 def test_the_continual_claims_read_the_r_cells_of_each_seed(monkeypatch):
     import pandas as pd
 
-    from pemma.report import claims
+    from pemma.report.claims import verdicts as claims
 
     runs = pd.DataFrame(
         {
@@ -231,7 +233,7 @@ def test_the_continual_claims_read_the_r_cells_of_each_seed(monkeypatch):
         }
     )
     monkeypatch.setattr(claims, "select", lambda plan, sources, suite: runs)
-    plan = claims.Plan("t", "smoke", (0, 1, 2), "unetr", (), ())
+    plan = Plan("t", "smoke", (0, 1, 2), "unetr", (), ())
     kept, versus = claims.claim_continual(plan, None)
     assert kept.verdict == SUPPORTED and kept.basis.startswith("3 seeds")  # kept 83%, 90%, 91%
     assert versus.verdict == SUPPORTED  # PEMMA's PET Dice after the stage is about twice early fusion's
@@ -266,3 +268,37 @@ def test_claims_run_runs_the_plan_in_one_batch_and_judges(tiny_cohort, tmp_path)
     assert "| 3. After a CT-only stage" in table
     again = CliRunner().invoke(app, ["claims", str(plan), "--run", "--results", str(results)])
     assert again.exit_code == 0 and "2 units, 0 run now" in again.output
+
+
+def test_claims_dry_run_lists_units_and_counts_their_cost(tiny_cohort, tmp_path):
+    """--dry-run runs nothing: the plan's units, its CT bases, the training samples counted from the
+    configs (ci: 2 steps x batch 1 per unit, continual + 1 stage x 2 steps, 2 pretraining samples per
+    base), hours at the rates file's rates for the profile, none for the ci profile."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "title: ci claims\nprofile: ci\nseeds: [0, 1]\nbackbone: unetr\n"
+        f"set: [data.root={tiny_cohort}, data.split_follows_seed=true]\n"
+        "runs:\n  - {suite: main, methods: [pemma-lora, early-fusion]}\n"
+        "  - {suite: continual, methods: [pemma-lora], set: [continual.inputs=ct, 'continual.order=[HGJ]']}\n"
+    )
+    results = tmp_path / "results"
+    out = CliRunner().invoke(app, ["claims", str(plan), "--dry-run", "--results", str(results)])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("to run  ") == 6 and "finished" not in out.output.replace("finished or", "")
+    # 4 main units x 2 samples + 2 continual units x (2 + 2) + 2 bases x 2 = 20
+    assert "6 units (6 to run), 2 CT bases (4 pretraining samples" in out.output
+    assert "20 training samples in all" in out.output
+    assert "no measured rate for profile ci" in out.output
+    assert not (results / "main").exists()  # nothing ran, no data was written for a unit
+
+
+def test_the_paper_plan_is_budgeted_at_a_measured_gpu_rate(tmp_path):
+    from pemma.report.claims.cost import load_rates
+
+    out = CliRunner().invoke(
+        app, ["claims", "reports/claims/pemma-paper.yaml", "--dry-run", "--results", str(tmp_path / "r")]
+    )
+    assert out.exit_code == 0, out.output
+    assert "45 units (45 to run), 5 CT bases" in out.output
+    paper = [r for r in load_rates() if r.profile == "paper" and r.backbone == "unetr"]
+    assert paper and all(f"at {r.samples_per_s:g} samples/s on {r.device}" in out.output for r in paper)

@@ -1,0 +1,46 @@
+"""The PEMMA papers' claims as verdicts (verdicts), from a claims plan's units (plan), and what a
+plan costs before it runs (cost)."""
+
+from pemma.report.claims.plan import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    NOT_RUN,
+    PLAN_KEYS,
+    SUPPORTED,
+    Plan,
+    Runs,
+    load_plan,
+    select,
+    units,
+)
+from pemma.report.claims.verdicts import (
+    CLAIMS,
+    Verdict,
+    decide,
+    evaluate,
+    judge,
+    to_markdown,
+    trainable_share,
+    write_claims,
+)
+
+__all__ = [
+    "CLAIMS",
+    "CONTRADICTED",
+    "INCONCLUSIVE",
+    "NOT_RUN",
+    "PLAN_KEYS",
+    "SUPPORTED",
+    "Plan",
+    "Runs",
+    "Verdict",
+    "decide",
+    "evaluate",
+    "judge",
+    "load_plan",
+    "select",
+    "to_markdown",
+    "trainable_share",
+    "units",
+    "write_claims",
+]
