@@ -103,6 +103,8 @@ def method_interval(
         return Interval(network.estimate, network.low, network.high, NETWORK, 1)
     between = float(d[keep].var(ddof=1)) / k
     shared, n_shared = _shared_covariance(per_seed, tested, keep, resamples)
+    if not np.isfinite(shared):
+        return Interval(estimate, np.nan, np.nan, METHOD, k)
     se2 = between + shared
     if se2 <= 0:  # every seed gave the same value and no patient is shared: nothing to resample
         return Interval(estimate, np.nan, np.nan, METHOD, k)
@@ -115,7 +117,8 @@ def method_interval(
 
 def _shared_covariance(per_seed, tested: np.ndarray, keep: np.ndarray, resamples: int) -> tuple[float, int]:
     """(c, patients shared): the mean covariance between two kept seeds' statistics over a bootstrap of
-    the union of test patients, floored at 0; (0, 0) when no patient is tested by two kept seeds."""
+    the union of test patients, floored at 0; (0, 0) when no patient is tested by two kept seeds; NaN
+    when most draws leave some seed's statistic undefined (then there is no interval)."""
     shared = tested[keep].sum(axis=0) >= 2
     if not shared.any():
         return 0.0, 0
@@ -130,8 +133,8 @@ def _shared_covariance(per_seed, tested: np.ndarray, keep: np.ndarray, resamples
     values = np.concatenate(draws)
     values = values[np.isfinite(values).all(axis=1)]
     k = values.shape[1]
-    if values.shape[0] < 0.9 * resamples:  # too many undefined draws: the whole variance, not a part
-        return 0.0, 0
+    if values.shape[0] < 0.5 * resamples:  # most draws leave a seed undefined: no honest estimate
+        return float("nan"), int(shared.sum())
     cov = np.cov(values, rowvar=False)
     mean_off_diagonal = (cov.sum() - np.trace(cov)) / (k * (k - 1))
     return max(float(mean_off_diagonal), 0.0), int(shared.sum())
