@@ -1,4 +1,4 @@
-"""The pemma-bench command line: a thin shell over the library."""
+"""The pemma-bench command line: it parses, calls the library and prints."""
 
 from __future__ import annotations
 
@@ -432,8 +432,8 @@ def run(
     )
     from pemma.config import ConfigError
     from pemma.data.hecktor import CohortError
-    from pemma.engine.executors import check_executor
-    from pemma.engine.runner import Runner
+    from pemma.orchestration.executors import check_executor
+    from pemma.orchestration.runner import Runner
     from pemma.registry import RegistryError
     from pemma.suites import expand, load_suite
 
@@ -465,7 +465,7 @@ def run(
         for key in keys:
             console.print(f"{'finished' if key in finished else 'to run  '}  {key}")
         return
-    from pemma.engine.executors import worker_pool
+    from pemma.orchestration.executors import worker_pool
 
     with worker_pool(workers) as pool:  # its processes start while the data is checked
         console.print("checking the data (the first use writes the synthetic cohort and reads every file)")
@@ -511,11 +511,11 @@ def _execute(runner, units, executor: str = "local", address: str | None = None,
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if executor == "ray":
-            from pemma.engine.executors import run_on_ray
+            from pemma.orchestration.executors import run_on_ray
 
             return run_on_ray(runner, units, address)
         if pool is not None:
-            from pemma.engine.executors import run_in_processes
+            from pemma.orchestration.executors import run_in_processes
 
             return run_in_processes(runner, units, pool, workers)
         return runner.run(units)
@@ -541,7 +541,7 @@ def _finish_run(runner, suite: str, results: Path, units, outcomes, checked: flo
 
 def _print_time_spent(outcomes, checked: float | None, outside: dict[str, float] | None = None) -> None:
     """Where this command's time went, phase by phase over the units it ran (not those skipped)."""
-    from pemma.engine.runner import time_spent
+    from pemma.orchestration.runner import time_spent
 
     spent = time_spent([o for o in outcomes if o.status == "FINISHED"], checked, outside)
     total = sum(seconds for _, seconds in spent)
@@ -684,7 +684,7 @@ def claims(
 def _plan_cost(spec, results: Path) -> None:
     """claims --dry-run: the plan's units and what they cost, from counted samples and measured rates."""
     from pemma.config import ConfigError
-    from pemma.engine.runner import Runner
+    from pemma.orchestration.runner import Runner
     from pemma.report.claims.cost import estimate, load_rates, plan_work
     from pemma.report.definition import ReportError
 
@@ -712,8 +712,8 @@ def _run_plan(
     """Every unit of a claims plan through the same runner as `run`: all suites' units in one batch,
     so worker processes or Ray tasks stay busy across the plan's suites."""
     from pemma.config import ConfigError
-    from pemma.engine.executors import check_executor, worker_pool
-    from pemma.engine.runner import Runner
+    from pemma.orchestration.executors import check_executor, worker_pool
+    from pemma.orchestration.runner import Runner
 
     try:
         check_executor(executor, workers)
@@ -797,7 +797,7 @@ def search(
     )
     from pemma.config import ConfigError
     from pemma.data.hecktor import CohortError
-    from pemma.engine.executors import check_executor
+    from pemma.orchestration.executors import check_executor
     from pemma.registry import RegistryError
     from pemma.search import Options, check_space, load_space, open_study, with_options
     from pemma.search import search as run_search
@@ -921,11 +921,11 @@ def bench_throughput(
     rounds: RoundsOpt = 2,
 ) -> None:
     """Train-step throughput, peak memory and inference speed of each method, on random data."""
+    from pemma.bench.measures import throughput
     from pemma.config import ConfigError, parse_override, resolve
-    from pemma.engine.benchmark import throughput
-    from pemma.engine.runner import default_device
     from pemma.methods import METHODS
     from pemma.models.backbones import BACKBONES
+    from pemma.orchestration.runner import default_device
     from pemma.registry import RegistryError
 
     if reference not in (None, "public"):
@@ -941,7 +941,7 @@ def bench_throughput(
     if reference == "public":
         from dataclasses import replace
 
-        from pemma.engine.performance import public_reference
+        from pemma.bench.performance import public_reference
         from pemma.tasks.segmentation.task import KEYS
 
         method = names[0] if methods else "pemma-lora"
@@ -985,8 +985,8 @@ def _log_bench(results: Path, name: str, table, cfg, device) -> None:
     import re
     import tempfile
 
-    from pemma.engine.train import dtype_name
     from pemma.tracking import provenance
+    from pemma.training.loop import dtype_name
 
     tracker = _tracker(results)
     tags = {**provenance(device, dtype_name(device, cfg.train.amp), cfg.profile), "bench": name}
@@ -1022,8 +1022,8 @@ def bench_overhead(
     data: DataOpt = None,
 ) -> None:
     """The harness's training loop (cached data, checkpoints, progress) against a bare PyTorch loop."""
-    from pemma.engine.performance import overhead
-    from pemma.engine.runner import default_device
+    from pemma.bench.performance import overhead
+    from pemma.orchestration.runner import default_device
     from pemma.tasks.segmentation.task import KEYS
 
     cfg = _bench_config(profile, method, backbone, set_)
@@ -1057,9 +1057,9 @@ def bench_memory(
     results: ResultsOpt = Path("results"),
 ) -> None:
     """Peak memory and step time with activation checkpointing and frozen bf16 weights, per method."""
-    from pemma.engine.performance import MEMORY_OPTIONS, memory_options
-    from pemma.engine.runner import default_device
+    from pemma.bench.performance import MEMORY_OPTIONS, memory_options
     from pemma.methods import reference_method
+    from pemma.orchestration.runner import default_device
 
     cfg = _bench_config(profile, "pemma-lora", backbone, set_)
     chosen = _split(options) or list(MEMORY_OPTIONS)
@@ -1087,9 +1087,9 @@ def bench_layout(
     results: ResultsOpt = Path("results"),
 ) -> None:
     """Channels-last 3D convolutions (model.channels_last, the default) vs NCDHW: step time per method."""
-    from pemma.engine.performance import layout_speed
-    from pemma.engine.runner import default_device
+    from pemma.bench.performance import layout_speed
     from pemma.methods import reference_method
+    from pemma.orchestration.runner import default_device
 
     cfg = _bench_config(profile, "pemma-lora", backbone, set_)
     # the parameters reference (early fusion) and the memory reference (full fine-tuning) train
@@ -1112,8 +1112,8 @@ def bench_compile(
     results: ResultsOpt = Path("results"),
 ) -> None:
     """torch.compile against eager: compile time, steady speed-up, break-even steps, output difference."""
-    from pemma.engine.performance import compile_speed
-    from pemma.engine.runner import default_device
+    from pemma.bench.performance import compile_speed
+    from pemma.orchestration.runner import default_device
 
     cfg = _bench_config(profile, method, backbone, set_)
     device = default_device()
@@ -1163,11 +1163,11 @@ def bench_merge(
     """Inference speed with LoRA / DoRA unmerged vs merged into the base, and their output difference."""
     import pandas as pd
 
+    from pemma.bench.measures import merged_inference
     from pemma.config import ConfigError, parse_override, resolve
-    from pemma.engine.benchmark import merged_inference
-    from pemma.engine.runner import default_device
     from pemma.methods import METHODS
     from pemma.models.backbones import BACKBONES
+    from pemma.orchestration.runner import default_device
     from pemma.registry import RegistryError
 
     device = default_device()
@@ -1202,8 +1202,8 @@ def bench_data(
     """Preprocessing cache: first (cold) vs second (warm) epoch, and the data-wait share of a step."""
     import tempfile
 
-    from pemma.engine.benchmark import data_cache
-    from pemma.engine.runner import default_device
+    from pemma.bench.measures import data_cache
+    from pemma.orchestration.runner import default_device
 
     cfg = _bench_config(profile, method, backbone, set_)
     cfg, loaded = _bench_data(cfg, results, data)
@@ -1227,8 +1227,8 @@ def params(
     """Parameter accounting for every method and backbone, without training."""
     import pandas as pd
 
+    from pemma.bench.measures import parameter_table
     from pemma.config import ConfigError, parse_override, resolve
-    from pemma.engine.benchmark import parameter_table
     from pemma.methods import METHODS
     from pemma.models.backbones import BACKBONES
     from pemma.registry import RegistryError

@@ -520,7 +520,7 @@ def work(options: Options, reporter=None) -> dict[str, int]:
     run them, tell the outcome, until the study holds enough. Returns counts by final state."""
     from optuna.trial import TrialState
 
-    from pemma.engine.runner import Runner
+    from pemma.orchestration.runner import Runner
     from pemma.tracking import Tracker
 
     tracker = Tracker(options.results)
@@ -740,7 +740,7 @@ def search(options: Options, reporter=None) -> dict[str, int]:
     """Run `options.workers` workers on one study (local processes, or Ray tasks) until it holds
     `options.trials` finished or running trials; counts of this call's trials by final state."""
     if options.executor == "ray":
-        from pemma.engine.executors import map_on_ray
+        from pemma.orchestration.executors import map_on_ray
         from pemma.tracking import Tracker
 
         uri = Tracker(options.results).uri
@@ -751,7 +751,7 @@ def search(options: Options, reporter=None) -> dict[str, int]:
     import concurrent.futures
     import multiprocessing
 
-    from pemma.engine.executors import cpu_cores, limit_threads
+    from pemma.orchestration.executors import cpu_cores, limit_threads
 
     threads = max(1, cpu_cores() // options.workers)
     context = multiprocessing.get_context("spawn")

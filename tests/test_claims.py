@@ -201,8 +201,8 @@ def test_a_drop_of_every_patient_in_every_seed_is_contradicted_not_left_open(mon
 
 
 def test_claim_1b_counts_parameters_at_the_named_profiles_sizes(monkeypatch):
+    from pemma.bench.measures import parameter_table
     from pemma.config import resolve
-    from pemma.engine.benchmark import parameter_table
     from pemma.report.claims import verdicts as claims
 
     monkeypatch.undo()  # the real count

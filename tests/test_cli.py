@@ -171,7 +171,7 @@ def test_methods_and_suites_list_and_validate():
 
 
 def test_an_interrupted_unit_is_marked_killed_and_rerun_cleanly(tiny_cohort, tmp_path, monkeypatch):
-    from pemma.engine.runner import Runner
+    from pemma.orchestration.runner import Runner
 
     original = Runner.measure
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from pemma.config import TrainConfig, resolve
-from pemma.engine.train import train
 from pemma.methods import METHODS, build_method
 from pemma.modalities import SUBSETS, UnsupportedModalityError
 from pemma.models.backbones import BACKBONES
+from pemma.training.loop import train
 
 CFGS = {name: resolve({"profile": "ci", "backbone": name}) for name in BACKBONES.names()}
 CFG = CFGS["unetr"]

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from pemma.config import TrainConfig, resolve
-from pemma.engine.train import cast_frozen, castable_frozen, train
 from pemma.methods import build_method
 from pemma.models.backbones import BACKBONES
 from pemma.models.networks import set_activation_checkpointing
+from pemma.training.loop import cast_frozen, castable_frozen, train
 from tests.test_methods import CFGS, _base, _Batches, _inputs
 
 
@@ -153,7 +153,7 @@ def test_every_unit_logs_system_metrics_over_time_and_their_summaries(tmp_path, 
 
 
 def test_time_spent_sums_phases_over_units_in_order():
-    from pemma.engine.runner import UnitOutcome, time_spent
+    from pemma.orchestration.runner import UnitOutcome, time_spent
 
     outcomes = [
         UnitOutcome("a", "FINISHED", metrics={"time/train_s": 2.0, "time/data_s": 1.0, "dice": 0.5}),

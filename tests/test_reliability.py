@@ -8,8 +8,8 @@ import time
 
 from conftest import ci_args, sigterm_once
 
-from pemma.engine.runner import Runner
 from pemma.locks import Lock
+from pemma.orchestration.runner import Runner
 from pemma.tracking import Tracker
 
 CLI = [sys.executable, "-c", "from pemma.cli import app; app()"]

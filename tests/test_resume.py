@@ -14,7 +14,7 @@ from monai import transforms as T
 from monai.data import Dataset
 from typer.testing import CliRunner
 
-import pemma.engine.train as training
+import pemma.training.loop as training
 from pemma.cli import app
 from pemma.config import resolve
 from pemma.files import CorruptFile, load_state, save_state

@@ -84,7 +84,7 @@ def test_worker_processes_give_the_local_executors_units_run_keys_and_metrics(
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert out.stdout.count(" start ") == 3 and out.stdout.count("finished") == 3, out.stdout[-3000:]
     assert "training 1 CT base(s) first" in out.stdout and "ready in" in out.stdout  # before its 2 units
-    from pemma.engine.executors import cpu_cores
+    from pemma.orchestration.executors import cpu_cores
 
     runs = _same_units(local_runs, tmp_path)
     assert set(runs["tags.cpu_threads"]) == {str(max(1, cpu_cores() // 2))}  # the CPU shared out
@@ -96,8 +96,8 @@ def test_worker_processes_give_the_local_executors_units_run_keys_and_metrics(
 def test_a_ct_base_trained_before_the_units_is_the_one_a_unit_trains_itself(
     tmp_path, tiny_cohort, local_runs
 ):
-    from pemma.engine.runner import Runner
     from pemma.files import load_state
+    from pemma.orchestration.runner import Runner
     from pemma.suites import expand, load_suite
 
     (cfg,) = expand(load_suite("smoke"), profile="ci", methods=["pemma-lora"], data_root=str(tiny_cohort))
@@ -115,7 +115,7 @@ def _dispatched(jobs, bases, workers=2, cores=2) -> list[str]:
     running together never hold more than `cores` threads or `workers` workers."""
     import concurrent.futures
 
-    from pemma.engine.executors import _dispatch
+    from pemma.orchestration.executors import _dispatch
 
     live: dict[str, int] = {}
     order: list[str] = []
@@ -137,7 +137,7 @@ def _dispatched(jobs, bases, workers=2, cores=2) -> list[str]:
 
 
 def test_worker_jobs_wait_for_their_base_and_never_oversubscribe_the_cores():
-    from pemma.engine.executors import _Job
+    from pemma.orchestration.executors import _Job
 
     # one base on both cores: the scratch unit waits for the threads, the base's units for the base
     jobs = [_Job(0, "b", True, 2), _Job(0, "b", False, 1), _Job(1, None, False, 1), _Job(2, "b", False, 1)]
@@ -212,7 +212,7 @@ def test_sigterm_stops_every_worker_and_ends_their_units_killed(tmp_path, tiny_c
 
 
 def test_parallel_workers_start_on_different_ct_bases():
-    from pemma.engine.runner import spread_by_base
+    from pemma.orchestration.runner import spread_by_base
 
     # main-suite order: per seed, one scratch method then three on that seed's base
     bases = [None, "b0", "b0", "b0", None, "b1", "b1", None, "b2"]

@@ -66,8 +66,8 @@ def training_samples(cfg) -> int:
 
 def plan_work(plan: Plan, runner) -> pd.DataFrame:
     """One row per unit: suite, method, seed, key, finished, its base key (or None), samples."""
-    from pemma.engine.ct_base import base_key
     from pemma.methods import METHODS
+    from pemma.tasks.segmentation.ct_base import base_key
 
     rows = []
     for suite, configs in units(plan):

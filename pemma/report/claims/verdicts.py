@@ -426,8 +426,8 @@ def trainable_share(profile: str, backbone: str, overrides: tuple[str, ...] = ()
     """PEMMA-LoRA's trainable parameters as a % of early fusion's, counted on models built at
     `profile`'s sizes (no training; the plan's adapter overrides apply, its data overrides do not
     matter)."""
+    from pemma.bench.measures import parameter_table
     from pemma.config import resolve
-    from pemma.engine.benchmark import parameter_table
 
     reference = reference_method("parameters")
     model_overrides = [parse_override(o) for o in overrides if not o.startswith("data.")]

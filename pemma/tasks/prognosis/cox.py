@@ -22,9 +22,9 @@ from torchsurv.loss.cox import neg_partial_log_likelihood
 from pemma.config import PrognosisConfig
 from pemma.data.hecktor import Case, Cohort
 from pemma.data.splits import Plan, split_centre
-from pemma.engine.train import autocast, plain
 from pemma.modalities import split_inputs
 from pemma.models.prognosis import CLINICAL_VARIABLES, SurvivalHead, TableEncoding
+from pemma.training.loop import autocast, plain
 
 KEYS = ("ct", "pet", "label")
 

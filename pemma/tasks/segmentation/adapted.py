@@ -17,10 +17,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pemma.config import RunConfig, stable_hash
-from pemma.engine.train import TrainStats
 from pemma.files import CorruptFile, record_digest, save_json
 from pemma.methods import Built
 from pemma.models.portable import PortableStateError, load_trained
+from pemma.training.loop import TrainStats
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ import pandas as pd
 import torch
 from monai.utils import set_determinism
 
-from pemma.engine.evaluate import SubsetResult, evaluate
-from pemma.engine.train import train
 from pemma.methods import set_trainable
 from pemma.metrics.continual import continual_summary
 from pemma.modalities import CT, LABELS, SUBSETS
 from pemma.models.fusion import CTOnly
 from pemma.tasks.base import Metric, Unit, per_subset
+from pemma.tasks.segmentation.evaluation import SubsetResult, evaluate
+from pemma.training.loop import train
 
 KEYS = ("ct", "pet", "label")
 

@@ -7,8 +7,6 @@ import numpy as np
 
 from pemma.data.centres import centre_of
 from pemma.data.splits import require_validation
-from pemma.engine.evaluate import evaluate
-from pemma.engine.train import train
 from pemma.methods import Built
 from pemma.metrics.patients import write_patient_table
 from pemma.modalities import CTPET
@@ -25,6 +23,8 @@ from pemma.tasks.base import (
 )
 from pemma.tasks.segmentation import continual
 from pemma.tasks.segmentation.adapted import Adaptations, adaptation_key, reusable
+from pemma.tasks.segmentation.evaluation import evaluate
+from pemma.training.loop import train
 
 KEYS = ("ct", "pet", "label")
 

@@ -1,4 +1,5 @@
-"""The one training loop: every method, the CT pretraining too. What differs comes in as arguments.
+"""The segmentation training loop: every method, the CT pretraining too (prognosis keeps its own
+loop in tasks/prognosis/cox.py, not yet resumable). What differs comes in as arguments.
 
 Resumable: given a checkpoint path, the loop saves everything a rerun needs to continue as if it had
 never stopped (trainable weights and buffers, optimiser, step, losses, every random stream: torch,
@@ -26,10 +27,10 @@ from monai.transforms import Randomizable, Transform
 from torch.utils.data import BatchSampler, RandomSampler
 
 from pemma.config import TrainConfig
-from pemma.engine.throughput import PeakMemory
 from pemma.files import CorruptFile, discard, load_state, save_state
 from pemma.modalities import CTPET, split_inputs
 from pemma.models.networks import set_activation_checkpointing
+from pemma.training.memory import PeakMemory
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1

@@ -17,9 +17,9 @@ from pemma.data.transforms import (
     original_label,
     to_original_grid,
 )
-from pemma.engine.train import autocast, plain
 from pemma.metrics.segmentation import CLASSES, DiceAccumulator
 from pemma.modalities import split_inputs, stack, unstack
+from pemma.training.loop import autocast, plain
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,14 @@ from monai.utils import set_determinism
 
 from pemma.config import RunConfig, stable_hash
 from pemma.data.store import DataStore
-from pemma.engine.ct_base import base_folder, base_key, is_cached, pretrained_base
-from pemma.engine.train import dtype_name
 from pemma.locks import Lock
 from pemma.methods import METHODS, build_method, reference_method
 from pemma.metrics.params import count_parameters
 from pemma.tasks import TASKS, Measured, Unit
 from pemma.tasks.base import PARAMETER_METRICS, Monitor, Phases, UnitStopped, checkpoint_folder
+from pemma.tasks.segmentation.ct_base import base_folder, base_key, is_cached, pretrained_base
 from pemma.tracking import Tracker, provenance, run_key
+from pemma.training.loop import dtype_name
 
 log = logging.getLogger(__name__)
 

@@ -73,7 +73,7 @@ def limit_threads(threads: int) -> None:
 
 def _run_unit(results: str, cfg: RunConfig, key: str, index: int, total: int):
     """A task: one unit through the Runner (its lock, its MLflow run), in a worker process."""
-    from pemma.engine.runner import Runner
+    from pemma.orchestration.runner import Runner
 
     return Runner(Path(results)).claim_and_run(cfg, key, index, total)
 
@@ -87,7 +87,7 @@ def _ray_unit(results: str, cfg: RunConfig, key: str, index: int, total: int):
 def _queue(runner, units: list[RunConfig]) -> tuple[list[str], list[Any], dict[int, str | None]]:
     """The units' run keys, their outcomes so far (SKIPPED for finished keys, reported; None for the
     rest) and the rest in the order to submit them (spread over their CT bases), each with its base."""
-    from pemma.engine.runner import UnitOutcome, spread_by_base
+    from pemma.orchestration.runner import UnitOutcome, spread_by_base
 
     for suite in dict.fromkeys(cfg.suite for cfg in units):
         runner.close_orphans(suite)
@@ -135,7 +135,7 @@ def worker_pool(workers: int):
 
 
 def _warm() -> None:
-    import pemma.engine.runner  # noqa: F401  (torch, MONAI, MLflow, the methods and tasks)
+    import pemma.orchestration.runner  # noqa: F401  (torch, MONAI, MLflow, the methods and tasks)
 
 
 @dataclass
@@ -250,7 +250,7 @@ def _base_done(runner, done, first_unit: str) -> None:
 
 
 def _unit_done(done, key: str):
-    from pemma.engine.runner import UnitOutcome
+    from pemma.orchestration.runner import UnitOutcome
 
     try:
         return done.result()
@@ -299,7 +299,7 @@ def _pool_base(results: str, cfg: RunConfig, threads: int) -> tuple[dict, float]
     """A pool job: the CT base of `cfg`'s unit trained and cached; its info and wall seconds."""
     import time
 
-    from pemma.engine.runner import Runner
+    from pemma.orchestration.runner import Runner
 
     with _job(threads):
         t0 = time.perf_counter()
@@ -310,7 +310,7 @@ def _pool_base(results: str, cfg: RunConfig, threads: int) -> tuple[dict, float]
 def run_on_ray(runner, units: list[RunConfig], address: str | None = None) -> list:
     """Every unfinished unit as a Ray task (retried once if its worker or node dies); outcomes in
     the units' order. Finished keys are dropped here, once, before anything is submitted."""
-    from pemma.engine.runner import UnitOutcome
+    from pemma.orchestration.runner import UnitOutcome
 
     ray = ray_session(address, runner.tracker.uri)
     task = ray.remote(max_retries=1, **_resources(ray))(_ray_unit)

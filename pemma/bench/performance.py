@@ -27,12 +27,12 @@ import torch
 from monai.data import list_data_collate
 from monai.losses import DiceCELoss
 
+from pemma.bench.measures import RandomVolumes
 from pemma.config import RunConfig
-from pemma.engine.benchmark import RandomVolumes
-from pemma.engine.train import autocast, castable_frozen, dtype_name, plain, train
 from pemma.methods import METHODS, build_method, reference_method
 from pemma.modalities import CTPET, split_inputs
 from pemma.models.backbones import BACKBONES
+from pemma.training.loop import autocast, castable_frozen, dtype_name, plain, train
 
 MEMORY_OPTIONS = {
     "plain": {},

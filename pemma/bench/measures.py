@@ -15,12 +15,12 @@ import pandas as pd
 import torch
 
 from pemma.config import RunConfig
-from pemma.engine.evaluate import evaluate
-from pemma.engine.train import dtype_name, train
 from pemma.methods import METHODS, build_method, reference_method
 from pemma.metrics.params import count_parameters
 from pemma.modalities import split_inputs
 from pemma.models.backbones import BACKBONES
+from pemma.tasks.segmentation.evaluation import evaluate
+from pemma.training.loop import dtype_name, train
 
 
 class RandomVolumes(torch.utils.data.Dataset):

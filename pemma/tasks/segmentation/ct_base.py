@@ -16,14 +16,14 @@ from torch import nn
 from pemma.config import ModelConfig, PretrainConfig, RunConfig, stable_hash
 from pemma.data.datasets import CohortData
 from pemma.data.splits import Plan
-from pemma.engine.evaluate import evaluate
-from pemma.engine.train import train
 from pemma.files import CorruptFile, load_state, save_json, save_state
 from pemma.locks import locked
 from pemma.modalities import CT
 from pemma.models.backbones import BACKBONES
 from pemma.models.fusion import CTOnly
 from pemma.models.networks import set_memory_format
+from pemma.tasks.segmentation.evaluation import evaluate
+from pemma.training.loop import train
 
 log = logging.getLogger(__name__)
 CT_KEYS = ("ct", "label")

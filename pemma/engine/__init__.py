@@ -1,1 +1,0 @@
-"""Training, evaluation, checkpoints and throughput: one loop for every method."""
