@@ -7,7 +7,7 @@ the survival head). Turned into hours two ways, each labelled with where its rat
 - measured here: the median wall seconds of the finished units of the same suite, method, profile
   and backbone in this results folder's store (evaluation and data included, at the thread layout
   they ran with);
-- measured rates: training samples per second per device and profile from reports/rates.yaml
+- measured rates: training samples per second per device and profile from reports/rates/measured.yaml
   (training only; evaluation and data preparation not included, so a lower bound).
 
 Continual units count their first stage although a plan's continual units usually load the main
@@ -35,7 +35,7 @@ class Rate:
 
 
 def load_rates(path: Path | None = None) -> list[Rate]:
-    path = Path(path) if path else report_folder() / "rates.yaml"
+    path = Path(path) if path else report_folder() / "rates" / "measured.yaml"
     raw = read_yaml(path, "rates file") or []
     rates = []
     for i, entry in enumerate(raw, 1):
