@@ -1,0 +1,71 @@
+"""`pemma-bench data`: write the synthetic cohort, check any cohort."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from pemma.cli.common import _fail, _table, _wide, app, console
+
+data_app = typer.Typer(help="Cohorts: write the synthetic one, check any.", no_args_is_help=True)
+
+
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Folder to write the cohort into (must not exist).")],
+    scale: Annotated[float, typer.Option(help="Share of HECKTOR's per-centre sizes (min 3).")] = 0.15,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+) -> None:
+    """Write a synthetic cohort in the HECKTOR 2022 layout."""
+    from pemma.data.synth import cohort_sizes, write_cohort
+
+    sizes = cohort_sizes(scale)
+    try:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
+        ) as bar:
+            task = bar.add_task("patients", total=sum(sizes.values()))
+            write_cohort(
+                out, scale=scale, seed=seed, progress=lambda done, total: bar.update(task, completed=done)
+            )
+    except FileExistsError as err:
+        raise _fail(str(err)) from err
+    console.print(
+        f"wrote {sum(sizes.values())} patients to {out}: " + ", ".join(f"{c} {n}" for c, n in sizes.items())
+    )
+
+
+@data_app.command("check")
+def data_check(
+    root: Annotated[Path, typer.Argument(help="A HECKTOR 2022-layout folder (imagesTr/, labelsTr/, CSVs).")],
+) -> None:
+    """Validate a HECKTOR-layout cohort (every file is read) and summarise it per centre.
+
+    Stops with exit 2 at the first unusable file, naming patient and file; lists what no unit will
+    read (misnamed images, centres outside the default plan) and patients that serve only some phases."""
+    from pemma.config import DataConfig
+    from pemma.data.check import absent_classes, check_cohort, summarise
+    from pemma.data.hecktor import CohortError, read_cohort
+    from pemma.data.store import unused
+
+    try:
+        cohort = read_cohort(root)
+        report = check_cohort(cohort)
+    except CohortError as err:
+        raise _fail(str(err)) from err
+    summary, notes = summarise(report)
+    notes = [*unused(cohort, DataConfig()), *notes]
+    title = f"{root}: {len(report)} patients, {len(summary)} centres, fingerprint {cohort.fingerprint()}"
+    wide = _wide()
+    wide.print(_table(summary, title))
+    for note in notes:
+        console.print(f"- {note}")
+    for line in absent_classes(report):
+        console.print(f"info: {line}")
+    console.print("[green]no problems found[/]" if not notes else "usable; see the notes above")
