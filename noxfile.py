@@ -1,4 +1,4 @@
-"""nox sessions: tests (what CI runs), lint, smoke (the few-minute CPU suite)."""
+"""nox sessions: tests (what CI runs), fast (tests not marked slow), lint, smoke (the few-minute CPU suite)."""
 
 import nox
 
@@ -15,6 +15,13 @@ def _install(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     _install(session)
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def fast(session: nox.Session) -> None:
+    """The developer's loop: every test not marked slow."""
+    _install(session)
+    session.run("pytest", "-m", "not slow", *session.posargs)
 
 
 @nox.session
