@@ -113,5 +113,16 @@ def table(grid, simulations: int = SIMULATIONS, old_simulations: int = 200) -> p
 
 GRID = [(k, n, sd) for k in (3, 5, 10) for n in (8, 20) for sd in (0.0, 0.02, 0.05)]
 
+
+def markdown(frame: pd.DataFrame) -> str:
+    def cell(value) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    head = "| " + " | ".join(frame.columns) + " |\n|" + "---:|" * len(frame.columns)
+    return "\n".join(
+        [head, *("| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False))]
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
-    print(table(GRID).to_markdown(index=False, floatfmt=".3f"))
+    print(markdown(table(GRID)), flush=True)
