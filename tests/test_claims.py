@@ -245,6 +245,7 @@ def test_the_continual_claims_read_the_r_cells_of_each_seed(monkeypatch):
     assert versus.basis == "3 seeds" and versus.effect.startswith("Δ Dice +0.317 [")
 
 
+@pytest.mark.slow
 def test_claims_run_runs_the_plan_in_one_batch_and_judges(tiny_cohort, tmp_path):
     """`claims --run` at the ci profile: every suite's units run (the continual unit loads the main
     unit's adaptation instead of training it again), then the verdicts are judged from them."""

@@ -18,6 +18,7 @@ def smoke_run(tiny_cohort, tmp_path_factory):
     return results, out
 
 
+@pytest.mark.slow
 def test_ci_suite_leaves_finished_runs_with_metrics_and_tags(smoke_run):
     results, out = smoke_run
     assert out.exit_code == 0, out.output
@@ -110,6 +111,7 @@ def test_rerun_trains_nothing(smoke_run, tiny_cohort):
     assert changed.output.count("to run") == len(METHODS), "an override must change the run key"
 
 
+@pytest.mark.slow
 def test_a_failing_unit_is_marked_failed_and_the_suite_goes_on(tiny_cohort, tmp_path):
     out = ci_run(
         tmp_path,
@@ -128,6 +130,7 @@ def test_a_failing_unit_is_marked_failed_and_the_suite_goes_on(tiny_cohort, tmp_
     assert tracker.runs("smoke", status="RUNNING").empty
 
 
+@pytest.mark.slow
 def test_generated_cohort_and_the_same_cohort_read_back_give_identical_results(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     out = ci_run(first, "--methods", "pemma-lora")
@@ -189,6 +192,7 @@ def test_an_interrupted_unit_is_marked_killed_and_rerun_cleanly(tiny_cohort, tmp
     assert len(tracker.runs("smoke")) == 1 and tracker.runs("smoke", status="RUNNING").empty
 
 
+@pytest.mark.slow
 def test_a_units_result_does_not_depend_on_the_units_run_before_it(tiny_cohort, tmp_path):
     def lora_run(methods, folder):
         out = ci_run(folder, "--methods", methods, "--set", "train.steps=4", data=tiny_cohort)

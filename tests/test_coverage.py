@@ -28,6 +28,7 @@ def test_dice_difference_and_relative_drop_cover_the_method_level_truth(seeds, p
     assert 0.92 <= covered["drop"] <= 0.98, covered
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("seeds", "seed_sd"), [(3, 0.0), (5, 0.05)])
 def test_a_split_every_seed_shares_keeps_its_patient_sampling_in_the_interval(seeds, seed_sd):
     """One test split for all seeds: the between-seed spread misses the patients' sampling error; the
@@ -36,6 +37,7 @@ def test_a_split_every_seed_shares_keeps_its_patient_sampling_in_the_interval(se
     assert 0.92 <= covered["difference"] <= 0.98, covered
 
 
+@pytest.mark.slow
 def test_the_fixed_network_bootstrap_fails_the_same_check():
     """The interval the claims used before: fine without seed-level noise, far below 95% with it."""
     covered, _ = coverage(5, 20, 0.05, simulations=200, old=True)
@@ -82,6 +84,7 @@ def c_truth():
     return truth
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("seeds", "seed_sd"), [(3, 0.0), (3, 0.3), (5, 0.0), (5, 0.3)])
 def test_harrell_difference_covers_the_method_level_truth(seeds, seed_sd, c_truth):
     truth = c_truth(seed_sd)

@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pemma.suites import available
+
+pytestmark = pytest.mark.slow  # end-to-end runs and services: `pytest -m 'not slow'` skips them
 
 ROOT = Path(__file__).resolve().parents[1]
 

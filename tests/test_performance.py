@@ -123,6 +123,7 @@ def test_cast_frozen_leaves_trainable_parameters_and_counts_what_it_cast():
     assert cast_frozen(model, torch.bfloat16) == 0
 
 
+@pytest.mark.slow
 def test_every_unit_logs_system_metrics_over_time_and_their_summaries(tmp_path, tiny_cohort, monkeypatch):
     from pemma.tracking import Tracker
     from tests.conftest import ci_run
@@ -187,6 +188,7 @@ def _bench_metrics(tmp_path, name: str) -> dict[str, float]:
     return runs[0].data.metrics
 
 
+@pytest.mark.slow
 def test_bench_overhead_and_public_reference_log_their_ratios(tmp_path, tiny_cohort):
     out = _bench(tmp_path, "overhead", "--steps", "2", "--rounds", "1", "--data", str(tiny_cohort)).output
     assert "harness / bare" in out
@@ -239,6 +241,7 @@ def test_bench_data_logs_the_cache_speed_up_and_the_data_wait(tmp_path, tiny_coh
     assert not list(tmp_path.glob("tmp*"))  # the cold cache was a temporary folder, gone
 
 
+@pytest.mark.slow
 def test_bench_memory_reports_every_option_against_plain_full_finetuning(tmp_path):
     _bench(tmp_path, "memory", "--steps", "1", "--methods", "pemma-lora,full-finetune")
     metrics = _bench_metrics(tmp_path, "memory")
@@ -264,6 +267,7 @@ def test_bench_refuses_an_unknown_memory_option(tmp_path):
     assert result.exit_code == 2 and "--options: unknown bf16" in result.output
 
 
+@pytest.mark.slow
 def test_bench_compile_reports_compile_time_speed_up_and_the_output_difference(tmp_path):
     _bench(tmp_path, "compile", "--steps", "2")
     metrics = _bench_metrics(tmp_path, "compile")

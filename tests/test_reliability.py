@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import ci_args, sigterm_once
 
 from pemma.locks import Lock
@@ -34,6 +35,7 @@ def _statuses(results) -> dict[str, list[str]]:
     return runs.groupby("tags.run_key")["status"].apply(sorted).to_dict()
 
 
+@pytest.mark.slow
 def test_two_processes_on_a_fresh_and_on_a_used_results_folder_train_every_unit_once(tmp_path):
     results = tmp_path / "results"  # fresh: both write the synthetic cohort, the store, the CT base
     outputs = _together(results, "early-fusion,pemma-lora,ct-only")
@@ -59,6 +61,7 @@ def test_a_running_run_whose_owner_is_gone_is_closed_whatever_its_key(tmp_path):
     assert tracker.client.get_run(alive).info.status == "RUNNING"
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_running_unit_killed_with_exit_code_143(tmp_path, tiny_cohort):
     command = [
         *CLI,
@@ -114,6 +117,7 @@ def test_an_unreachable_tracking_server_fails_within_seconds_naming_it(tmp_path)
     assert time.perf_counter() - t0 < 60
 
 
+@pytest.mark.slow
 def test_version_and_an_unexpected_error_without_traceback_unless_debug(tmp_path):
     from importlib.metadata import version
 
@@ -196,6 +200,7 @@ def test_a_cache_entry_is_hashed_once_per_process_until_it_changes(tiny_cohort, 
     assert len(hashed) == 2
 
 
+@pytest.mark.slow
 def test_a_damaged_state_is_named_and_a_damaged_ct_base_is_trained_again(tiny_cohort, tmp_path, caplog):
     import pytest
     import torch

@@ -23,6 +23,8 @@ from pemma.modalities import SUBSETS
 from pemma.models.backbones import BACKBONES
 from pemma.tracking import Tracker
 
+pytestmark = pytest.mark.slow  # end-to-end runs and services: `pytest -m 'not slow'` skips them
+
 CFG = resolve({"profile": "ci"})
 ROI = CFG.model.roi
 

@@ -22,6 +22,8 @@ from conftest import ci_args, ci_run
 
 from pemma.tracking import Tracker
 
+pytestmark = pytest.mark.slow  # end-to-end runs and services: `pytest -m 'not slow'` skips them
+
 CLI = [sys.executable, "-c", "from pemma.cli import app; app()"]
 METHODS = "early-fusion,pemma-lora,ct-only"
 

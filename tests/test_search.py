@@ -17,6 +17,8 @@ from pemma.search import Options, load_space, open_study, search
 from pemma.tasks.segmentation import task as segmentation
 from pemma.tracking import Tracker
 
+pytestmark = pytest.mark.slow  # end-to-end runs and services: `pytest -m 'not slow'` skips them
+
 SPLIT = "data.split=[0.5,0.25,0.25]"  # the ci cohort's 4 adaptation patients: 2 train, 1 val, 1 test
 
 

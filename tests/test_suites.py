@@ -9,6 +9,8 @@ from pemma.models.backbones import BACKBONES
 from pemma.suites import available, expand, load_suite
 from pemma.tracking import Tracker
 
+pytestmark = pytest.mark.slow  # end-to-end runs and services: `pytest -m 'not slow'` skips them
+
 SUITES = sorted(available())
 
 

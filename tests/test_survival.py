@@ -120,6 +120,7 @@ def test_tabular_path_matches_a_lifelines_cox_model_on_real_data(dataset):
     assert abs(ours - cox_c) < 0.02, (ours, cox_c)
 
 
+@pytest.mark.slow
 def test_prognosis_unit_logs_survival_metrics_baselines_and_a_task2_file(tiny_cohort, tmp_path):
     from conftest import ci_run
 
