@@ -1,4 +1,4 @@
-"""nox sessions: tests (what CI runs), fast (tests not marked slow), lint, smoke (the few-minute CPU suite)."""
+"""nox sessions: tests (what CI runs), fast (no slow tests), lint, smoke (the few-minute CPU suite)."""
 
 import nox
 
