@@ -378,14 +378,3 @@ def harrell_per_seed(survival: Survival) -> Callable[[np.ndarray], np.ndarray]:
         return out.reshape(*idx.shape[:-1], len(survival.per_seed))
 
     return statistic
-
-
-def harrell(rows: pd.DataFrame, patients: list[str]) -> Callable[[np.ndarray], np.ndarray]:
-    """Harrell's C averaged over seeds on the drawn patients (NaN if any seed's draw has none)."""
-    per_seed = harrell_per_seed(Survival.from_rows(rows, patients))
-
-    def statistic(idx: np.ndarray) -> np.ndarray:
-        values = per_seed(idx)
-        return values.mean(axis=-1)
-
-    return statistic
