@@ -7,18 +7,17 @@ configuration is built, naming the key, not deep inside training.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import yaml
+
+from pemma.resources import DATA_PLANS, PROFILES, did_you_mean, read_yaml
 
 
 class ConfigError(ValueError):
@@ -445,8 +444,7 @@ def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
+            hint = did_you_mean(prefix + key, [prefix + n for n in names], n=1)
             raise ConfigError(f"unknown config key {prefix + key!r}{hint}")
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     try:
@@ -474,19 +472,13 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
-PROFILES = ("ci", "smoke", "paper", "paper-harness")
 REPORTING_PROFILES = ("paper", "paper-harness")
 """Profiles whose runs are tagged for_reporting."""
 
 
 def load_profile(name: str) -> dict[str, Any]:
-    """A shipped profile; `include: other` starts from another profile."""
-    if name not in PROFILES:
-        close = difflib.get_close_matches(name, PROFILES, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown profile {name!r}{hint} (known: {', '.join(PROFILES)})")
-    text = resources.files("pemma.profiles").joinpath(f"{name}.yaml").read_text()
-    doc = yaml.safe_load(text) or {}
+    """A shipped profile (pemma/profiles/NAME.yaml); `include: other` starts from another profile."""
+    doc = read_yaml(PROFILES.find(name, ConfigError), "profile", ConfigError) or {}
     parent = doc.pop("include", None)
     return deep_merge(load_profile(parent), doc) if parent else doc
 
@@ -514,17 +506,11 @@ def resolve(*layers: dict[str, Any]) -> RunConfig:
 
 def load_plan(name_or_path: str) -> dict[str, Any]:
     """A plan file's centres as data-config values; a bad file is an error naming it."""
-    path = Path(name_or_path)
-    if not path.exists():
-        shipped = resources.files("pemma.plans").joinpath(f"{name_or_path}.yaml")
-        if not shipped.is_file():
-            raise ConfigError(
-                f"data.plan: {name_or_path!r} is neither a file nor a shipped plan (hecktor2022)"
-            )
-        text = shipped.read_text()
-    else:
-        text = path.read_text()
-    doc = yaml.safe_load(text) or {}
+    try:
+        path = DATA_PLANS.find(name_or_path, ConfigError)
+    except ConfigError as err:
+        raise ConfigError(f"data.plan: {err}") from err
+    doc = read_yaml(path, "data plan", ConfigError) or {}
     unknown = set(doc) - {"pretrain", "adapt", "continual", "description"}
     if unknown or "pretrain" not in doc or "adapt" not in doc:
         raise ConfigError(

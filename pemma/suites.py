@@ -2,48 +2,19 @@
 
 from __future__ import annotations
 
-import difflib
 import itertools
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pemma.config import ConfigError, RunConfig, deep_merge, parse_override, resolve
 from pemma.methods import METHODS
 from pemma.models.backbones import BACKBONES
+from pemma.resources import SUITES, read_yaml
 from pemma.tasks import TASKS
 
-SUITE_FOLDERS = ("benchmarks", "ablations")
 VARIANT = "variant"
 """A grid axis whose values are bundles of config keys, for one-at-a-time ablations."""
-PACKAGE = Path(__file__).resolve().parent
-SHIPPED = PACKAGE / "_shipped"
-"""Where a wheel carries the top-level suite folders (pyproject.toml's force-include)."""
-
-
-def shipped_dirs() -> list[Path]:
-    """benchmarks/ and ablations/: inside the installed package, or beside it in a source checkout."""
-    if SHIPPED.is_dir():
-        return [SHIPPED / f for f in SUITE_FOLDERS]
-    return [PACKAGE.parent / f for f in SUITE_FOLDERS]
-
-
-def suite_dirs() -> list[Path]:
-    """The shipped folders, after any listed in PEMMA_SUITE_PATH (os.pathsep-separated)."""
-    extra = [Path(p) for p in os.environ.get("PEMMA_SUITE_PATH", "").split(os.pathsep) if p]
-    return [*extra, *shipped_dirs()]
-
-
-def available() -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for folder in suite_dirs():
-        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
-            if not path.name.startswith("_"):
-                found.setdefault(path.stem, path)
-    return found
 
 
 @dataclass(frozen=True)
@@ -60,10 +31,7 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: include cycle through {' -> '.join(str(p) for p in seen)}")
     if not path.exists():
         raise ConfigError(f"suite file {path} does not exist")
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}{_where(err)}: not valid YAML: {_problem(err)}") from err
+    doc = read_yaml(path, "suite file", ConfigError) or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a suite file is a mapping (description, defaults, grid)")
     merged: dict[str, Any] = {}
@@ -73,27 +41,8 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return deep_merge(merged, doc)
 
 
-def _where(err: yaml.YAMLError) -> str:
-    mark = getattr(err, "problem_mark", None)
-    return f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-
-
-def _problem(err: yaml.YAMLError) -> str:
-    return getattr(err, "problem", None) or str(err).splitlines()[0]
-
-
 def load_suite(name_or_path: str) -> Suite:
-    path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") and path.exists()):
-        known = available()
-        if name_or_path not in known:
-            close = difflib.get_close_matches(name_or_path, list(known), n=2)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise ConfigError(
-                f"unknown suite {name_or_path!r}{hint} (known: {', '.join(known) or 'none'}; "
-                f"searched {', '.join(str(d) for d in suite_dirs())})"
-            )
-        path = known[name_or_path]
+    path = SUITES.find(name_or_path, ConfigError)
     doc = _read(path.resolve())
     unknown = set(doc) - {"description", "defaults", "grid", "name"}
     if unknown:

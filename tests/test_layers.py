@@ -20,6 +20,7 @@ LAYERS = [
     {"models"},
     {"data", "metrics", "tracking"},
     {"config", "files", "locks", "registry", "modalities", "plans", "profiles"},  # plans, profiles: YAML
+    {"resources"},
 ]
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 ROOT = Path(pemma.__file__).parent

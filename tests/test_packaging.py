@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pemma.suites import available
+from pemma.resources import SUITES
 
 pytestmark = pytest.mark.slow  # end-to-end runs and services: `pytest -m 'not slow'` skips them
 
@@ -27,19 +27,19 @@ def test_a_wheel_install_lists_and_loads_every_shipped_suite(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site)}
     env.pop("PEMMA_SUITE_PATH", None)
     code = (
-        "import json, pemma, pemma.suites as s, pemma.report.definition as d; "
+        "import json, pemma, pemma.suites as s, pemma.resources as r; "
         "print(json.dumps({'package': pemma.__file__, "
-        "'suites': {k: [str(p), len(s.expand(s.load_suite(k)))] for k, p in s.available().items()}, "
-        "'reports': {k: str(p) for k, p in d.shipped_reports().items()}, "
-        "'spaces': {k: str(p) for k, p in __import__('pemma.search').search.available_spaces().items()}, "
-        "'plan': str(d.report_folder() / 'claims' / 'pemma.yaml')}))"
+        "'suites': {k: [str(p), len(s.expand(s.load_suite(k)))] for k, p in r.SUITES.available().items()}, "
+        "'reports': {k: str(p) for k, p in r.REPORTS.available().items()}, "
+        "'spaces': {k: str(p) for k, p in r.SPACES.available().items()}, "
+        "'plan': str(r.CLAIMS_PLANS.find('pemma'))}))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
     )
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["package"].startswith(str(site)), "the installed copy, not the source tree, was imported"
-    assert set(found["suites"]) == set(available())
+    assert set(found["suites"]) == set(SUITES.available())
     assert all(path.startswith(str(site)) for path, _ in found["suites"].values())
     assert all(units > 0 for _, units in found["suites"].values())
     assert set(found["reports"]) == {"paper", "smoke"}, "report definitions ship in the wheel"
@@ -55,4 +55,4 @@ def test_a_wheel_install_lists_and_loads_every_shipped_suite(tmp_path):
         text=True,
     )
     assert listed.returncode == 0, listed.stderr
-    assert all(name in listed.stdout for name in available())
+    assert all(name in listed.stdout for name in SUITES.available())

@@ -6,17 +6,18 @@ from conftest import ci_run
 from pemma.config import ConfigError
 from pemma.methods import METHODS
 from pemma.models.backbones import BACKBONES
-from pemma.suites import available, expand, load_suite
+from pemma.resources import REPORTS, SUITES
+from pemma.suites import expand, load_suite
 from pemma.tracking import Tracker
 
 pytestmark = pytest.mark.slow  # end-to-end runs and services: `pytest -m 'not slow'` skips them
 
-SUITES = sorted(available())
+SHIPPED = sorted(SUITES.available())
 
 
 def test_the_shipped_suites_are_there():
-    assert {"smoke", "main", "modality-dropout", "rank", "missing-modality", "pemma-design"} <= set(SUITES)
-    assert "_defaults" not in SUITES
+    assert {"smoke", "main", "modality-dropout", "rank", "missing-modality", "pemma-design"} <= set(SHIPPED)
+    assert "_defaults" not in SHIPPED
 
 
 def test_grids_expand_to_the_product_of_their_axes():
@@ -51,7 +52,7 @@ def test_include_and_overrides(tmp_path):
         expand(load_suite(str(tmp_path / "bad.yaml")))
 
 
-@pytest.mark.parametrize("suite", SUITES)
+@pytest.mark.parametrize("suite", SHIPPED)
 def test_every_suite_runs_at_the_ci_profile(suite, tiny_cohort, tmp_path_factory):
     results = tmp_path_factory.getbasetemp() / "suites-results"  # shared: bases are reused across suites
     out = ci_run(results, "--minimal", data=tiny_cohort, suite=suite)
@@ -67,11 +68,11 @@ FIGURES = {"continual": "continual-r", "rank": "rank", "prognosis": "km", "paret
 
 def _paper_report_sections_of(suite: str, results):
     """The shipped paper report's sections that read this suite fill their tables (and figures)."""
-    from pemma.report.definition import find_report, load_report
+    from pemma.report.definition import load_report
     from pemma.report.render import generate
     from pemma.report.sources import Sources
 
-    report = load_report(find_report("paper"))
+    report = load_report(REPORTS.find("paper"))
     rendered = generate(report, Sources(Tracker(results), results, include_ci=True))
     filled = {}
     for block in rendered.blocks:

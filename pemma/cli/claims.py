@@ -56,11 +56,12 @@ def claims(
 
     from pemma.config import ConfigError
     from pemma.report.claims import evaluate, load_plan, to_markdown, write_claims
-    from pemma.report.definition import ReportError, report_folder
+    from pemma.report.definition import ReportError
     from pemma.report.sources import Sources
+    from pemma.resources import CLAIMS_PLANS
 
     try:
-        spec = load_plan(Path(plan) if plan else report_folder() / "claims" / "pemma.yaml")
+        spec = load_plan(CLAIMS_PLANS.find(plan or "pemma", ReportError))
         chosen = _seeds(seeds)
     except (ReportError, ConfigError) as err:
         raise _fail(str(err)) from err

@@ -48,12 +48,13 @@ def tasks() -> None:
 def suites() -> None:
     """List the shipped suites with their size in units."""
     from pemma.config import ConfigError
-    from pemma.suites import available, expand, load_suite
+    from pemma.resources import SUITES
+    from pemma.suites import expand, load_suite
 
     table = Table(title="suites")
     for col in ("suite", "units", "file", "description"):
         table.add_column(col)
-    for name, path in available().items():
+    for name, path in SUITES.available().items():
         try:
             suite = load_suite(str(path))
             units = str(len(expand(suite)))
@@ -70,33 +71,32 @@ def suites() -> None:
 def validate() -> None:
     """Check every shipped suite and report file, without training."""
     from pemma.config import ConfigError
-    from pemma.report.definition import ReportError, check_suites, load_report, shipped_reports
-    from pemma.suites import available, expand, load_suite
+    from pemma.report.claims import load_plan
+    from pemma.report.definition import ReportError, check_suites, load_report
+    from pemma.resources import CLAIMS_PLANS, REPORTS, SPACES, SUITES
+    from pemma.search import SearchError, check_space, load_space
+    from pemma.suites import expand, load_suite
 
     bad = 0
-    for name, path in available().items():
+    for name, path in SUITES.available().items():
         try:
             units = expand(load_suite(str(path)))
             console.print(f"[green]ok[/]      {name}: {len(units)} units")
         except (ConfigError, KeyError) as err:
             bad += 1
             console.print(f"[red]invalid[/] {name} ({path}): {err}")
-    from pemma.report.claims import load_plan
-    from pemma.report.definition import report_folder
-
-    for path in sorted((report_folder() / "claims").glob("*.yaml")):
+    for path in CLAIMS_PLANS.available().values():
         try:
             plan = load_plan(path)
-            unknown = [r.suite for r in plan.runs if r.suite not in available()]
+            unknown = [r.suite for r in plan.runs if r.suite not in SUITES.available()]
             if unknown:
                 raise ReportError(f"{path}: unknown suite(s) {', '.join(unknown)}")
             console.print(f"[green]ok[/]      claims plan {path.stem}: {len(plan.runs)} run entries")
         except ReportError as err:
             bad += 1
             console.print(f"[red]invalid[/] claims plan {path.stem}: {err}")
-    from pemma.search import SearchError, available_spaces, check_space, load_space
 
-    for name, path in available_spaces().items():
+    for name, path in SPACES.available().items():
         try:
             space = load_space(str(path))
             check_space(space)
@@ -104,7 +104,7 @@ def validate() -> None:
         except (SearchError, ConfigError) as err:
             bad += 1
             console.print(f"[red]invalid[/] search space {name}: {err}")
-    for name, path in shipped_reports().items():
+    for name, path in REPORTS.available().items():
         try:
             spec = load_report(path)
             check_suites(spec, path)

@@ -29,16 +29,16 @@ def report(
     ] = False,
 ) -> None:
     """Regenerate a report's tables and figures (or, with --suite, one suite's table) from tracked runs."""
-    from pemma.report.definition import ReportError, find_report, load_report
+    from pemma.report.definition import ReportError, load_report
     from pemma.report.render import FORMATS, generate, write
     from pemma.report.sources import Sources
-    from pemma.suites import available
+    from pemma.resources import REPORTS, SUITES
 
     if definition is None:
         name = suite or "smoke"
         tracker = _tracker(results, tracking_uri)
-        if name not in available() and tracker.experiment_id(name, create=False) is None:
-            known = ", ".join(sorted(available()))
+        if name not in SUITES.available() and tracker.experiment_id(name, create=False) is None:
+            known = ", ".join(sorted(SUITES.available()))
             raise _fail(
                 f"--suite {name!r}: no such suite, and no runs of it in {tracker.uri} (shipped: {known})"
             )
@@ -51,7 +51,7 @@ def report(
     if unknown or not chosen:
         raise _fail(f"--format {formats!r}: expected a comma-separated subset of {', '.join(FORMATS)}")
     try:
-        spec = load_report(find_report(definition))
+        spec = load_report(REPORTS.find(definition, ReportError))
     except ReportError as err:
         raise _fail(str(err)) from err
     sources = Sources(_tracker(results, tracking_uri), results, include_ci)

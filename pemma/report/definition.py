@@ -7,15 +7,13 @@ with the file, the section and did-you-mean.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-
-import yaml
 
 from pemma.methods import METHODS, reference_method
 from pemma.metrics.segmentation import CLASSES
 from pemma.modalities import SUBSETS
+from pemma.resources import SUITES, did_you_mean, read_yaml
 
 CLASS_NAMES = ("mean", *CLASSES.values())
 
@@ -106,74 +104,27 @@ class Report:
         return tuple(dict.fromkeys(s for sec in self.sections for s in sec.all_suites))
 
 
-def _did_you_mean(word: str, known) -> str:
-    close = difflib.get_close_matches(word, sorted(known), n=2, cutoff=0.5)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
-
-def report_folder() -> Path:
-    """reports/: inside the installed package (a wheel), or beside it in a source checkout."""
-    from pemma.suites import PACKAGE, SHIPPED
-
-    shipped = SHIPPED / "reports"
-    return shipped if shipped.is_dir() else PACKAGE.parent / "reports"
-
-
-def shipped_reports() -> dict[str, Path]:
-    folder = report_folder()
-    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
-
-
-def find_report(name: str | Path) -> Path:
-    """A report file by path, or a shipped report by name."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    shipped = shipped_reports()
-    if str(name) in shipped:
-        return shipped[str(name)]
-    raise ReportError(
-        f"no report definition {str(name)!r}: not a file, nor a shipped report"
-        f"{_did_you_mean(str(name), shipped)} (shipped: {', '.join(shipped) or 'none'})"
-    )
-
-
 def check_suites(report: Report, path: Path) -> None:
     """Every suite a report names exists (shipped, or on PEMMA_SUITE_PATH)."""
-    from pemma.suites import available
-
-    known = available()
+    known = SUITES.available()
     for number, section in enumerate(report.sections, 1):
         for suite in section.all_suites:
             if suite not in known:
                 raise ReportError(
                     f"{path}: section {number} ({section.kind}, {section.title!r}): unknown suite "
-                    f"{suite!r}{_did_you_mean(suite, known)}"
+                    f"{suite!r}{did_you_mean(suite, known)}"
                 )
-
-
-def read_yaml(path: Path, what: str):
-    """A YAML file's contents; an unreadable file or a syntax error is a ReportError naming the line."""
-    try:
-        return yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise ReportError(f"{path}: cannot read the {what} ({err.strerror})") from err
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ReportError(f"{path}:{where}: not valid YAML: {problem}") from err
 
 
 def load_report(path: Path) -> Report:
     path = Path(path)
-    raw = read_yaml(path, "report definition")
+    raw = read_yaml(path, "report definition", ReportError)
     if not isinstance(raw, dict):
         raise ReportError(f"{path}: a report definition is a mapping with 'title' and 'sections'")
     unknown = set(raw) - {"title", "description", "sections"}
     for key in sorted(unknown):
         raise ReportError(
-            f"{path}: unknown key {key!r}{_did_you_mean(key, {'title', 'description', 'sections'})}"
+            f"{path}: unknown key {key!r}{did_you_mean(key, {'title', 'description', 'sections'})}"
         )
     sections = raw.get("sections")
     if not isinstance(sections, list) or not sections:
@@ -198,14 +149,14 @@ def _section(path: Path, number: int, raw) -> Section:
     kind = raw.get("kind")
     if kind not in KINDS:
         raise ReportError(
-            f"{where}: unknown kind {kind!r}{_did_you_mean(str(kind), KINDS)} (known: {', '.join(KINDS)})"
+            f"{where}: unknown kind {kind!r}{did_you_mean(str(kind), KINDS)} (known: {', '.join(KINDS)})"
         )
     where = f"{where} ({kind}, {raw.get('title', 'untitled')!r})"
     allowed = COMMON | KINDS[kind][1]
     for key in raw:
         if key not in allowed:
             raise ReportError(
-                f"{where}: unknown option {key!r}{_did_you_mean(str(key), allowed)} "
+                f"{where}: unknown option {key!r}{did_you_mean(str(key), allowed)} "
                 f"(a {kind} section reads: {', '.join(sorted(allowed))})"
             )
     for key in ("title", "suite"):
@@ -232,7 +183,7 @@ def _section(path: Path, number: int, raw) -> Section:
     for klass in (*values.get("classes", ()), values.get("klass", "mean")):
         if klass not in CLASS_NAMES:
             raise ReportError(
-                f"{where}: unknown class {klass!r}{_did_you_mean(klass, CLASS_NAMES)} "
+                f"{where}: unknown class {klass!r}{did_you_mean(klass, CLASS_NAMES)} "
                 f"(known: {', '.join(CLASS_NAMES)})"
             )
     try:

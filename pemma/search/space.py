@@ -3,9 +3,7 @@ searches, and the units a trial's values make."""
 
 from __future__ import annotations
 
-import difflib
 import json
-import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,11 +11,12 @@ from typing import Any
 
 from pemma.config import ConfigError
 from pemma.modalities import SUBSETS
-from pemma.suites import PACKAGE, SHIPPED, expand, load_suite
+from pemma.resources import SPACES, did_you_mean, read_yaml
+from pemma.suites import expand, load_suite
 from pemma.tasks.base import PARAMETER_METRICS
 
 SEARCH_FOLDER = "search"
-
+"""results/search/: the studies' journals and outputs."""
 
 SAMPLERS = ("tpe", "random", "nsga2", "gp")
 
@@ -112,33 +111,8 @@ class Space:
         return tuple(dict.fromkeys(named)) or (SUBSETS[0],)
 
 
-def space_dirs() -> list[Path]:
-    extra = [Path(p) for p in os.environ.get("PEMMA_SEARCH_PATH", "").split(os.pathsep) if p]
-    shipped = SHIPPED / "ablations" / SEARCH_FOLDER if SHIPPED.is_dir() else None
-    return [*extra, shipped or PACKAGE.parent / "ablations" / SEARCH_FOLDER]
-
-
-def available_spaces() -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for folder in space_dirs():
-        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
-            found.setdefault(path.stem, path)
-    return found
-
-
 def find_space(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        return path
-    known = available_spaces()
-    if name_or_path in known:
-        return known[name_or_path]
-    close = difflib.get_close_matches(name_or_path, list(known), n=2)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise SearchError(
-        f"unknown search space {name_or_path!r}{hint} (known: {', '.join(known) or 'none'}; a file "
-        "path ending in .yaml also works)"
-    )
+    return SPACES.find(name_or_path, SearchError)
 
 
 def _objective(path: Path, raw: Any) -> Objective:
@@ -191,26 +165,18 @@ def _choice(path: Path, what: str, raw: Any, known: tuple[str, ...], default: st
     spec = {"name": raw} if isinstance(raw, str) else dict(raw or {"name": default})
     spec.setdefault("name", default)
     if spec["name"] not in known:
-        close = difflib.get_close_matches(str(spec["name"]), known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(str(spec["name"]), known)
         raise SearchError(f"{path}: unknown {what} {spec['name']!r}{hint} (known: {', '.join(known)})")
     return spec
 
 
 def load_space(name_or_path: str) -> Space:
-    from pemma.report.definition import ReportError, read_yaml
-
     path = find_space(name_or_path)
-    try:
-        raw = read_yaml(path, "search space")
-    except ReportError as err:
-        raise SearchError(str(err)) from err
+    raw = read_yaml(path, "search space", SearchError)
     if not isinstance(raw, dict):
         raise SearchError(f"{path}: a search space is a mapping (suite, method, objectives, params, ...)")
     for key in sorted(set(raw) - SPACE_KEYS):
-        close = difflib.get_close_matches(key, sorted(SPACE_KEYS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise SearchError(f"{path}: unknown key {key!r}{hint}")
+        raise SearchError(f"{path}: unknown key {key!r}{did_you_mean(key, SPACE_KEYS)}")
     objectives = raw.get("objectives") or [{"metric": "val_dice/ctpet/mean", "direction": "maximize"}]
     params = raw.get("params")
     if not isinstance(params, dict) or not params:
@@ -290,8 +256,8 @@ def _check_task(space: Space, name: str) -> None:
     for objective in space.objectives:
         if not any(m.matches(objective.metric) for m in known):
             keys = [m.key for m in known if m.key.startswith(objective.metric.split("/")[0])]
-            close = difflib.get_close_matches(objective.metric, [m.key for m in known], n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(keys[:6])})"
+            hint = did_you_mean(objective.metric, [m.key for m in known])
+            hint = hint or f" (known: {', '.join(keys[:6])})"
             raise SearchError(f"{space.path}: task {name!r} logs no metric {objective.metric!r}{hint}")
 
 

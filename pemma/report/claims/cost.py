@@ -22,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from pemma.report.claims.plan import Plan, units
-from pemma.report.definition import ReportError, read_yaml, report_folder
+from pemma.report.definition import ReportError
+from pemma.resources import RATES, read_yaml
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ class Rate:
 
 
 def load_rates(path: Path | None = None) -> list[Rate]:
-    path = Path(path) if path else report_folder() / "rates" / "measured.yaml"
-    raw = read_yaml(path, "rates file") or []
+    path = Path(path) if path else RATES.find("measured", ReportError)
+    raw = read_yaml(path, "rates file", ReportError) or []
     rates = []
     for i, entry in enumerate(raw, 1):
         try:

@@ -11,8 +11,9 @@ import yaml
 
 from pemma.config import ConfigError, flatten, parse_override
 from pemma.methods import METHODS
-from pemma.report.definition import ReportError, _did_you_mean, logged, read_yaml
+from pemma.report.definition import ReportError, logged
 from pemma.report.sources import Sources
+from pemma.resources import did_you_mean, read_yaml
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "supported", "contradicted", "inconclusive", "not run"
 
@@ -54,12 +55,12 @@ PLAN_KEYS = {"title", "profile", "seeds", "backbone", "set", "runs", "margin", "
 
 def load_plan(path: Path) -> Plan:
     path = Path(path)
-    raw = read_yaml(path, "claims plan")
+    raw = read_yaml(path, "claims plan", ReportError)
     if not isinstance(raw, dict):
         raise ReportError(f"{path}: a claims plan is a mapping ({', '.join(sorted(PLAN_KEYS))})")
     for key in raw:
         if key not in PLAN_KEYS:
-            raise ReportError(f"{path}: unknown key {key!r}{_did_you_mean(str(key), PLAN_KEYS)}")
+            raise ReportError(f"{path}: unknown key {key!r}{did_you_mean(str(key), PLAN_KEYS)}")
     runs = []
     for i, entry in enumerate(raw.get("runs") or [], 1):
         if not isinstance(entry, dict) or set(entry) - {"suite", "methods", "set"} or "suite" not in entry:
