@@ -403,3 +403,43 @@ def test_an_interval_exists_when_some_resamples_leave_a_class_undefined():
     interval = stats.bootstrap(stats.aggregated_dice(counts), len(counts.patients))
     # some draws hold none of seed 1's GTVn patients: BCa is undefined, the defined draws give the interval
     assert np.isfinite(interval.low) and interval.low <= interval.estimate <= interval.high
+
+
+def test_a_new_section_kind_is_one_decorated_builder(fixture_runs, tmp_path, monkeypatch):
+    from dataclasses import dataclass
+
+    from pemma.report.sections import KINDS, Block
+    from pemma.report.sections.base import Options, section_kind
+
+    monkeypatch.setattr(KINDS, "_entries", dict(KINDS._entries))  # registered for this test only
+
+    @dataclass(frozen=True)
+    class CountOptions(Options):
+        subsets: tuple[str, ...] = ("ctpet",)
+        label: str = "runs"
+
+    @section_kind("count", "how many runs each method has", CountOptions)
+    def count(section, sources):
+        runs = sources.suite(section.suite).runs
+        table = runs.groupby("tags.method").size().rename(section.options.label).reset_index()
+        return Block(section, table=table, notes=[f"inputs {', '.join(section.options.subsets)}"])
+
+    tracker, results, _ = fixture_runs
+    path = tmp_path / "count.yaml"
+    path.write_text("title: c\nsections:\n  - {kind: count, title: C, suite: t, subsets: pet, label: n}\n")
+    section = load_report(path).sections[0]
+    assert section.options == CountOptions(subsets=("pet",), label="n"), "one value becomes a list"
+    block = generate(load_report(path), Sources(tracker, results)).blocks[0]
+    assert dict(zip(block.table["tags.method"], block.table["n"], strict=True)) == {
+        "early-fusion": 2,
+        "pemma-lora": 2,
+    }
+    assert (
+        "how many runs each method has"
+        in (
+            write(generate(load_report(path), Sources(tracker, results)), tmp_path / "o", ("html",))[0]
+        ).read_text()
+    )
+    path.write_text("title: c\nsections:\n  - {kind: count, title: C, suite: t, subsets: [petct]}\n")
+    with pytest.raises(ReportError, match="unknown input subset 'petct'"):
+        load_report(path)

@@ -10,86 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from pemma.methods import METHODS, reference_method
-from pemma.metrics.segmentation import CLASSES
+from pemma.methods import METHODS
 from pemma.modalities import SUBSETS
+from pemma.report.sections.base import CLASS_NAMES, COMMON, KINDS, Section
 from pemma.resources import SUITES, did_you_mean, read_yaml
-
-CLASS_NAMES = ("mean", *CLASSES.values())
-
-# kind -> what it shows; the options each kind reads (beyond kind, title, suite, note, methods, backbones)
-KINDS: dict[str, tuple[str, frozenset[str]]] = {
-    "main": (
-        "method x backbone: Dice per input subset and class (mean ± std over seeds, BCa CI over "
-        "patients), parameters, throughput, memory; best value per column in bold",
-        frozenset({"subsets", "classes", "extras"}),
-    ),
-    "paired": (
-        "each method minus a reference on the same patients: aggregated-Dice difference with its BCa "
-        "CI, Wilcoxon signed-rank p over patients, Holm-adjusted across the table",
-        frozenset({"subsets", "classes", "reference"}),
-    ),
-    "missing-modality": (
-        "train subset x test subset per method, with the relative drop from CT+PET",
-        frozenset({"subsets"}),
-    ),
-    "continual": (
-        "R matrices as heatmaps; ACC / BWT / forgetting with t intervals over seeds",
-        frozenset({"subsets"}),
-    ),
-    "rank": (
-        "Dice against adapter rank per method (and alpha rule), with BCa CIs over patients",
-        frozenset({"x", "subset", "klass"}),
-    ),
-    "pareto": (
-        "Dice against trainable parameters over every method and variant; the Pareto front marked",
-        frozenset({"suites", "subset", "klass"}),
-    ),
-    "prognosis": (
-        "Harrell's C (BCa CI over test patients), its change vs CT-only, Uno's C, AUC, IBS; "
-        "Kaplan-Meier curves of predicted low / high risk with a log-rank p",
-        frozenset(),
-    ),
-}
-LISTS = frozenset({"methods", "backbones", "subsets", "classes", "extras", "suites"})
-COMMON = frozenset({"kind", "title", "suite", "note", "methods", "backbones", "where"})
 
 
 class ReportError(ValueError):
     """A report definition that cannot be used; the message names the file and the section."""
-
-
-@dataclass(frozen=True)
-class Section:
-    kind: str
-    title: str
-    suite: str
-    note: str = ""
-    methods: tuple[str, ...] = ()  # empty: every method the runs hold
-    backbones: tuple[str, ...] = ()
-    where: tuple[tuple[str, str], ...] = ()  # config key -> value the runs must have (as logged)
-    subsets: tuple[str, ...] = SUBSETS
-    classes: tuple[str, ...] = ("mean",)
-    extras: tuple[str, ...] = (
-        "params_trainable",
-        "params_trainable_pct_of_reference",
-        "saved_bytes",
-        "train_samples_per_s",
-        "train_peak_memory_mb",
-    )
-    reference: str = ""  # paired: default early fusion (the methods' 'parameters' reference)
-    x: str = "adapter.rank"
-    subset: str = "ctpet"
-    klass: str = "mean"
-    suites: tuple[str, ...] = ()
-
-    @property
-    def all_suites(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((self.suite, *self.suites)))
-
-    @property
-    def reference_method(self) -> str:
-        return self.reference or reference_method("parameters")
 
 
 @dataclass(frozen=True)
@@ -149,10 +77,12 @@ def _section(path: Path, number: int, raw) -> Section:
     kind = raw.get("kind")
     if kind not in KINDS:
         raise ReportError(
-            f"{where}: unknown kind {kind!r}{did_you_mean(str(kind), KINDS)} (known: {', '.join(KINDS)})"
+            f"{where}: unknown kind {kind!r}{did_you_mean(str(kind), KINDS.names())} "
+            f"(known: {', '.join(KINDS.names())})"
         )
     where = f"{where} ({kind}, {raw.get('title', 'untitled')!r})"
-    allowed = COMMON | KINDS[kind][1]
+    declared = {f.name: f for f in fields(KINDS.get(kind).options)}
+    allowed = COMMON | set(declared)
     for key in raw:
         if key not in allowed:
             raise ReportError(
@@ -162,34 +92,45 @@ def _section(path: Path, number: int, raw) -> Section:
     for key in ("title", "suite"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise ReportError(f"{where}: {key!r} is required (a non-empty string)")
-    values = dict(raw)
-    names = {f.name for f in fields(Section)}
     conditions = raw.get("where", {})
     if not isinstance(conditions, dict):
         raise ReportError(f"{where}: 'where' maps config keys to values, e.g. {{continual.inputs: ct}}")
-    values["where"] = tuple(sorted((str(k), logged(v)) for k, v in conditions.items()))
-    for key, value in raw.items():
-        if key == "where":
-            continue
-        if key in LISTS:
-            values[key] = tuple(str(v) for v in (value if isinstance(value, list) else [value]))
-        elif isinstance(value, list):
-            raise ReportError(f"{where}: {key!r} takes one value, not a list")
-    for subset in (*values.get("subsets", ()), values.get("subset", "ctpet")):
-        if subset not in SUBSETS:
-            raise ReportError(
-                f"{where}: unknown input subset {subset!r}; expected one of {', '.join(SUBSETS)}"
-            )
-    for klass in (*values.get("classes", ()), values.get("klass", "mean")):
-        if klass not in CLASS_NAMES:
-            raise ReportError(
-                f"{where}: unknown class {klass!r}{did_you_mean(klass, CLASS_NAMES)} "
-                f"(known: {', '.join(CLASS_NAMES)})"
-            )
     try:
-        values["methods"] = tuple(METHODS.canonical(m) for m in values.get("methods", ()))
-        if values.get("reference"):
-            values["reference"] = METHODS.canonical(values["reference"])
-    except KeyError as err:
+        options = {key: _option(key, raw[key], declared[key].type) for key in declared if key in raw}
+        methods = tuple(METHODS.canonical(str(m)) for m in _as_list(raw.get("methods", [])))
+    except (KeyError, ValueError) as err:
         raise ReportError(f"{where}: {err}") from err
-    return Section(**{k: v for k, v in values.items() if k in names})
+    return Section(
+        kind=kind,
+        title=raw["title"],
+        suite=raw["suite"],
+        options=KINDS.get(kind).options(**options),
+        note=str(raw.get("note", "")),
+        methods=methods,
+        backbones=tuple(str(b) for b in _as_list(raw.get("backbones", []))),
+        where=tuple(sorted((str(k), logged(v)) for k, v in conditions.items())),
+    )
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+# Option names whose values are checked wherever a kind declares them.
+CHECKED = {"subsets": SUBSETS, "subset": SUBSETS, "classes": CLASS_NAMES, "klass": CLASS_NAMES}
+
+
+def _option(key: str, value, declared_type) -> object:
+    """One declared option's value: a tuple for tuple fields, one string otherwise; checked values."""
+    many = "tuple" in str(declared_type)
+    if not many and isinstance(value, list):
+        raise ValueError(f"{key!r} takes one value, not a list")
+    values = tuple(str(v) for v in _as_list(value)) if many else (str(value),)
+    known = CHECKED.get(key)
+    for v in values if known else ():
+        if v not in known:
+            what = "input subset" if known is SUBSETS else "class"
+            raise ValueError(f"unknown {what} {v!r}{did_you_mean(v, known)} (known: {', '.join(known)})")
+    if key == "reference" and values[0]:
+        values = (METHODS.canonical(values[0]),)
+    return values if many else values[0]

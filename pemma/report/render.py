@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from pemma.files import write_atomic
-from pemma.report.definition import KINDS, Report
-from pemma.report.sections import Block, build
+from pemma.report.definition import Report
+from pemma.report.sections import KINDS, Block, build
 from pemma.report.sources import Sources
 
 FORMATS = ("md", "tex", "html")
@@ -269,7 +269,7 @@ def html(rendered: Rendered) -> str:
                 "kind": block.section.kind,
                 "title": block.section.title,
                 "nothing": _nothing(block),
-                "what": KINDS[block.section.kind][0],
+                "what": KINDS.get(block.section.kind).description,
                 "table": table,
                 "notes": " ".join([*([block.section.note] if block.section.note else []), *block.notes]),
                 "figures": [
