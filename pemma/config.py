@@ -24,6 +24,17 @@ class ConfigError(ValueError):
     """A configuration value or key that cannot be used."""
 
 
+RUN_KEY, ADAPTATION_KEY = "run", "adaptation"
+KEYS = frozenset({RUN_KEY, ADAPTATION_KEY})
+"""The keys a config value can be part of: the run key (a unit's identity, tracking.run_key) and the
+adaptation key (a kept stage-0 adaptation other units may load, tasks/segmentation/adapted.py)."""
+LABEL = {"keys": frozenset()}
+"""Field metadata: a label or a setting that never changes a result (suite name, data folder, plan file
+name, checkpoint cadence, activation checkpointing): part of no key."""
+STAGES = {"keys": frozenset({RUN_KEY})}
+"""Field metadata: the continual stages after the adaptation: the unit's own, not its adaptation's."""
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
@@ -31,14 +42,14 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str | None = None
+    root: str | None = field(default=None, metadata=LABEL)
     """A HECKTOR-layout cohort folder; None means the built-in synthetic cohort."""
     synth_scale: float = 0.15
     synth_seed: int = 0
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """The common grid CT, PET and label are brought onto (1 mm isotropic as published)."""
     ct_window: tuple[float, float] = (-200.0, 250.0)
-    plan: str | None = None
+    plan: str | None = field(default=None, metadata=LABEL)
     """A centre-plan YAML (pretrain / adapt / continual) or a shipped plan's name; fills the three
     fields below, which otherwise hold PEMMA's published plan (plans/hecktor2022.yaml)."""
     pretrain_centres: tuple[str, ...] = ("CHUS", "CHUV", "CHUM", "CHUP")
@@ -197,10 +208,10 @@ class TrainConfig:
     """bf16 autocast on CUDA (ignored on CPU)."""
     warmup_steps: int = 3
     """Steps left out of the throughput figure (first-call overheads)."""
-    checkpoint_every: int = 500
+    checkpoint_every: int = field(default=500, metadata=LABEL)
     """Save a resumable checkpoint every this many steps (0: only at the end of a stage). Not part
     of a unit's identity: it never changes results."""
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = field(default=False, metadata=LABEL)
     """Recompute the transformer blocks' activations in the backward pass instead of keeping them
     (torch.utils.checkpoint; frozen and trainable blocks alike): less memory, more compute. Not part
     of a unit's identity: the gradients are the same."""
@@ -317,19 +328,9 @@ class PrognosisConfig:
         _require(self.bootstrap >= 0, "prognosis.bootstrap", "must be >= 0")
 
 
-NOT_IDENTITY = (
-    "suite",
-    "data.root",
-    "data.plan",
-    "train.checkpoint_every",
-    "train.activation_checkpointing",
-)
-"""Labels and settings that never change a unit's result, left out of its run key."""
-
-
 @dataclass(frozen=True)
 class RunConfig:
-    suite: str = "adhoc"
+    suite: str = field(default="adhoc", metadata=LABEL)
     method: str = "pemma-lora"
     backbone: str = "unetr"
     seed: int = 0
@@ -342,7 +343,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    continual: ContinualConfig = field(default_factory=ContinualConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig, metadata=STAGES)
     prognosis: PrognosisConfig = field(default_factory=PrognosisConfig)
 
     def __post_init__(self) -> None:
@@ -372,19 +373,32 @@ class RunConfig:
     def flat(self) -> dict[str, Any]:
         return flatten(self.to_dict())
 
-    def identity(self) -> dict[str, Any]:
-        """What decides the result of a unit: every value that differs from the code's defaults.
+    def identity(self, key: str = RUN_KEY) -> dict[str, Any]:
+        """What decides the result a key names: every value in the key's scope (see key_scopes) that
+        differs from the code's defaults, and always method, backbone, seed and profile.
 
-        Labels (suite name, data folder, plan file name) are left out. Leaving defaults out keeps run
-        keys stable when an option is added (off by default), so finished runs stay valid; the
-        price is that a default must never change meaning: add an option instead.
+        Leaving defaults out keeps keys stable when an option is added (off by default), so finished
+        runs stay valid; the price is that a default must never change meaning: add an option instead.
         """
-        flat = self.flat()
-        defaults = RunConfig().flat()
-        for label in NOT_IDENTITY:
-            flat.pop(label)
+        scopes, defaults = key_scopes(), RunConfig().flat()
         keep = ("method", "backbone", "seed", "profile")
-        return {k: v for k, v in flat.items() if k in keep or v != defaults[k]}
+        return {k: v for k, v in self.flat().items() if key in scopes[k] and (k in keep or v != defaults[k])}
+
+
+def key_scopes(
+    cls: type | None = None, prefix: str = "", keys: frozenset[str] = KEYS
+) -> dict[str, frozenset[str]]:
+    """Every flat config key -> the keys it is part of: a field's `metadata` (LABEL, STAGES) says, a
+    section's metadata holds for its fields, and a field without one is part of every key."""
+    out: dict[str, frozenset[str]] = {}
+    for f in dataclasses.fields(cls or RunConfig):
+        mine = f.metadata.get("keys", keys)
+        section = f.default_factory
+        if isinstance(section, type) and dataclasses.is_dataclass(section):
+            out.update(key_scopes(section, f"{prefix}{f.name}.", mine))
+        else:
+            out[f"{prefix}{f.name}"] = mine
+    return out
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -85,3 +85,27 @@ def test_the_paper_profile_follows_the_public_recipe_and_paper_harness_keeps_our
     assert ours.train.class_weights == (1.0, 2.0, 5.0)
     assert (ours.adapter.rank, ours.adapter.lora_alpha, ours.adapter.targets) == (8, 16.0, "qkv")
     assert ours.model == paper.model and ours.train.steps == paper.train.steps  # included from paper
+
+
+def test_each_config_field_declares_the_keys_it_is_part_of():
+    from pemma.config import ADAPTATION_KEY, KEYS, RUN_KEY, key_scopes
+
+    scopes = key_scopes()
+    labels = {k for k, s in scopes.items() if not s}
+    assert labels == {
+        "suite",
+        "data.root",
+        "data.plan",
+        "train.checkpoint_every",
+        "train.activation_checkpointing",
+    }
+    assert {k for k, s in scopes.items() if s == {RUN_KEY}} == {
+        k for k in scopes if k.startswith("continual.")
+    }
+    assert all(s == KEYS for k, s in scopes.items() if k not in labels and not k.startswith("continual."))
+    base = resolve({"profile": "ci"})
+    moved = resolve({"profile": "ci", "suite": "other", "train": {"checkpoint_every": 7}})
+    assert base.identity() == moved.identity(), "a label is part of no key"
+    stages = resolve({"profile": "ci", "continual": {"steps": 3}})
+    assert stages.identity() != base.identity(), "continual stages are part of the run key"
+    assert stages.identity(ADAPTATION_KEY) == base.identity(ADAPTATION_KEY), "but not of the adaptation's"

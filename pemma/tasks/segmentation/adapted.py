@@ -1,5 +1,6 @@
 """Adaptations kept for reuse: what a segmentation unit trained on the adaptation centre (its stage 0),
-filed under what decides it: the unit's configuration without its continual stages, and the data.
+filed under what decides it: the unit's configuration in the adaptation key's scope (all but its
+continual stages), and the data.
 
 Units that differ only in their continual stages (the continual suite's orders and input kinds, a
 main-suite unit and the continual unit of the same method and seed) train that stage once; the
@@ -16,7 +17,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from pemma.config import RunConfig, stable_hash
+from pemma.config import ADAPTATION_KEY, RunConfig, stable_hash
 from pemma.files import CorruptFile, record_digest, save_json
 from pemma.methods import Built
 from pemma.models.portable import PortableStateError, load_trained
@@ -28,13 +29,13 @@ FOLDER = "adapted"
 
 
 def adaptation_key(cfg: RunConfig, data_fingerprint: str, train_patients: list[str]) -> str:
-    """method__backbone__s<seed>__<hash of the run identity without continual.*, the data, and the
-    patients stage 0 trains on>. The patients are in the key, not inferred from the split settings:
-    a unit never loads an adaptation trained on a patient outside its own training split (one it
-    may test on), whatever a future plan makes the split depend on."""
-    identity = {k: v for k, v in cfg.identity().items() if not k.startswith("continual.")}
+    """method__backbone__s<seed>__<hash of the config in the adaptation key's scope (no continual.*),
+    the data, and the patients stage 0 trains on>. The patients are in the key, not inferred from the
+    split settings: a unit never loads an adaptation trained on a patient outside its own training
+    split (one it may test on), whatever a future plan makes the split depend on."""
     digest = stable_hash(
-        {"config": identity, "data": data_fingerprint, "train": sorted(train_patients)}, length=12
+        {"config": cfg.identity(ADAPTATION_KEY), "data": data_fingerprint, "train": sorted(train_patients)},
+        length=12,
     )
     return f"{cfg.method}__{cfg.backbone}__s{cfg.seed}__{digest}"
 
