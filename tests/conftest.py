@@ -16,23 +16,6 @@ def tiny_cohort(tmp_path_factory) -> Path:
     return write_cohort(tmp_path_factory.mktemp("cohort") / "synth", scale=0.02, seed=0)
 
 
-def ci_args(results, *extra, data=None, suite="smoke"):
-    """`run --suite SUITE --profile ci --results RESULTS [--data DATA] EXTRA...` as CLI arguments."""
-    args = ["run", "--suite", suite, "--profile", "ci", "--results", str(results)]
-    if data is not None:
-        args += ["--data", str(data)]
-    return [*args, *extra]
-
-
-def ci_run(results, *extra, data=None, suite="smoke"):
-    """`pemma-bench run` at the ci profile (see ci_args), in this process."""
-    from typer.testing import CliRunner
-
-    from pemma.cli import app
-
-    return CliRunner().invoke(app, ci_args(results, *extra, data=data, suite=suite))
-
-
 @pytest.fixture(scope="session")
 def partial_endpoint_cohort(tiny_cohort, tmp_path_factory) -> Path:
     """The tiny cohort where, as in real HECKTOR, only some patients of a centre have an endpoint."""
@@ -47,22 +30,3 @@ def partial_endpoint_cohort(tiny_cohort, tmp_path_factory) -> Path:
     table = pd.read_csv(root / ENDPOINT_CSV)
     table[table.index % 3 != 0].to_csv(root / ENDPOINT_CSV, index=False)  # one patient in three loses it
     return root
-
-
-def sigterm_once(command: list[str], marker: str) -> tuple[int, str]:
-    """Start `command`, wait (up to 5 min) for an output line holding `marker`, then 2 s more, send
-    SIGTERM; its exit code and whole output."""
-    import signal
-    import subprocess
-    import time
-
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen, deadline = [], time.time() + 300
-    for line in proc.stdout:
-        seen.append(line)
-        if marker in line or time.time() > deadline:
-            break
-    time.sleep(2)
-    proc.send_signal(signal.SIGTERM)
-    out = "".join(seen) + proc.communicate(timeout=120)[0]
-    return proc.returncode, out

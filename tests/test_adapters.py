@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import torch
+from helpers.models import CFGS, MATRIX, base_model, inputs, one_step
 from monai.networks.nets import UNETR, SwinUNETR
 from peft.tuners.tuners_utils import BaseTunerLayer
-from test_methods import CFGS, MATRIX, _base, _inputs, _one_step
 
 from pemma.config import resolve
 from pemma.methods import METHODS, build_method
@@ -19,7 +19,7 @@ from pemma.models.portable import PortableStateError, load_trained, read_metadat
 def _outputs(model, method, roi):
     model.eval()
     with torch.no_grad():
-        return {s: model(*_inputs(s, roi)) for s in method.inputs()}
+        return {s: model(*inputs(s, roi)) for s in method.inputs()}
 
 
 def _trained(name, backbone, cfg=None):
@@ -27,15 +27,15 @@ def _trained(name, backbone, cfg=None):
     cfg = cfg or CFGS[backbone]
     method = METHODS.get(name)()
     torch.manual_seed(1)
-    built = build_method(name, cfg, _base(backbone))
+    built = build_method(name, cfg, base_model(backbone))
     for subset in method.train_schedule(cfg)[0]:
-        _one_step(built.model, (subset,), cfg.model.roi)
+        one_step(built.model, (subset,), cfg.model.roi)
     return method, built
 
 
 def test_swin_split_forward_is_monai_swin_unetr():
     cfg = CFGS["swin-unetr"]
-    net = _base("swin-unetr").eval()
+    net = base_model("swin-unetr").eval()
     x = torch.rand(1, 1, *cfg.model.roi)
     with torch.no_grad():
         torch.testing.assert_close(net(x), SwinUNETR.forward(net, x), atol=0, rtol=0)
@@ -44,10 +44,10 @@ def test_swin_split_forward_is_monai_swin_unetr():
 def test_pemma_swin_starts_as_the_ct_base_on_ct():
     """The merge starts as identity on CT and the CT adapter's residual at zero: CT input = the base."""
     cfg = resolve({"profile": "ci", "backbone": "swin-unetr", "adapter": {"beta": "absent"}})
-    base = copy.deepcopy(_base("swin-unetr")).eval()
+    base = copy.deepcopy(base_model("swin-unetr")).eval()
     model = METHODS.get("pemma-lora")().create(base, cfg).model.eval()
     set_memory_format(base, cfg.model.channels_last)  # the same convolution kernels on both sides
-    ct, _ = _inputs("ct", cfg.model.roi)
+    ct, _ = inputs("ct", cfg.model.roi)
     with torch.no_grad():
         torch.testing.assert_close(model(ct, None), base(ct), atol=1e-6, rtol=1e-6)
 
@@ -59,21 +59,23 @@ def test_swin_adapter_layer_ablation_fills_the_missing_modality_with_zeros():
     cfg = resolve(
         {"profile": "ci", "backbone": "swin-unetr", "adapter": {"beta": "absent", "swin_single": "zeros"}}
     )
-    base = copy.deepcopy(_base("swin-unetr")).eval()
+    base = copy.deepcopy(base_model("swin-unetr")).eval()
     built = METHODS.get("pemma-lora")().create(base, cfg)
     assert not any(".ct." in n or ".pet." in n for n in built.trained if n.startswith("fusion."))
-    with_adapters = METHODS.get("pemma-lora")().create(copy.deepcopy(_base("swin-unetr")), CFGS["swin-unetr"])
+    with_adapters = METHODS.get("pemma-lora")().create(
+        copy.deepcopy(base_model("swin-unetr")), CFGS["swin-unetr"]
+    )
     assert any(n.startswith("fusion.pet.") for n in with_adapters.trained)
     model = built.model.eval()
     set_memory_format(base, cfg.model.channels_last)
-    ct, pet = _inputs("ctpet", cfg.model.roi)
+    ct, pet = inputs("ctpet", cfg.model.roi)
     with torch.no_grad():
         torch.testing.assert_close(model(ct, None), base(ct), atol=1e-6, rtol=1e-6)
         model.fusion.merge.weight.normal_()  # a merge that reads PET, as after training
         tokens = torch.rand(1, model.fusion.merge.in_channels // 2, 2, 2, 2)
         expected = model.fusion.merge(torch.cat([torch.zeros_like(tokens), tokens], dim=1))
         torch.testing.assert_close(model.fusion(None, tokens), expected, atol=0, rtol=0)
-    _one_step(model.train(), ("pet",), cfg.model.roi)  # PET-only batches train the merge and PET path
+    one_step(model.train(), ("pet",), cfg.model.roi)  # PET-only batches train the merge and PET path
 
 
 @pytest.mark.parametrize("backbone", BACKBONES.names())
@@ -104,7 +106,7 @@ def test_saved_trained_state_loads_onto_a_fresh_base_with_identical_outputs(name
     assert read_metadata(path)["method"] == name
 
     torch.manual_seed(99)  # whatever the fresh model's random init, the file must restore the result
-    fresh = build_method(name, cfg, _base(backbone))
+    fresh = build_method(name, cfg, base_model(backbone))
     load_trained(fresh.model, fresh.trained, path)
     got = _outputs(fresh.model, method, cfg.model.roi)
     for subset in expected:
@@ -123,11 +125,11 @@ def test_a_trained_state_is_refused_by_another_base_or_method(tmp_path):
     with pytest.raises(PortableStateError, match="different frozen weights"):
         load_trained(fresh.model, fresh.trained, path)
 
-    dora = METHODS.get("pemma-dora")().create(_base("unetr"), cfg)
+    dora = METHODS.get("pemma-dora")().create(base_model("unetr"), cfg)
     with pytest.raises(PortableStateError, match="trainable set"):
         load_trained(dora.model, dora.trained, path)
 
-    rank4 = method.create(_base("unetr"), resolve({"profile": "ci", "adapter": {"rank": 4}}))
+    rank4 = method.create(base_model("unetr"), resolve({"profile": "ci", "adapter": {"rank": 4}}))
     with pytest.raises(PortableStateError, match="shapes differ"):
         load_trained(rank4.model, rank4.trained, path)
 
@@ -139,7 +141,7 @@ def test_a_trained_state_is_refused_by_another_base_or_method(tmp_path):
     data[-64:] = bytes(b ^ 0xFF for b in data[-64:])
     path.write_bytes(bytes(data))
     with pytest.raises(PortableStateError, match="lora.safetensors: its contents differ"):
-        load_trained(method.create(_base("unetr"), cfg).model, built.trained, path)
+        load_trained(method.create(base_model("unetr"), cfg).model, built.trained, path)
 
 
 MERGEABLE = [

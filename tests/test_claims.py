@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.runs import FakeRuns
 from typer.testing import CliRunner
 
 from pemma.cli import app
-from pemma.metrics.patients import write_patient_table
 from pemma.report import stats
 from pemma.report.claims import (
     CONTRADICTED,
@@ -41,14 +41,7 @@ def _intersection(method: str) -> np.ndarray:
     }[method]
 
 
-def _log(tracker, results, method, seed):
-    key = f"main__{method}__unetr__s{seed}__fixture"
-    run_id = tracker.start(
-        "main",
-        key,
-        {"method": method, "backbone": "unetr", "seed": seed},
-        {"method": method, "backbone": "unetr", "profile": "smoke"},
-    )
+def _log(runs: FakeRuns, method, seed):
     inter = _intersection(method)
     rows = [
         {
@@ -66,13 +59,8 @@ def _log(tracker, results, method, seed):
         for i, pid in enumerate(PATIENTS)
         for k, klass in enumerate(("gtvp", "gtvn"))
     ]
-    path = write_patient_table(rows, key, results / "main" / "patients" / f"{key}.csv")
-    tracker.log(
-        run_id,
-        {"params_trainable_pct_of_reference": 8.0 if method.startswith("pemma") else 100.0},
-        {"patients_file": str(path.relative_to(results))},
-    )
-    tracker.finish(run_id)
+    metrics = {"params_trainable_pct_of_reference": 8.0 if method.startswith("pemma") else 100.0}
+    runs.add("main", method, seed, metrics, patients=rows, key=f"main__{method}__unetr__s{seed}__fixture")
 
 
 @pytest.fixture(autouse=True)
@@ -87,10 +75,10 @@ def counted_share(monkeypatch):
 @pytest.fixture
 def claims_setup(tmp_path):
     results = tmp_path / "results"
-    tracker = Tracker(results)
+    runs = FakeRuns(results)
     for method in ("early-fusion", "pemma-lora", "pemma-dora", "early-fusion-lora"):
         for seed in (0, 1):
-            _log(tracker, results, method, seed)
+            _log(runs, method, seed)
     plan = tmp_path / "plan.yaml"
     plan.write_text(
         "title: fixture claims\nprofile: smoke\nseeds: [0, 1]\nbackbone: unetr\n"
@@ -98,7 +86,7 @@ def claims_setup(tmp_path):
         "  - {suite: continual, methods: [pemma-lora, early-fusion]}\n"
         "  - {suite: prognosis, methods: [ct-only, pemma-lora]}\n"
     )
-    return tracker, results, plan
+    return runs.tracker, results, plan
 
 
 def test_verdicts_follow_where_the_interval_lies():

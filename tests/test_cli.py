@@ -1,7 +1,7 @@
 """End to end through the CLI at the ci profile: MLflow runs, skip on rerun, FAILED units, errors."""
 
 import pytest
-from conftest import ci_args, ci_run
+from helpers.cli import ci_args, ci_run
 from typer.testing import CliRunner
 
 from pemma.cli import app

@@ -4,6 +4,7 @@ import re
 
 import pytest
 import torch
+from helpers.models import CFG, CFGS, MATRIX, Batches, base_model, inputs, one_step
 
 from pemma.config import TrainConfig, resolve
 from pemma.methods import METHODS, build_method
@@ -11,71 +12,15 @@ from pemma.modalities import SUBSETS, UnsupportedModalityError
 from pemma.models.backbones import BACKBONES
 from pemma.training.loop import train
 
-CFGS = {name: resolve({"profile": "ci", "backbone": name}) for name in BACKBONES.names()}
-CFG = CFGS["unetr"]
-ROI = CFG.model.roi
-_BASES: dict[str, torch.nn.Module] = {}
-
-
-def _base(backbone: str) -> torch.nn.Module:
-    """One random CT base per backbone, shared by the tests (methods copy it; tests must not modify it)."""
-    if backbone not in _BASES:
-        torch.manual_seed(0)
-        _BASES[backbone] = BACKBONES.get(backbone).build(CFGS[backbone].model, 1)
-    return _BASES[backbone]
-
 
 @pytest.fixture(scope="module")
 def base():
-    return _base("unetr")
-
-
-def _inputs(subset, roi=ROI):
-    g = torch.Generator().manual_seed(1)
-    ct = torch.rand(1, 1, *roi, generator=g) if subset in ("ctpet", "ct") else None
-    pet = torch.randn(1, 1, *roi, generator=g) if subset in ("ctpet", "pet") else None
-    return ct, pet
-
-
-class _Batches(torch.utils.data.Dataset):
-    def __init__(self, roi=ROI):
-        self.roi = roi
-
-    def __len__(self):
-        return 2
-
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(i)
-        label = torch.zeros(1, *self.roi, dtype=torch.uint8)
-        label[0, 8:16, 8:16, 8:16] = 1
-        label[0, 20:24, 20:24, 20:24] = 2
-        return {
-            "ct": torch.rand(1, *self.roi, generator=g),
-            "pet": label.float() * 3 + torch.rand(1, *self.roi, generator=g),
-            "label": label,
-        }
-
-
-MATRIX = [(m, b) for b in BACKBONES.names() for m in METHODS.names()]
-
-
-def _one_step(model, subsets, roi=ROI):
-    budget = TrainConfig(steps=1, batch_size=1, lr=1e-2, weight_decay=0.0, warmup_steps=0)
-    probabilities = tuple(1 / len(subsets) for _ in subsets)
-    train(
-        model,
-        _Batches(roi),
-        budget,
-        subsets=subsets,
-        probabilities=probabilities,
-        seed=0,
-        device=torch.device("cpu"),
-    )
+    return base_model("unetr")
 
 
 @pytest.mark.parametrize(("name", "backbone"), MATRIX)
 def test_method_trains_exactly_its_declared_set(name, backbone):
-    cfg, base = CFGS[backbone], _base(backbone)
+    cfg, base = CFGS[backbone], base_model(backbone)
     method = METHODS.get(name)()
     built = build_method(name, cfg, base)
     model = built.model
@@ -90,7 +35,7 @@ def test_method_trains_exactly_its_declared_set(name, backbone):
     for subset in subsets:
         for p in model.parameters():
             p.grad = None
-        _one_step(model, (subset,), cfg.model.roi)
+        one_step(model, (subset,), cfg.model.roi)
         got_grad = {n for n, p in model.named_parameters() if p.grad is not None}
         assert got_grad <= declared, f"{name}: gradients reached undeclared {sorted(got_grad - declared)[:5]}"
         reached |= got_grad
@@ -128,7 +73,7 @@ def test_pemma_dora_uses_weight_decomposition(base):
 def test_pemma_with_frozen_adapters_is_the_base_on_ct_when_pet_pathway_is_absent(base):
     cfg = resolve({"profile": "ci", "adapter": {"beta": "absent", "dropout": 0.0}})
     built = METHODS.get("pemma-lora")().create(base, cfg).model.eval()
-    ct, _ = _inputs("ct")
+    ct, _ = inputs("ct")
     with torch.no_grad():
         # LoRA B starts at zero and no PET skip exists: CT-only output equals the base's.
         torch.testing.assert_close(built(ct, None), base.eval()(ct), atol=1e-5, rtol=1e-5)
@@ -136,11 +81,11 @@ def test_pemma_with_frozen_adapters_is_the_base_on_ct_when_pet_pathway_is_absent
 
 @pytest.mark.parametrize(("name", "backbone"), MATRIX)
 def test_method_accepts_its_inputs_and_refuses_others(name, backbone):
-    cfg, base = CFGS[backbone], _base(backbone)
+    cfg, base = CFGS[backbone], base_model(backbone)
     method = METHODS.get(name)()
     model = build_method(name, cfg, base).model.eval()
     for subset in SUBSETS:
-        ct, pet = _inputs(subset, cfg.model.roi)
+        ct, pet = inputs(subset, cfg.model.roi)
         if subset in method.inputs():
             with torch.no_grad():
                 out = model(ct, pet)
@@ -170,10 +115,10 @@ def test_pemma_continual_stage_updates_only_the_adapters(base):
 
     method = METHODS.get("pemma-lora")()
     model = method.create(base, CFG).model
-    _one_step(model, ("ctpet",))  # adaptation: make LoRA B non-zero so every adapter weight moves next
+    one_step(model, ("ctpet",))  # adaptation: make LoRA B non-zero so every adapter weight moves next
     set_trainable(model, method.continual_patterns(CFG))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    _one_step(model, (method.stage_subset("ct"),))
+    one_step(model, (method.stage_subset("ct"),))
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(".lora_" in n for n in changed), sorted(changed)[:5]
     assert method.stage_subset("ct") == "ct" and METHODS.get("ct-only").stage_subset("ctpet") == "ct"
@@ -201,7 +146,7 @@ def test_modality_curriculum_starts_with_both_modalities():
     budget = TrainConfig(steps=30, batch_size=1, lr=1e-3, warmup_steps=0, modality_warmup_steps=10)
     train(
         model,
-        _Batches(),
+        Batches(),
         budget,
         subsets=SUBSETS,
         probabilities=(0.2, 0.4, 0.4),
@@ -216,7 +161,7 @@ def test_modality_curriculum_starts_with_both_modalities():
 @pytest.mark.parametrize(("targets", "per_block"), [("qkv", 1), ("qv", 2), ("attn", 2), ("attn-mlp", 4)])
 def test_adapter_target_sets_adapt_exactly_their_encoder_layers(backbone, targets, per_block):
     cfg = resolve({"profile": "ci", "backbone": backbone, "adapter": {"targets": targets}})
-    built = METHODS.get("pemma-lora")().create(_base(backbone), cfg)
+    built = METHODS.get("pemma-lora")().create(base_model(backbone), cfg)
     blocks = cfg.model.num_layers if backbone == "unetr" else sum(cfg.model.swin_depths)
     assert len(built.adapted_modules) == per_block * blocks
     prefix = "base." + BACKBONES.get(backbone).encoder_prefix
@@ -242,13 +187,13 @@ def test_every_method_and_backbone_feeds_a_survival_head(name, backbone):
     """The prognosis head hooks each model's bottleneck (two of them in late fusion) and trains with it."""
     from pemma.models.prognosis import PrognosisModel
 
-    cfg, base = CFGS[backbone], _base(backbone)
+    cfg, base = CFGS[backbone], base_model(backbone)
     method = METHODS.get(name)()
     built = build_method(name, cfg, base)
     spec = BACKBONES.get(backbone)
     model = PrognosisModel(built.model, spec.bottleneck, spec.bottleneck_dim(cfg.model), variables=3)
     subset = method.inputs()[0]
-    ct, pet = _inputs(subset, cfg.model.roi)
+    ct, pet = inputs(subset, cfg.model.roi)
     values, present = torch.randn(1, 3), torch.tensor([[True, False, True]])
     risk = model(ct, pet, values, present)
     assert risk.shape == (1,) and torch.isfinite(risk).all()
@@ -257,7 +202,7 @@ def test_every_method_and_backbone_feeds_a_survival_head(name, backbone):
     # Stopping the forward at the bottleneck changes no risk and no gradient (the decoder's output
     # never reached the head), on every input the method accepts.
     for subset in method.inputs():
-        ct, pet = _inputs(subset, cfg.model.roi)
+        ct, pet = inputs(subset, cfg.model.roi)
         seen = {}
         for stop in (True, False):
             model.zero_grad(set_to_none=True)
@@ -282,9 +227,9 @@ def test_pet_route_branch_leaves_the_frozen_ct_skip_encoder_out_of_pet_only_infe
         cfg = resolve(
             {"profile": "ci", "backbone": backbone, "adapter": {"pet_route": route, "dropout": 0.0}}
         )
-        model = METHODS.get("pemma-lora")().create(_base(backbone), cfg).model.eval()
-        _, pet = _inputs("pet", cfg.model.roi)
-        ct, _ = _inputs("ct", cfg.model.roi)
+        model = METHODS.get("pemma-lora")().create(base_model(backbone), cfg).model.eval()
+        _, pet = inputs("pet", cfg.model.roi)
+        ct, _ = inputs("ct", cfg.model.roi)
         with torch.no_grad():
             before, both = model(None, pet), model(ct, pet)
             for p in model.base.encoder1.parameters():

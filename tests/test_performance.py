@@ -4,13 +4,13 @@ import copy
 
 import pytest
 import torch
+from helpers.models import CFGS, Batches, base_model, inputs
 
 from pemma.config import TrainConfig, resolve
 from pemma.methods import build_method
 from pemma.models.backbones import BACKBONES
 from pemma.models.networks import set_activation_checkpointing
 from pemma.training.loop import cast_frozen, castable_frozen, train
-from tests.test_methods import CFGS, _base, _Batches, _inputs
 
 
 def _grads_and_saved(model, cfg, recompute: bool) -> tuple[dict[str, torch.Tensor], int]:
@@ -18,7 +18,7 @@ def _grads_and_saved(model, cfg, recompute: bool) -> tuple[dict[str, torch.Tenso
     model = copy.deepcopy(model).train()
     set_activation_checkpointing(model, recompute)
     saved = []
-    ct, pet = _inputs("ctpet", cfg.model.roi)
+    ct, pet = inputs("ctpet", cfg.model.roi)
     torch.manual_seed(0)
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         loss = model(ct, pet).square().mean()
@@ -31,7 +31,7 @@ def _grads_and_saved(model, cfg, recompute: bool) -> tuple[dict[str, torch.Tenso
 @pytest.mark.parametrize("name", ["pemma-lora", "full-finetune"])
 def test_activation_checkpointing_keeps_the_gradients_and_saves_fewer_activations(name, backbone):
     cfg = CFGS[backbone]
-    model = build_method(name, cfg, _base(backbone)).model
+    model = build_method(name, cfg, base_model(backbone)).model
     assert set_activation_checkpointing(model, True) > 0
     plain, kept_plain = _grads_and_saved(model, cfg, recompute=False)
     recomputed, kept_recomputed = _grads_and_saved(model, cfg, recompute=True)
@@ -51,17 +51,17 @@ def test_channels_last_convolutions_give_the_same_outputs_and_gradients(name, ba
     cfg = CFGS[backbone]
     ncdhw = replace(cfg, model=replace(cfg.model, channels_last=False))
     torch.manual_seed(0)
-    fast = build_method(name, cfg, _base(backbone)).model  # the default: channels-last
+    fast = build_method(name, cfg, base_model(backbone)).model  # the default: channels-last
     slow = copy.deepcopy(fast)
     assert set_memory_format(slow, False) > 0 and set_memory_format(slow, False) == 0
     convs = [p for p in fast.parameters() if p.dim() == 5]
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in convs)
-    assert all(p.is_contiguous() for p in build_method(name, ncdhw, _base(backbone)).model.parameters())
+    assert all(p.is_contiguous() for p in build_method(name, ncdhw, base_model(backbone)).model.parameters())
     out = {}
     for label, model in (("fast", fast), ("slow", slow)):
         torch.manual_seed(1)
         model.train()
-        logits = model(*_inputs("ctpet", cfg.model.roi))
+        logits = model(*inputs("ctpet", cfg.model.roi))
         logits.square().mean().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         out[label] = logits.detach(), grads
@@ -82,7 +82,7 @@ def test_activation_checkpointing_is_not_part_of_a_units_identity():
 @pytest.mark.parametrize("name", ["pemma-lora", "pemma-dora"])
 def test_frozen_bf16_stores_the_frozen_base_in_bf16_while_training_and_trains_the_rest_in_fp32(name):
     cfg = CFGS["unetr"]
-    model = build_method(name, cfg, _base("unetr")).model
+    model = build_method(name, cfg, base_model("unetr")).model
     castable = {id(p) for p in castable_frozen(model)}
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) in castable}
     frozen_values = sum(p.numel() for p in model.parameters() if not p.requires_grad)
@@ -97,7 +97,7 @@ def test_frozen_bf16_stores_the_frozen_base_in_bf16_while_training_and_trains_th
     budget = TrainConfig(steps=2, batch_size=1, lr=1e-2, warmup_steps=0, frozen_bf16=True)
     stats = train(
         model,
-        _Batches(),
+        Batches(),
         budget,
         subsets=("ctpet", "pet"),
         probabilities=(0.5, 0.5),

@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from conftest import ci_args, sigterm_once
+from helpers.cli import ci_args, sigterm_once
 
 from pemma.locks import Lock
 from pemma.orchestration.runner import Runner
@@ -204,7 +204,7 @@ def test_a_cache_entry_is_hashed_once_per_process_until_it_changes(tiny_cohort, 
 def test_a_damaged_state_is_named_and_a_damaged_ct_base_is_trained_again(tiny_cohort, tmp_path, caplog):
     import pytest
     import torch
-    from conftest import ci_run
+    from helpers.cli import ci_run
 
     from pemma.files import CorruptFile, load_state, save_state
 

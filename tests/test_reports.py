@@ -10,16 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.runs import FakeRuns
 from scipy import stats as sps
 from typer.testing import CliRunner
 
 from pemma.cli import app
-from pemma.metrics.patients import write_patient_table
 from pemma.report import stats
 from pemma.report.definition import ReportError, load_report
 from pemma.report.render import generate, markdown, write
 from pemma.report.sources import Sources
-from pemma.tracking import Tracker
 
 # patient -> class -> (|P ∩ G|, |P|, |G|) of the reference (early fusion), seed 0
 REFERENCE = {
@@ -50,21 +49,7 @@ def _aggregated(counts: dict) -> float:
     return float(np.mean(per_class))
 
 
-def _log(tracker, results: Path, method: str, seed: int, profile="smoke", status="FINISHED", params=None):
-    suite = "t"
-    key = f"{suite}__{method}__unetr__s{seed}__{profile[:4]}{len(params or {})}"
-    run_id = tracker.start(
-        suite,
-        key,
-        {"method": method, "backbone": "unetr", "seed": seed, **(params or {})},
-        {
-            "method": method,
-            "backbone": "unetr",
-            "profile": profile,
-            "git_commit": "abc123",
-            "git_dirty": "false",
-        },
-    )
+def _log(runs: FakeRuns, method: str, seed: int, profile="smoke", status="FINISHED", params=None):
     counts = _counts(method, seed)
     rows = []
     for subset in ("ctpet", "pet"):
@@ -85,33 +70,26 @@ def _log(tracker, results: Path, method: str, seed: int, profile="smoke", status
                         "truth_voxels": g,
                     }
                 )
-    path = write_patient_table(rows, key, results / suite / "patients" / f"{key}.csv")
-    tracker.log(
-        run_id,
-        {
-            "dice_hecktor/ctpet/mean": _aggregated(counts),
-            "dice_hecktor/pet/mean": _aggregated(counts),
-            "params_trainable": 1000 if method == "early-fusion" else 80,
-        },
-        {"patients_file": str(path.relative_to(results))},
+    metrics = {
+        "dice_hecktor/ctpet/mean": _aggregated(counts),
+        "dice_hecktor/pet/mean": _aggregated(counts),
+        "params_trainable": 1000 if method == "early-fusion" else 80,
+    }
+    tags = {"git_commit": "abc123", "git_dirty": "false"}
+    return runs.add(
+        "t", method, seed, metrics, patients=rows, params=params, tags=tags, profile=profile, status=status
     )
-    tracker.log_artifact(run_id, path, "patients")
-    if status == "FINISHED":
-        tracker.finish(run_id)
-    else:
-        tracker.fail(run_id, RuntimeError("boom"), status)
-    return key
 
 
 @pytest.fixture
 def fixture_runs(tmp_path):
     results = tmp_path / "results"
-    tracker = Tracker(results)
+    runs = FakeRuns(results)
     for seed in (0, 1):
-        _log(tracker, results, "early-fusion", seed)
-        _log(tracker, results, "pemma-lora", seed)
-    _log(tracker, results, "late-fusion", 0, profile="ci")
-    _log(tracker, results, "full-finetune", 0, status="FAILED")
+        _log(runs, "early-fusion", seed)
+        _log(runs, "pemma-lora", seed)
+    _log(runs, "late-fusion", 0, profile="ci")
+    _log(runs, "full-finetune", 0, status="FAILED")
     definition = tmp_path / "r.yaml"
     definition.write_text(
         "title: fixture report\n"
@@ -120,7 +98,7 @@ def fixture_runs(tmp_path):
         "  - {kind: paired, title: Paired, suite: t, reference: early-fusion, subsets: [ctpet, pet]}\n"
         "  - {kind: pareto, title: Pareto, suite: t}\n"
     )
-    return tracker, results, definition
+    return runs.tracker, results, definition
 
 
 def test_bootstrap_interval_is_scipys_bca_of_the_aggregated_dice():
@@ -370,7 +348,7 @@ def test_the_suite_table_holds_every_finished_run_once_whichever_command_ran_it(
     from pemma.report.tables import write_suite_table
 
     tracker, results, _ = fixture_runs
-    again = _log(tracker, results, "pemma-lora", 0)  # a second FINISHED run of one key (two processes)
+    again = _log(FakeRuns(results), "pemma-lora", 0)  # a second FINISHED run of one key (two processes)
     out, table, left_out = write_suite_table(tracker, "t", results)
     assert sorted(table["method"]) == ["early-fusion", "pemma-lora"] and list(table["seeds"]) == [2, 2]
     assert left_out["duplicate FINISHED runs of one key (the latest kept)"] == 1, again

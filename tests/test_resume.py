@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import ci_args
+from helpers.cli import ci_args
 from monai import transforms as T
 from monai.data import Dataset
 from typer.testing import CliRunner

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ci_args, ci_run
+from helpers.cli import ci_args, ci_run
 
 from pemma.tracking import Tracker
 
@@ -286,11 +286,11 @@ def postgres():
 
 
 def test_an_optuna_study_on_postgresql_is_shared_by_two_worker_processes(tmp_path, tiny_cohort, postgres):
-    from test_search import _space
+    from helpers.search import space_file
 
     from pemma.search import Options, load_space, open_study
 
-    space = _space(tmp_path, tiny_cohort, params={"adapter.rank": [1, 2, 3, 4, 5, 6, 7, 8]})
+    space = space_file(tmp_path, tiny_cohort, params={"adapter.rank": [1, 2, 3, 4, 5, 6, 7, 8]})
     storage = f"{postgres}/optuna"
     procs = [
         subprocess.Popen(

@@ -9,7 +9,8 @@ import zlib
 import optuna
 import pytest
 import yaml
-from conftest import ci_run, sigterm_once
+from helpers.cli import ci_run, sigterm_once
+from helpers.search import SPLIT, space_file
 from typer.testing import CliRunner
 
 from pemma.cli import app
@@ -18,27 +19,6 @@ from pemma.tasks.segmentation import task as segmentation
 from pemma.tracking import Tracker
 
 pytestmark = pytest.mark.slow  # end-to-end runs and services: `pytest -m 'not slow'` skips them
-
-SPLIT = "data.split=[0.5,0.25,0.25]"  # the ci cohort's 4 adaptation patients: 2 train, 1 val, 1 test
-
-
-def _space(tmp_path, cohort, name="space", **changes):
-    doc = {
-        "description": "ci search",
-        "suite": "main",
-        "method": "pemma-lora",
-        "profile": "ci",
-        "seeds": [0],
-        "set": [SPLIT, f"data.root={cohort}"],
-        "objectives": [{"metric": "val_dice/ctpet/mean", "direction": "maximize"}],
-        "params": {"adapter.rank": {"low": 1, "high": 16, "log": True}},
-        "sampler": {"name": "tpe", "seed": 0},
-        "trials": 3,
-    }
-    doc.update(changes)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
 
 
 def _states(study) -> list[str]:
@@ -50,7 +30,7 @@ def _invoke(*args):
 
 
 def test_a_three_trial_search_completes_and_a_rerun_continues_it_to_five(tmp_path, tiny_cohort):
-    space, results = _space(tmp_path, tiny_cohort), tmp_path / "results"
+    space, results = space_file(tmp_path, tiny_cohort), tmp_path / "results"
     first = _invoke(space, "--results", results)
     assert first.exit_code == 0, first.output
     options = Options(load_space(str(space)), "space", 5, results)
@@ -98,7 +78,7 @@ def test_the_objective_comes_from_the_validation_split_never_the_test_split(
 
     marked.scores = []
     monkeypatch.setattr(segmentation, "evaluate", marked)
-    space = _space(tmp_path, tiny_cohort, trials=1)
+    space = space_file(tmp_path, tiny_cohort, trials=1)
     options = Options(load_space(str(space)), "leak", 1, tmp_path / "results")
     search(options)
     study = open_study(options)
@@ -119,7 +99,7 @@ def test_the_objective_comes_from_the_validation_split_never_the_test_split(
 
 def test_two_workers_share_a_study_and_end_with_exactly_the_trials_asked_for(tmp_path, tiny_cohort):
     space, results = (
-        _space(tmp_path, tiny_cohort, params={"adapter.rank": [1, 2, 3, 4, 5, 6, 7, 8]}),
+        space_file(tmp_path, tiny_cohort, params={"adapter.rank": [1, 2, 3, 4, 5, 6, 7, 8]}),
         tmp_path / "r",
     )
     result = _invoke(space, "--results", results, "--trials", 4, "--workers", 2)
@@ -153,7 +133,7 @@ def test_a_trial_below_the_median_is_pruned_and_a_crashing_trial_fails_while_the
 
     monkeypatch.setattr(segmentation.Segmentation, "validate", validate)
     monkeypatch.setattr(optuna.trial.Trial, "suggest_int", suggest_int)
-    space = _space(
+    space = space_file(
         tmp_path,
         tiny_cohort,
         trials=3,
@@ -183,7 +163,7 @@ def test_a_trial_below_the_median_is_pruned_and_a_crashing_trial_fails_while_the
 
 
 def test_the_exported_best_configuration_runs_as_a_suite(tmp_path, tiny_cohort):
-    space, results = _space(tmp_path, tiny_cohort, trials=2), tmp_path / "results"
+    space, results = space_file(tmp_path, tiny_cohort, trials=2), tmp_path / "results"
     best = tmp_path / "best.yaml"
     result = _invoke(space, "--results", results, "--export-best", best)
     assert result.exit_code == 0, result.output
@@ -200,7 +180,9 @@ def test_a_multi_objective_study_yields_a_pareto_set_exported_as_variants(tmp_pa
         {"metric": "val_dice/ctpet/mean", "direction": "maximize"},
         {"metric": "params_trainable", "direction": "minimize"},
     ]
-    space = _space(tmp_path, tiny_cohort, objectives=objectives, params={"adapter.rank": [1, 8]}, trials=2)
+    space = space_file(
+        tmp_path, tiny_cohort, objectives=objectives, params={"adapter.rank": [1, 8]}, trials=2
+    )
     best = tmp_path / "pareto.yaml"
     result = _invoke(space, "--results", tmp_path / "results", "--export-best", best)
     assert result.exit_code == 0, result.output
@@ -240,7 +222,7 @@ def test_a_multi_objective_study_yields_a_pareto_set_exported_as_variants(tmp_pa
 def test_bad_search_input_exits_2_naming_the_problem(tmp_path, tiny_cohort, changes, args, message):
     changes.setdefault("set", [SPLIT])
     changes["set"] = [*changes["set"], f"data.root={tiny_cohort}"]
-    space = _space(tmp_path, tiny_cohort, **changes)
+    space = space_file(tmp_path, tiny_cohort, **changes)
     result = _invoke(space, "--results", tmp_path / "results", *args)
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()), result.output
@@ -250,7 +232,7 @@ def test_sigterm_during_a_trial_leaves_nothing_running_and_a_rerun_continues(tmp
     import sys
 
     sets = [SPLIT, f"data.root={tiny_cohort}", "train.steps=100000"]
-    space, results = _space(tmp_path, tiny_cohort, set=sets, trials=1), tmp_path / "results"
+    space, results = space_file(tmp_path, tiny_cohort, set=sets, trials=1), tmp_path / "results"
     command = [
         sys.executable,
         "-c",

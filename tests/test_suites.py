@@ -1,7 +1,7 @@
 """Suites are data: every shipped file validates, expands as its grid says, and runs at the ci profile."""
 
 import pytest
-from conftest import ci_run
+from helpers.cli import ci_run
 
 from pemma.config import ConfigError
 from pemma.methods import METHODS

@@ -122,7 +122,7 @@ def test_tabular_path_matches_a_lifelines_cox_model_on_real_data(dataset):
 
 @pytest.mark.slow
 def test_prognosis_unit_logs_survival_metrics_baselines_and_a_task2_file(tiny_cohort, tmp_path):
-    from conftest import ci_run
+    from helpers.cli import ci_run
 
     from pemma.tracking import Tracker
 
