@@ -3,6 +3,7 @@ two-batch dataset, one training step."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pemma.config import TrainConfig, resolve
@@ -50,7 +51,12 @@ class Batches(torch.utils.data.Dataset):
         }
 
 
-MATRIX = [(m, b) for b in BACKBONES.names() for m in METHODS.names()]
+def on_backbone(*values, backbone: str):
+    """A parametrisation; the Swin UNETR ones are `slow` (the developer's loop keeps UNETR's)."""
+    return pytest.param(*values, marks=() if backbone == "unetr" else pytest.mark.slow)
+
+
+MATRIX = [on_backbone(m, b, backbone=b) for b in BACKBONES.names() for m in METHODS.names()]
 
 
 def one_step(model, subsets, roi=ROI):

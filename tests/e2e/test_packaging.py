@@ -12,7 +12,7 @@ from pemma.resources import SUITES
 
 pytestmark = pytest.mark.slow  # end-to-end runs and services: `pytest -m 'not slow'` skips them
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_wheel_install_lists_and_loads_every_shipped_suite(tmp_path):

@@ -86,7 +86,7 @@ def test_user_and_environment_errors_exit_2_naming_the_culprit(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("grid:\n  method: [pemma-lora\n")
     cases = [
-        (("run", "--suite", str(bad), "--results", str(tmp_path / "r")), "bad.yaml, line"),
+        (("run", "--suite", str(bad), "--results", str(tmp_path / "r")), "bad.yaml: line"),
         (("run", "--set", "train.steps=[1", "--results", str(tmp_path / "r"), "--dry-run"), "train.steps=[1"),
         (("run", "--seeds", "abc", "--results", str(tmp_path / "r")), "--seeds 'abc'"),
         (

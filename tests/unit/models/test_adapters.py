@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from helpers.models import CFGS, MATRIX, base_model, inputs, one_step
+from helpers.models import CFGS, MATRIX, base_model, inputs, on_backbone, one_step
 from monai.networks.nets import UNETR, SwinUNETR
 from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -145,7 +145,7 @@ def test_a_trained_state_is_refused_by_another_base_or_method(tmp_path):
 
 
 MERGEABLE = [
-    (name, backbone, targets)
+    on_backbone(name, backbone, targets, backbone=backbone)
     for backbone in BACKBONES.names()
     for name, targets in [
         ("pemma-lora", "qkv"),
