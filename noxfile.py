@@ -1,4 +1,5 @@
-"""nox sessions: tests (what CI runs), fast (no slow tests), lint, smoke (the few-minute CPU suite)."""
+"""nox sessions: tests (what CI runs), fast (no slow tests), lint, smoke (the few-minute CPU suite),
+docs (the site, strict)."""
 
 import nox
 
@@ -35,3 +36,9 @@ def lint(session: nox.Session) -> None:
 def smoke(session: nox.Session) -> None:
     _install(session)
     session.run("pemma-bench", "run", "--suite", "smoke", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    _install(session)
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
