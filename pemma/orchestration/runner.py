@@ -204,7 +204,7 @@ class Runner:
         phases = Phases()
         try:
             with self.tracker.system_metrics(run_id):
-                measured = self.measure(cfg, key, monitor, phases)
+                measured = self.train_and_score(cfg, key, monitor, phases)
             metrics = {**measured.metrics, "unit_seconds": time.perf_counter() - t0}
             # The rest of the unit's wall time so far: starting its run and the system metrics sampler.
             metrics.update(phases.metrics())
@@ -225,7 +225,7 @@ class Runner:
             self.tracker.fail(run_id, err)
             return UnitOutcome(key, "FAILED", time.perf_counter() - t0, error=f"{type(err).__name__}: {err}")
 
-    def measure(
+    def train_and_score(
         self, cfg: RunConfig, key: str, monitor: Monitor | None = None, phases: Phases | None = None
     ) -> Measured:
         """The one preamble every unit shares (data, CT base, the task's model, parameters), then the

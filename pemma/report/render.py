@@ -14,6 +14,7 @@ import pandas as pd
 
 from pemma.files import write_atomic
 from pemma.report.definition import Report
+from pemma.report.markdown import markdown_table
 from pemma.report.sections import KINDS, Block, build
 from pemma.report.sources import Sources
 
@@ -106,7 +107,7 @@ def markdown(rendered: Rendered) -> str:
         if block.table.empty:
             parts += [f"({_nothing(block)})", ""]
             continue
-        parts += [_md_table(block), ""]
+        parts += [markdown_table(block.table, left=TEXT_COLUMNS, best=block.best), ""]
         notes = [*([block.section.note] if block.section.note else []), *block.notes]
         parts += [" ".join(notes), ""]
         for fig in block.figures:
@@ -117,23 +118,6 @@ def markdown(rendered: Rendered) -> str:
     parts += [f"- `{k}`" for k in rendered.run_keys]
     parts += ["", "</details>", ""]
     return "\n".join(parts)
-
-
-def _md_table(block: Block) -> str:
-    table = block.table
-    text_columns = TEXT_COLUMNS
-    head = "| " + " | ".join(table.columns) + " |"
-    rule = "|" + "|".join("---" if c in text_columns else "---:" for c in table.columns) + "|"
-    body = []
-    for i, row in enumerate(table.itertuples(index=False)):
-        cells = []
-        for column, value in zip(table.columns, row, strict=True):
-            text = str(value).replace("|", "\\|")
-            if block.best is not None and bool(block.best.iloc[i][column]) and text not in ("", "—"):
-                text = f"**{text}**"
-            cells.append(text)
-        body.append("| " + " | ".join(cells) + " |")
-    return "\n".join([head, rule, *body])
 
 
 # --- LaTeX -----------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pemma.report import stats
+from pemma.report.markdown import markdown_table
 
 SIMULATIONS = 500
 BASE = {"method": np.array([0.70, 0.45]), "reference": np.array([0.72, 0.50])}  # GTVp, GTVn
@@ -115,13 +116,7 @@ GRID = [(k, n, sd) for k in (3, 5, 10) for n in (8, 20) for sd in (0.0, 0.02, 0.
 
 
 def markdown(frame: pd.DataFrame) -> str:
-    def cell(value) -> str:
-        return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-    head = "| " + " | ".join(frame.columns) + " |\n|" + "---:|" * len(frame.columns)
-    return "\n".join(
-        [head, *("| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False))]
-    )
+    return markdown_table(frame, left=(), cell=lambda v: f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
 if __name__ == "__main__":  # pragma: no cover

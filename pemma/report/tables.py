@@ -10,6 +10,7 @@ import pandas as pd
 
 from pemma.files import write_atomic
 from pemma.methods import METHODS, reference_method
+from pemma.report.markdown import markdown_table
 from pemma.tasks import TASKS, all_metrics
 
 
@@ -139,14 +140,8 @@ def _cell(values: np.ndarray, digits: int) -> str:
 def to_markdown(table: pd.DataFrame, title: str = "") -> str:
     if table.empty:
         return f"{title}\n\n(no finished runs)\n" if title else "(no finished runs)\n"
-    head = "| " + " | ".join(table.columns) + " |"
-    rule = (
-        "|"
-        + "|".join("---" if c in ("method", "backbone", "variant") else "---:" for c in table.columns)
-        + "|"
-    )
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    lines = ([f"## {title}", ""] if title else []) + [head, rule, *body]
+    lines = [f"## {title}", ""] if title else []
+    lines.append(markdown_table(table, left=("method", "backbone", "variant")))
     headers = {c.metric: c.header for c in columns()}
     notes = [task.note for _, task in TASKS.items() if task.note and _shows(task, table, headers)]
     notes += [

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pemma.report.claims.plan import Plan, units
+from pemma.report.claims.plan import ClaimsPlan, units
 from pemma.report.definition import ReportError
 from pemma.resources import RATES, read_yaml
 
@@ -65,7 +65,7 @@ def training_samples(cfg) -> int:
     return cfg.train.steps * cfg.train.batch_size + stages
 
 
-def plan_work(plan: Plan, runner) -> pd.DataFrame:
+def plan_work(plan: ClaimsPlan, runner) -> pd.DataFrame:
     """One row per unit: suite, method, seed, key, finished, its base key (or None), samples."""
     from pemma.methods import METHODS
     from pemma.tasks.segmentation.ct_base import base_key
@@ -91,7 +91,7 @@ def plan_work(plan: Plan, runner) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def estimate(plan: Plan, work: pd.DataFrame, runs: dict[str, pd.DataFrame], rates: list[Rate]):
+def estimate(plan: ClaimsPlan, work: pd.DataFrame, runs: dict[str, pd.DataFrame], rates: list[Rate]):
     """(per suite and method table, lines of totals). `runs`: each suite's tracked runs."""
     todo = work[~work["finished"]]
     rows = []
@@ -130,7 +130,7 @@ def estimate(plan: Plan, work: pd.DataFrame, runs: dict[str, pd.DataFrame], rate
     return pd.DataFrame(rows), lines
 
 
-def _measured_seconds(runs: pd.DataFrame | None, plan: Plan, method: str) -> float:
+def _measured_seconds(runs: pd.DataFrame | None, plan: ClaimsPlan, method: str) -> float:
     if runs is None or runs.empty or "metrics.unit_seconds" not in runs:
         return float("nan")
     mine = runs[

@@ -28,7 +28,7 @@ class Runs:
 
 
 @dataclass(frozen=True)
-class Plan:
+class ClaimsPlan:
     title: str
     profile: str
     seeds: tuple[int, ...]
@@ -53,7 +53,7 @@ class Plan:
 PLAN_KEYS = {"title", "profile", "seeds", "backbone", "set", "runs", "margin", "collapse", "keep", "sizes"}
 
 
-def load_plan(path: Path) -> Plan:
+def load_plan(path: Path) -> ClaimsPlan:
     path = Path(path)
     raw = read_yaml(path, "claims plan", ReportError)
     if not isinstance(raw, dict):
@@ -70,7 +70,7 @@ def load_plan(path: Path) -> Plan:
         except KeyError as err:
             raise ReportError(f"{path}: runs entry {i}: {err}") from err
         runs.append(Runs(str(entry["suite"]), methods, tuple(str(s) for s in entry.get("set") or ())))
-    plan = Plan(
+    plan = ClaimsPlan(
         title=str(raw.get("title", path.stem)),
         profile=str(raw.get("profile", "smoke")),
         seeds=tuple(int(s) for s in raw.get("seeds", (0, 1, 2))),
@@ -91,7 +91,7 @@ def load_plan(path: Path) -> Plan:
     return plan
 
 
-def select(plan: Plan, sources: Sources, suite: str) -> pd.DataFrame:
+def select(plan: ClaimsPlan, sources: Sources, suite: str) -> pd.DataFrame:
     """The suite's FINISHED runs that are units of the plan (profile, backbone, seeds, methods, overrides)."""
     entries = plan.suite_entries(suite)
     runs = sources.suite(suite).runs
@@ -121,7 +121,7 @@ def select(plan: Plan, sources: Sources, suite: str) -> pd.DataFrame:
     return runs[keep & in_entry].reset_index(drop=True)
 
 
-def units(plan: Plan, data_root: str | None = None) -> list[tuple[str, list]]:
+def units(plan: ClaimsPlan, data_root: str | None = None) -> list[tuple[str, list]]:
     """(suite, its units' configs) for every runs entry of the plan, as `run` would expand them; an
     entry that does not expand is a ConfigError naming its suite."""
     from pemma.suites import expand, load_suite

@@ -31,7 +31,8 @@ from pemma.files import write_atomic
 from pemma.methods import METHODS, reference_method
 from pemma.modalities import LABELS
 from pemma.report import stats
-from pemma.report.claims.plan import CONTRADICTED, INCONCLUSIVE, NOT_RUN, SUPPORTED, Plan, select
+from pemma.report.claims.plan import CONTRADICTED, INCONCLUSIVE, NOT_RUN, SUPPORTED, ClaimsPlan, select
+from pemma.report.markdown import markdown_table
 from pemma.report.sources import Sources
 
 
@@ -144,7 +145,7 @@ C_TEST = "t over seeds of each seed's paired Harrell's C difference, shared pati
 C_RESAMPLES = 500  # the shared-patient term of a C difference (one lifelines call per seed and draw)
 
 
-def claim_comparable(plan: Plan, sources: Sources) -> list[Verdict]:
+def claim_comparable(plan: ClaimsPlan, sources: Sources) -> list[Verdict]:
     runs = select(plan, sources, "main")
     rows = []
     statement = (
@@ -190,7 +191,7 @@ def claim_comparable(plan: Plan, sources: Sources) -> list[Verdict]:
     return rows
 
 
-def claim_no_collapse(plan: Plan, sources: Sources) -> list[Verdict]:
+def claim_no_collapse(plan: ClaimsPlan, sources: Sources) -> list[Verdict]:
     runs = select(plan, sources, "main")
     methods = [m for m in plan.suite_methods("main") if len(METHODS.get(m).inputs()) == 3]
     rows = []
@@ -238,7 +239,7 @@ def claim_no_collapse(plan: Plan, sources: Sources) -> list[Verdict]:
     return rows
 
 
-def claim_continual(plan: Plan, sources: Sources) -> list[Verdict]:
+def claim_continual(plan: ClaimsPlan, sources: Sources) -> list[Verdict]:
     runs = select(plan, sources, "continual")
     key_before, key_after = "metrics.cl/pet/R/0/MDA", "metrics.cl/pet/R/1/MDA"
     first = (
@@ -295,7 +296,7 @@ def claim_continual(plan: Plan, sources: Sources) -> list[Verdict]:
     return rows
 
 
-def claim_prognosis(plan: Plan, sources: Sources) -> list[Verdict]:
+def claim_prognosis(plan: ClaimsPlan, sources: Sources) -> list[Verdict]:
     runs = select(plan, sources, "prognosis")
     methods = [m for m in plan.suite_methods("prognosis") if m != reference_method("modalities")] or [
         "pemma-lora"
@@ -351,7 +352,7 @@ def claim_prognosis(plan: Plan, sources: Sources) -> list[Verdict]:
 
 
 def _paired_claim(statement: str, method: str, reference: str, paper: str = "") -> Callable:
-    def claim(plan: Plan, sources: Sources) -> list[Verdict]:
+    def claim(plan: ClaimsPlan, sources: Sources) -> list[Verdict]:
         runs = select(plan, sources, "main")
         interval, ref, cohort = _paired_dice(sources, "main", runs, method, reference)
         if interval is None:
@@ -370,7 +371,7 @@ def _paired_claim(statement: str, method: str, reference: str, paper: str = "") 
     return claim
 
 
-CLAIMS: tuple[Callable[[Plan, Sources], list[Verdict]], ...] = (
+CLAIMS: tuple[Callable[[ClaimsPlan, Sources], list[Verdict]], ...] = (
     claim_comparable,
     claim_no_collapse,
     claim_continual,
@@ -385,13 +386,13 @@ CLAIMS: tuple[Callable[[Plan, Sources], list[Verdict]], ...] = (
 )
 
 
-def judge(plan: Plan, sources: Sources) -> pd.DataFrame:
+def judge(plan: ClaimsPlan, sources: Sources) -> pd.DataFrame:
     """One row per claim: statement, effect, basis, verdict, test."""
     rows = [verdict for claim in CLAIMS for verdict in claim(plan, sources)]
     return pd.DataFrame([vars(r) for r in rows])
 
 
-def evaluate(plan: Plan, sources: Sources) -> pd.DataFrame:
+def verdict_table(plan: ClaimsPlan, sources: Sources) -> pd.DataFrame:
     """judge(), with each verdict's stability: the verdicts judged again with each seed left out."""
     table = judge(plan, sources)
     if len(plan.seeds) < 2:
@@ -436,17 +437,18 @@ def trainable_share(profile: str, backbone: str, overrides: tuple[str, ...] = ()
     return float(table.loc["pemma-lora", f"trainable % of {reference}"])
 
 
-def to_markdown(plan: Plan, table: pd.DataFrame) -> str:
-    head = (
-        "| claim | measured effect [95% CI] | basis | verdict | stability | test |\n|---|---|---|---|---|---|"
-    )
+def to_markdown(plan: ClaimsPlan, table: pd.DataFrame) -> str:
     stability = table["stability"] if "stability" in table else pd.Series("", index=table.index)
-    body = [
-        f"| {r.claim} | {r.effect or '—'} | {r.basis or '—'} | **{r.verdict}** | "
-        + (f"**{s}**" if s.startswith("fragile") else s or "—")
-        + f" | {r.test or '—'} |"
-        for r, s in zip(table.itertuples(index=False), stability, strict=True)
-    ]
+    shown = pd.DataFrame(
+        {
+            "claim": table["claim"],
+            "measured effect [95% CI]": table["effect"].replace("", "—"),
+            "basis": table["basis"].replace("", "—"),
+            "verdict": "**" + table["verdict"] + "**",
+            "stability": [f"**{s}**" if s.startswith("fragile") else s or "—" for s in stability],
+            "test": table["test"].replace("", "—"),
+        }
+    )
     fragile = int(stability.str.startswith("fragile").sum())
     counts = table["verdict"].value_counts()
     summary = ", ".join(f"{counts.get(v, 0)} {v}" for v in (SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN))
@@ -458,8 +460,7 @@ def to_markdown(plan: Plan, table: pd.DataFrame) -> str:
             + (f", overrides {' '.join(plan.overrides)}" if plan.overrides else "")
             + f". Verdicts: {summary}; {fragile} fragile.",
             "",
-            head,
-            *body,
+            markdown_table(shown),
             "",
             "Intervals are about the methods, not the networks one run trained: each seed's statistic on "
             "its own test split, a t interval over seeds (its spread holds training and patient sampling), "
@@ -474,7 +475,7 @@ def to_markdown(plan: Plan, table: pd.DataFrame) -> str:
     )
 
 
-def write_claims(plan: Plan, table: pd.DataFrame, path: Path) -> Path:
+def write_claims(plan: ClaimsPlan, table: pd.DataFrame, path: Path) -> Path:
     text = to_markdown(plan, table)
     write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return Path(path)

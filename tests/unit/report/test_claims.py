@@ -15,11 +15,11 @@ from pemma.report.claims import (
     INCONCLUSIVE,
     NOT_RUN,
     SUPPORTED,
-    Plan,
+    ClaimsPlan,
     Runs,
     decide,
-    evaluate,
     load_plan,
+    verdict_table,
 )
 from pemma.report.sources import Sources
 from pemma.tracking import Tracker
@@ -105,7 +105,7 @@ def test_verdicts_follow_where_the_interval_lies():
 
 def test_fixture_claims_get_their_known_verdicts(claims_setup):
     tracker, results, plan = claims_setup
-    table = evaluate(load_plan(plan), Sources(tracker, results)).set_index("claim")
+    table = verdict_table(load_plan(plan), Sources(tracker, results)).set_index("claim")
     verdict = {claim.split(" ")[0]: v for claim, v in table["verdict"].items()}
     assert verdict["1."] == INCONCLUSIVE, table.loc[table.index[0], "effect"]  # ±15% either way, 12 patients
     assert verdict["1b."] == SUPPORTED  # 8% of early fusion's parameters
@@ -183,7 +183,7 @@ def test_a_drop_of_every_patient_in_every_seed_is_contradicted_not_left_open(mon
     monkeypatch.setattr(
         claims, "_cohort", lambda sources, suite, runs, pairs: cohort if pairs[1][1] == "ct" else None
     )
-    plan = Plan("t", "smoke", (0, 1, 2), "unetr", (), (Runs("main", ("early-fusion",)),))
+    plan = ClaimsPlan("t", "smoke", (0, 1, 2), "unetr", (), (Runs("main", ("early-fusion",)),))
     ct = [r for r in claims.claim_no_collapse(plan, None) if "CT alone" in r.claim][0]
     assert ct.verdict == CONTRADICTED and ct.effect.startswith("drop 100% for every patient, every seed")
 
@@ -221,7 +221,7 @@ def test_the_continual_claims_read_the_r_cells_of_each_seed(monkeypatch):
         }
     )
     monkeypatch.setattr(claims, "select", lambda plan, sources, suite: runs)
-    plan = Plan("t", "smoke", (0, 1, 2), "unetr", (), ())
+    plan = ClaimsPlan("t", "smoke", (0, 1, 2), "unetr", (), ())
     kept, versus = claims.claim_continual(plan, None)
     assert kept.verdict == SUPPORTED and kept.basis.startswith("3 seeds")  # kept 83%, 90%, 91%
     assert versus.verdict == SUPPORTED  # PEMMA's PET Dice after the stage is about twice early fusion's
