@@ -1,5 +1,5 @@
-"""The segmentation training loop: every method, the CT pretraining too (prognosis keeps its own
-loop in tasks/prognosis/cox.py, not yet resumable). What differs comes in as arguments.
+"""The training loop of segmentation (every method, the CT pretraining too), and the resumable
+checkpoint both it and prognosis's Cox loop (tasks/prognosis/cox.py) save and load.
 
 Resumable: given a checkpoint path, the loop saves everything a rerun needs to continue as if it had
 never stopped (trainable weights and buffers, optimiser, step, losses, every random stream: torch,
@@ -196,26 +196,27 @@ def _from_numpy_state(s: dict[str, Any]) -> tuple:
     return (s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["gauss"], s["cached"])
 
 
-def _random_state(draw: np.random.Generator, streams: list[np.random.RandomState]) -> dict[str, Any]:
+def random_state(draw: np.random.Generator | None = None, streams=()) -> dict[str, Any]:
+    """Every random stream a training loop draws from: torch (CPU and CUDA), NumPy, Python, and the
+    loop's own `draw` generator and transform `streams`, as plain values and tensors."""
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": _numpy_state(np.random.get_state()),
         "python": random.getstate(),
-        "draw": draw.bit_generator.state,
+        "draw": draw.bit_generator.state if draw is not None else None,
         "transforms": [_numpy_state(r.get_state()) for r in streams],
     }
 
 
-def _restore_random_state(
-    state: dict[str, Any], draw: np.random.Generator, streams: list[np.random.RandomState]
-) -> None:
+def restore_random_state(state: dict[str, Any], draw: np.random.Generator | None = None, streams=()) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     np.random.set_state(_from_numpy_state(state["numpy"]))
     random.setstate(state["python"])
-    draw.bit_generator.state = state["draw"]
+    if draw is not None:
+        draw.bit_generator.state = state["draw"]
     for stream, saved in zip(streams, state["transforms"], strict=True):
         stream.set_state(_from_numpy_state(saved))
 
@@ -240,6 +241,52 @@ def _load_trained_state(model: torch.nn.Module, state: dict[str, torch.Tensor], 
         for name, value in state.items():
             target = buffers[name.removeprefix("buffer:")] if name.startswith("buffer:") else params[name]
             target.copy_(value)
+
+
+class Checkpoint:
+    """One training stage's resumable state at `path` (None: the stage does not resume): the trainable
+    weights and buffers, the optimiser, the step and whatever the loop adds (its random streams, its
+    data position, its losses), saved atomically with a digest. `identity` is the stage's budget: a
+    checkpoint of another budget is an error, a damaged one is warned about and the stage starts over.
+    Both loops use it: segmentation's `train` and prognosis's `fit_risk_model`."""
+
+    def __init__(
+        self, path: Path | None, identity: dict[str, Any], model: torch.nn.Module, optimiser
+    ) -> None:
+        self.path = None if path is None else Path(path)
+        self.identity, self.model, self.optimiser = identity, model, optimiser
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, its weights and optimiser already put back; None when there is none."""
+        if self.path is None or not self.path.exists():
+            return None
+        try:
+            saved = load_state(self.path)
+        except CorruptFile as err:
+            log.warning("%s; starting this training stage over", err)
+            discard(self.path)
+            return None
+        if saved.get("version") != CHECKPOINT_VERSION or saved.get("identity") != self.identity:
+            raise ValueError(
+                f"{self.path}: a checkpoint of another training budget ({saved.get('identity')}, this one "
+                f"is {self.identity}); delete it to train from the start"
+            )
+        _load_trained_state(self.model, saved["trained"], self.path)
+        self.optimiser.load_state_dict(saved["optimiser"])
+        return saved
+
+    def save(self, step: int, **extra: Any) -> None:
+        if self.path is None:
+            return
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "identity": self.identity,
+            "step": step,
+            "trained": _trained_state(self.model),
+            "optimiser": self.optimiser.state_dict(),
+            **extra,
+        }
+        save_state(state, self.path)
 
 
 def train(
@@ -278,40 +325,24 @@ def train(
     losses: list[float] = []
     timed = {"seconds": 0.0, "data_seconds": 0.0, "samples": 0, "peak_mb": 0.0}
     identity = {"steps": steps, "batch_size": batch_size, "subsets": list(subsets), "seed": seed}
+    stage = Checkpoint(checkpoint, identity, model, optimiser)
     start = 0
-    if checkpoint is not None and Path(checkpoint).exists():
-        try:
-            saved = load_state(Path(checkpoint))
-        except CorruptFile as err:
-            log.warning("%s; starting this training stage over", err)
-            discard(Path(checkpoint))
-    if checkpoint is not None and Path(checkpoint).exists():
-        if saved.get("version") != CHECKPOINT_VERSION or saved.get("identity") != identity:
-            raise ValueError(
-                f"{checkpoint}: a checkpoint of another training budget ({saved.get('identity')}, this one "
-                f"is {identity}); delete it to train from the start"
-            )
-        _load_trained_state(model, saved["trained"], Path(checkpoint))
-        optimiser.load_state_dict(saved["optimiser"])
+    saved = stage.load()
+    if saved is not None:
         batches.restore(saved["batches"])
-        _restore_random_state(saved["random"], rng, streams)
+        restore_random_state(saved["random"], rng, streams)
         losses, timed, start = list(saved["losses"]), dict(saved["timed"]), saved["step"]
         log.info("%s: resuming at step %d of %d", checkpoint, start, steps)
 
     def save(step: int) -> None:
-        state = {
-            "version": CHECKPOINT_VERSION,
-            "identity": identity,
-            "step": step,
-            "trained": _trained_state(model),
-            "optimiser": optimiser.state_dict(),
-            "scaler": None,  # bf16 autocast needs no gradient scaler
-            "batches": batches.state(),
-            "random": _random_state(rng, streams),
-            "losses": losses,
-            "timed": timed,
-        }
-        save_state(state, Path(checkpoint))
+        stage.save(
+            step,
+            scaler=None,  # bf16 autocast needs no gradient scaler
+            batches=batches.state(),
+            random=random_state(rng, streams),
+            losses=losses,
+            timed=timed,
+        )
 
     every = budget.checkpoint_every
     forward = torch.compile(model) if budget.compile else model

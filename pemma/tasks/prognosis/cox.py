@@ -11,7 +11,9 @@ after preprocessing, i.e. of the per-patient z-scored PET, not an SUV.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,7 +26,7 @@ from pemma.data.hecktor import Case, Cohort
 from pemma.data.splits import Plan, split_centre
 from pemma.modalities import split_inputs
 from pemma.models.prognosis import CLINICAL_VARIABLES, SurvivalHead, TableEncoding
-from pemma.training.loop import autocast, plain
+from pemma.training.loop import Checkpoint, autocast, plain, random_state, restore_random_state
 
 KEYS = ("ct", "pet", "label")
 
@@ -126,11 +128,18 @@ def fit_risk_model(
     cfg: PrognosisConfig,
     seed: int,
     device: torch.device,
+    *,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 0,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Train `model` (its trainable parameters) with the Cox partial likelihood on minibatches.
 
     `forward(indices)` returns log-hazards for those patients. Batches are drawn without replacement
     per epoch and always hold at least one event (the partial likelihood is undefined otherwise).
+    Resumable like segmentation's loop: with `checkpoint`, it continues from the saved step (weights,
+    optimiser, the batch draw and every random stream) and saves every `checkpoint_every` steps and
+    at the end, so a stopped unit ends with the same losses and weights as an uninterrupted one.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -138,9 +147,21 @@ def fit_risk_model(
     events = torch.nonzero(event).flatten()
     if len(events) == 0:
         raise ValueError("no event among the training patients: the Cox loss is undefined")
-    losses = []
+    identity = {"task": "prognosis", "steps": cfg.steps, "batch_size": cfg.batch_size, "seed": seed, "n": n}
+    stage = Checkpoint(checkpoint, identity, model, optimiser)
+    losses: list[float] = []
+    start = 0
+    saved = stage.load()
+    if saved is not None:
+        g.set_state(saved["draw"])
+        restore_random_state(saved["random"])
+        losses, start = list(saved["losses"]), saved["step"]
+
+    def save(step: int) -> None:
+        stage.save(step, draw=g.get_state(), random=random_state(), losses=losses)
+
     model.train()
-    for _ in range(cfg.steps):
+    for step in range(start, cfg.steps):
         idx = torch.randperm(n, generator=g)[: min(cfg.batch_size, n)]
         if not event[idx].any():
             idx[0] = events[torch.randint(len(events), (1,), generator=g)]
@@ -153,6 +174,12 @@ def fit_risk_model(
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
+        if on_step:
+            on_step(step, losses[-1])
+        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < cfg.steps:
+            save(step + 1)
+    if start < cfg.steps:
+        save(cfg.steps)
     return losses
 
 

@@ -159,6 +159,8 @@ class Prognosis(Task):
                 p,
                 cfg.seed,
                 device,
+                checkpoint=unit.checkpoint("prognosis"),
+                checkpoint_every=cfg.train.checkpoint_every,
             )
         out.metrics.update(
             {

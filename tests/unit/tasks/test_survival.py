@@ -150,3 +150,48 @@ def test_prognosis_unit_logs_survival_metrics_baselines_and_a_task2_file(tiny_co
     assert len(test) == len(task2) and len(patients) == len(test) + lora["metrics.train_patients"]
     assert np.allclose(test.loc[task2["PatientID"], "risk"], task2["Prediction"])
     assert set(test["subset"]) == {"ctpet+ehr"}
+
+
+def test_the_cox_loop_resumes_to_the_same_losses_and_weights(tmp_path):
+    """Stopped after 7 of 12 steps (checkpoints every 5), then rerun: the same losses and weights as an
+    uninterrupted run, as segmentation's loop; a checkpoint of another budget is refused."""
+    import torch
+    from lifelines.datasets import load_rossi
+
+    from pemma.config import PrognosisConfig
+    from pemma.models.prognosis import SurvivalHead, TableEncoding
+    from pemma.tasks.prognosis.cox import fit_risk_model
+
+    df = load_rossi()
+    columns = ("fin", "age", "race", "wexp", "mar", "paro", "prio")
+    encoding = TableEncoding.fit(df, columns)
+    values, present = encoding.transform(df)
+    time = torch.as_tensor(df["week"].to_numpy(dtype=float), dtype=torch.float32)
+    event = torch.as_tensor(df["arrest"].to_numpy().astype(bool))
+
+    def fit(checkpoint=None, on_step=None, steps=12):
+        cfg = PrognosisConfig(steps=steps, lr=3e-3, batch_size=32)
+        torch.manual_seed(0)
+        head = SurvivalHead(None, len(columns), mix=cfg.mix)  # its dropout draws from torch's stream
+        forward = lambda idx: head(None, values[idx], present[idx])  # noqa: E731
+        losses = fit_risk_model(
+            head, forward, len(df), time, event, cfg, 0, torch.device("cpu"),
+            checkpoint=checkpoint, checkpoint_every=5, on_step=on_step,
+        )  # fmt: skip
+        return losses, {n: p.detach().clone() for n, p in head.state_dict().items()}
+
+    whole, weights = fit()
+
+    def stop(step, loss):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    path = tmp_path / "prognosis.pt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(path, stop)
+    assert path.exists(), "a checkpoint was saved at step 5"
+    resumed, resumed_weights = fit(path)
+    assert resumed == whole
+    assert all(torch.equal(weights[n], resumed_weights[n]) for n in weights)
+    with pytest.raises(ValueError, match="another training budget"):
+        fit(path, steps=13)
