@@ -83,7 +83,7 @@ def bench_throughput(
     methods: Annotated[list[str] | None, typer.Option("--methods", help="Methods (default: all).")] = None,
     backbone: Annotated[str, typer.Option("--backbones", "--backbone", help="Backbone (one).")] = "unetr",
     steps: Annotated[int, typer.Option(help="Timed training steps per method (after warm-up).")] = 10,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value.")] = None,
+    set_: SetOpt = None,
     out: Annotated[Path | None, typer.Option(help="Also write the table as CSV here.")] = None,
     reference: Annotated[
         str | None,
@@ -99,18 +99,16 @@ def bench_throughput(
 ) -> None:
     """Train-step throughput, peak memory and inference speed of each method, on random data."""
     from pemma.bench.measures import throughput
-    from pemma.config import ConfigError, parse_override, resolve
+    from pemma.config import ConfigError
     from pemma.methods import METHODS
-    from pemma.models.backbones import BACKBONES
     from pemma.orchestration.runner import default_device
     from pemma.registry import RegistryError
 
     if reference not in (None, "public"):
         raise _fail(f"--reference: expected public, got {reference!r}")
     try:
-        backbone = BACKBONES.canonical(backbone)
-        cfg = resolve({"profile": profile, "backbone": backbone}, *(parse_override(s) for s in set_ or []))
-        BACKBONES.get(backbone).check(cfg.model)
+        cfg = _bench_config(profile, backbone, set_)
+        backbone = cfg.backbone
         names = [METHODS.canonical(m) for m in _split(methods) or METHODS.names()]
     except (ConfigError, RegistryError) as err:
         raise _fail(str(err)) from err
@@ -156,7 +154,7 @@ def bench_overhead(
     from pemma.orchestration.runner import default_device
     from pemma.tasks.segmentation.task import KEYS
 
-    cfg = _bench_config(profile, method, backbone, set_)
+    cfg = _bench_config(profile, backbone, set_, method)
     cfg, loaded = _bench_data(cfg, results, data)
     crops = loaded.data.crops(loaded.plan.adapt["train"], KEYS, cfg.model.roi, seed=cfg.seed)
     for i in range(len(crops)):  # the harness reads its cache warm, as every unit after the first does
@@ -191,7 +189,7 @@ def bench_memory(
     from pemma.methods import reference_method
     from pemma.orchestration.runner import default_device
 
-    cfg = _bench_config(profile, "pemma-lora", backbone, set_)
+    cfg = _bench_config(profile, backbone, set_, "pemma-lora")
     chosen = _split(options) or list(MEMORY_OPTIONS)
     unknown = [o for o in chosen if o not in MEMORY_OPTIONS]
     if unknown:
@@ -221,7 +219,7 @@ def bench_layout(
     from pemma.methods import reference_method
     from pemma.orchestration.runner import default_device
 
-    cfg = _bench_config(profile, "pemma-lora", backbone, set_)
+    cfg = _bench_config(profile, backbone, set_, "pemma-lora")
     # the parameters reference (early fusion) and the memory reference (full fine-tuning) train
     # their convolutions; PEMMA-LoRA freezes most of them
     default = [reference_method("parameters"), "pemma-lora", reference_method("memory")]
@@ -245,7 +243,7 @@ def bench_compile(
     from pemma.bench.performance import compile_speed
     from pemma.orchestration.runner import default_device
 
-    cfg = _bench_config(profile, method, backbone, set_)
+    cfg = _bench_config(profile, backbone, set_, method)
     device = default_device()
     table = compile_speed(cfg, device, steps)
     _print_frame(table, f"torch.compile vs eager: profile {profile}, {device}", digits=",.3g")
@@ -263,7 +261,11 @@ def _bench_methods(methods: list[str] | None, default: list[str]) -> list[str]:
         raise _fail(str(err)) from err
 
 
-def _bench_config(profile: str, method: str, backbone: str, set_: list[str] | None):
+def _bench_config(
+    profile: str, backbone: str, set_: list[str] | None, method: str | None = None, check: bool = True
+):
+    """The config a benchmark builds its models from: profile, backbone (aliases allowed), the
+    --set overrides and, where it matters, the method; bad values end the command (exit 2)."""
     from pemma.config import ConfigError, parse_override, resolve
     from pemma.methods import METHODS
     from pemma.models.backbones import BACKBONES
@@ -271,11 +273,12 @@ def _bench_config(profile: str, method: str, backbone: str, set_: list[str] | No
 
     try:
         backbone = BACKBONES.canonical(backbone)
-        cfg = resolve(
-            {"profile": profile, "backbone": backbone, "method": METHODS.canonical(method)},
-            *(parse_override(s) for s in set_ or []),
-        )
-        BACKBONES.get(backbone).check(cfg.model)
+        head = {"profile": profile, "backbone": backbone}
+        if method is not None:
+            head["method"] = METHODS.canonical(method)
+        cfg = resolve(head, *(parse_override(s) for s in set_ or []))
+        if check:
+            BACKBONES.get(backbone).check(cfg.model)
     except (ConfigError, RegistryError) as err:
         raise _fail(str(err)) from err
     return cfg
@@ -288,13 +291,13 @@ def bench_merge(
     methods: Annotated[
         list[str] | None, typer.Option("--methods", help="Methods (default: those with adapters).")
     ] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value.")] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Inference speed with LoRA / DoRA unmerged vs merged into the base, and their output difference."""
     import pandas as pd
 
     from pemma.bench.measures import merged_inference
-    from pemma.config import ConfigError, parse_override, resolve
+    from pemma.config import ConfigError
     from pemma.methods import METHODS
     from pemma.models.backbones import BACKBONES
     from pemma.orchestration.runner import default_device
@@ -307,11 +310,7 @@ def bench_merge(
         ]
         tables = []
         for backbone in [BACKBONES.canonical(b) for b in _split(backbones) or BACKBONES.names()]:
-            cfg = resolve(
-                {"profile": profile, "backbone": backbone}, *(parse_override(s) for s in set_ or [])
-            )
-            BACKBONES.get(backbone).check(cfg.model)
-            tables.append(merged_inference(cfg, names, device))
+            tables.append(merged_inference(_bench_config(profile, backbone, set_), names, device))
     except (ConfigError, RegistryError) as err:
         raise _fail(str(err)) from err
     _print_frame(
@@ -335,7 +334,7 @@ def bench_data(
     from pemma.bench.measures import data_cache
     from pemma.orchestration.runner import default_device
 
-    cfg = _bench_config(profile, method, backbone, set_)
+    cfg = _bench_config(profile, backbone, set_, method)
     cfg, loaded = _bench_data(cfg, results, data)
     device = default_device()
     results.mkdir(parents=True, exist_ok=True)
@@ -352,13 +351,13 @@ def params(
     profile: Annotated[str, typer.Option(help="ci | smoke | paper (model size).")] = "paper",
     backbones: Annotated[list[str] | None, typer.Option(help="Backbones (default: all).")] = None,
     methods: Annotated[list[str] | None, typer.Option("--methods", help="Methods (default: all).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value.")] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Parameter accounting for every method and backbone, without training."""
     import pandas as pd
 
     from pemma.bench.measures import parameter_table
-    from pemma.config import ConfigError, parse_override, resolve
+    from pemma.config import ConfigError
     from pemma.methods import METHODS
     from pemma.models.backbones import BACKBONES
     from pemma.registry import RegistryError
@@ -367,10 +366,7 @@ def params(
         names = [METHODS.canonical(m) for m in _split(methods) or METHODS.names()]
         tables = []
         for backbone in [BACKBONES.canonical(b) for b in _split(backbones) or BACKBONES.names()]:
-            cfg = resolve(
-                {"profile": profile, "backbone": backbone}, *(parse_override(s) for s in set_ or [])
-            )
-            tables.append(parameter_table(cfg, names))
+            tables.append(parameter_table(_bench_config(profile, backbone, set_, check=False), names))
     except (ConfigError, RegistryError) as err:
         raise _fail(str(err)) from err
     _print_frame(pd.concat(tables, ignore_index=True), f"parameters: profile {profile}")

@@ -3,7 +3,9 @@ line and exit 2 (_fail), an unexpected one a line and exit 1 (the traceback with
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -93,7 +95,7 @@ AddressOpt = Annotated[
 ]
 
 
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Config override key=value.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")]
 
 
 DataOpt = Annotated[Path | None, typer.Option(help="HECKTOR-layout cohort; default: built-in synthetic.")]
@@ -178,3 +180,26 @@ def _print_frame(table, title: str, digits: str = ",.2f") -> None:
 def main() -> None:  # pragma: no cover
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     app()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, Slurm, Kubernetes), handled like Ctrl-C: the running unit ends KILLED."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def stoppable(what: str):
+    """SIGTERM handled like Ctrl-C inside the block; either ends the command with a line saying what
+    became of the running work (`what`) and exit 143 (SIGTERM) or 130 (Ctrl-C)."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        name = "SIGTERM" if isinstance(err, Terminated) else "interrupt"
+        console.print(f"[red]stopped by {name}[/]: {what}")
+        raise typer.Exit(code=143 if isinstance(err, Terminated) else 130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)

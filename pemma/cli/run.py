@@ -4,7 +4,6 @@ progress and where the time went."""
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +17,7 @@ from pemma.cli.common import (
     AddressOpt,
     ExecutorOpt,
     ResultsOpt,
+    SetOpt,
     WorkersOpt,
     _fail,
     _seeds,
@@ -27,6 +27,7 @@ from pemma.cli.common import (
     _wide,
     app,
     console,
+    stoppable,
 )
 
 
@@ -116,9 +117,7 @@ def run(
         list[str] | None, typer.Option("--methods", help="Methods, e.g. pemma-lora,early-fusion.")
     ] = None,
     backbones: Annotated[list[str] | None, typer.Option(help="Backbones, e.g. unetr.")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")
-    ] = None,
+    set_: SetOpt = None,
     results: ResultsOpt = Path("results"),
     data: Annotated[
         Path | None, typer.Option(help="HECKTOR-layout cohort; default: built-in synthetic.")
@@ -202,39 +201,25 @@ def run(
     _finish_run(runner, spec.name, results, units, outcomes, checked)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (timeout, Slurm, Kubernetes), handled like Ctrl-C: the running unit ends KILLED."""
-
-
-def _on_sigterm(signum, frame) -> None:
-    raise Terminated()
-
-
 def _execute(runner, units, executor: str = "local", address: str | None = None, pool=None, workers: int = 1):
     """runner.run (or `pool`'s `workers` processes, or Ray tasks) with SIGTERM handled like Ctrl-C,
     and a clear exit code for either."""
     from pemma.config import ConfigError
     from pemma.data.hecktor import CohortError
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        if executor == "ray":
-            from pemma.orchestration.executors import run_on_ray
+    with stoppable("the running unit is marked KILLED; rerun to resume it"):
+        try:
+            if executor == "ray":
+                from pemma.orchestration.executors import run_on_ray
 
-            return run_on_ray(runner, units, address)
-        if pool is not None:
-            from pemma.orchestration.executors import run_in_processes
+                return run_on_ray(runner, units, address)
+            if pool is not None:
+                from pemma.orchestration.executors import run_in_processes
 
-            return run_in_processes(runner, units, pool, workers)
-        return runner.run(units)
-    except (ConfigError, CohortError) as err:
-        raise _fail(str(err)) from err
-    except KeyboardInterrupt as err:
-        name = "SIGTERM" if isinstance(err, Terminated) else "interrupt"
-        console.print(f"[red]stopped by {name}[/]: the running unit is marked KILLED; rerun to resume it")
-        raise typer.Exit(code=143 if isinstance(err, Terminated) else 130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+                return run_in_processes(runner, units, pool, workers)
+            return runner.run(units)
+        except (ConfigError, CohortError) as err:
+            raise _fail(str(err)) from err
 
 
 def _finish_run(runner, suite: str, results: Path, units, outcomes, checked: float | None = None) -> None:

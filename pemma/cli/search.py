@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -15,14 +14,16 @@ from pemma.cli.common import (
     AddressOpt,
     ExecutorOpt,
     ResultsOpt,
+    SetOpt,
     _fail,
     _print_frame,
     _results,
     _tracker,
     app,
     console,
+    stoppable,
 )
-from pemma.cli.run import LineReporter, Terminated, _on_sigterm
+from pemma.cli.run import LineReporter
 
 
 @app.command()
@@ -51,9 +52,7 @@ def search(
     workers: Annotated[int, typer.Option(help="Worker processes (or Ray tasks) sharing the study.")] = 1,
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Fixed config override key=value (repeatable).")
-    ] = None,
+    set_: SetOpt = None,
     profile: Annotated[str | None, typer.Option(help="Profile (default: the space's suite's).")] = None,
     results: ResultsOpt = Path("results"),
     export_best: Annotated[
@@ -107,16 +106,11 @@ def search(
         + ", ".join(f"{o.metric} ({o.direction})" for o in spec.objectives)
         + " (validation split)"
     )
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        counts = run_search(options, LineReporter(0))
-    except ConfigError as err:
-        raise _fail(str(err)) from err
-    except KeyboardInterrupt as err:
-        console.print("[red]stopped[/]: the running trial's unit is KILLED; rerun to continue the study")
-        raise typer.Exit(code=143 if isinstance(err, Terminated) else 130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with stoppable("the running trial's unit is KILLED; rerun to continue the study"):
+        try:
+            counts = run_search(options, LineReporter(0))
+        except ConfigError as err:
+            raise _fail(str(err)) from err
     _summarise_study(options, counts, export_best)
 
 

@@ -125,8 +125,9 @@ def test_cast_frozen_leaves_trainable_parameters_and_counts_what_it_cast():
 
 @pytest.mark.slow
 def test_every_unit_logs_system_metrics_over_time_and_their_summaries(tmp_path, tiny_cohort, monkeypatch):
+    from helpers.cli import ci_run
+
     from pemma.tracking import Tracker
-    from tests.conftest import ci_run
 
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     result = ci_run(tmp_path, "--methods", "pemma-lora", data=tiny_cohort)
