@@ -294,6 +294,9 @@ class EvalConfig:
     sw_batch_size: int = 4
     overlap: float = 0.25
     mode: str = "gaussian"
+    conditions: tuple[str, ...] = ()
+    """Test-time conditions scored after training besides the input subsets (`pemma-bench
+    conditions`): a name with its default magnitudes (`pet-shift`) or with its own (`pet-shift=0,4,8`)."""
 
     def __post_init__(self) -> None:
         _require(0 <= self.overlap < 1, "eval.overlap", f"must be in [0, 1), got {self.overlap}")

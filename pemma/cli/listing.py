@@ -45,6 +45,28 @@ def tasks() -> None:
 
 
 @app.command()
+def conditions() -> None:
+    """List the test-time conditions a suite can score (eval.conditions): what each changes, its
+    parameter and default magnitudes."""
+    from pemma.conditions import CONDITIONS
+    from pemma.modalities import LABELS
+
+    table = Table(title="test-time conditions")
+    for col in ("condition", "model sees", "parameter", "default magnitudes", "what"):
+        table.add_column(col)
+    for name, condition in CONDITIONS.items():
+        magnitudes = ", ".join(f"{m:g}" for m in condition.magnitudes)
+        table.add_row(
+            name,
+            LABELS[condition.subset],
+            f"{condition.parameter} ({condition.unit})" if condition.parameter else "—",
+            magnitudes or "—",
+            condition.description,
+        )
+    _wide().print(table)
+
+
+@app.command()
 def suites() -> None:
     """List the shipped suites with their size in units."""
     from pemma.config import ConfigError

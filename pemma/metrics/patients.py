@@ -16,7 +16,9 @@ import pandas as pd
 
 from pemma.files import write_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: `condition` and `magnitude` (the test-time condition a row was scored under); 1 is still read."""
+READABLE = (1, 2)
 COLUMNS = (
     "schema_version",
     "run_key",
@@ -25,6 +27,8 @@ COLUMNS = (
     "centre",
     "split",
     "subset",
+    "condition",
+    "magnitude",
     "class",
     "grid",
     "dice",
@@ -45,8 +49,11 @@ def patient_table(rows: list[dict], run_key: str) -> pd.DataFrame:
     unknown = set(table.columns) - set(COLUMNS)
     if unknown:
         raise ValueError(f"per-patient rows hold columns outside the schema: {sorted(unknown)}")
-    table = table.assign(schema_version=SCHEMA_VERSION, run_key=run_key)
-    return table.reindex(columns=list(COLUMNS))
+    table = table.assign(schema_version=SCHEMA_VERSION, run_key=run_key).reindex(columns=list(COLUMNS))
+    table["condition"] = table["condition"].astype(object)
+    plain = (table["kind"] == "segmentation") & table["condition"].isna()
+    table.loc[plain, "condition"] = table.loc[plain, "subset"]  # no condition: the plain input subset
+    return table
 
 
 def write_patient_table(rows: list[dict], run_key: str, path: Path) -> Path:
@@ -58,8 +65,12 @@ def write_patient_table(rows: list[dict], run_key: str, path: Path) -> Path:
 def read_patient_table(path: Path) -> pd.DataFrame:
     table = pd.read_csv(path, dtype={"patient_id": str, "centre": str})
     versions = set(table["schema_version"].unique())
-    if versions != {SCHEMA_VERSION}:
+    if not versions <= set(READABLE):
         raise ValueError(
-            f"{path}: per-patient table of schema version(s) {versions}, expected {SCHEMA_VERSION}"
+            f"{path}: per-patient table of schema version(s) {versions}, expected one of {READABLE}"
         )
+    if "condition" not in table:  # version 1: segmentation rows are the plain input subsets
+        segmentation = table["kind"] == "segmentation"
+        table.insert(table.columns.get_loc("subset") + 1, "condition", table["subset"].where(segmentation))
+        table.insert(table.columns.get_loc("condition") + 1, "magnitude", float("nan"))
     return table

@@ -17,7 +17,7 @@ LAYERS = [
     {"tasks"},
     {"methods"},
     {"training"},
-    {"models"},
+    {"models", "conditions"},
     {"data", "metrics", "tracking"},
     {"config", "files", "locks", "registry", "modalities", "plans", "profiles"},  # plans, profiles: YAML
     {"resources"},

@@ -106,7 +106,7 @@ def _cohort(sources: Sources, suite: str, runs: pd.DataFrame, pairs: list[tuple[
     ]
     chosen = {}
     for method, subset in pairs:
-        chosen[(method, subset)] = rows[(rows["method"] == method) & (rows["subset"] == subset)]
+        chosen[(method, subset)] = rows[(rows["method"] == method) & (rows["condition"] == subset)]
         if chosen[(method, subset)].empty:
             return None
     common = sorted(set.intersection(*(set(r["patient_id"]) for r in chosen.values())))

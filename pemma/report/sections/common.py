@@ -89,7 +89,7 @@ def segmentation_rows(sources: Sources, suite: str, keys, subset: str) -> pd.Dat
     rows = patients[
         (patients["kind"] == "segmentation")
         & (patients["grid"] == "original")
-        & (patients["subset"] == subset)
+        & (patients["condition"] == subset)
         & patients["run_key"].isin(set(keys))
     ]
     return rows

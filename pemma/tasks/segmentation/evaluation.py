@@ -1,4 +1,5 @@
-"""Evaluation by MONAI sliding-window inference on every input subset a model accepts."""
+"""Evaluation by MONAI sliding-window inference on every input subset a model accepts, and under
+every test-time condition a suite names (pemma/conditions)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from monai.data import Dataset
 from monai.inferers import sliding_window_inference
 
+from pemma.conditions import CONDITIONS, Applied
 from pemma.config import EvalConfig
 from pemma.data.transforms import (
     ORIGINAL_CT,
@@ -45,22 +47,36 @@ def evaluate(
     device: torch.device,
     amp: bool = True,
     original_grid: bool = False,
+    conditions: list[Applied] | tuple[Applied, ...] = (),
+    seed: int = 0,
 ) -> dict[str, SubsetResult]:
-    """Sliding-window inference on every subset; Dice on the working grid and, with `original_grid`,
-    on each patient's original CT grid (probabilities resampled back, then argmax; the volumes must
-    carry their original files, as CohortData's do)."""
+    """Sliding-window inference on every subset, then under every test-time condition whose input
+    subset the model accepts (each patient's inputs changed as the condition says, deterministically
+    in `seed`); Dice on the working grid and, with `original_grid`, on each patient's original CT
+    grid (probabilities resampled back, then argmax; the volumes must carry their original files, as
+    CohortData's do). Results are keyed by subset, or by condition key (e.g. `pet-shift-8mm`)."""
     model.to(device).eval()
-    accumulators = {s: DiceAccumulator() for s in subsets}
-    originals = {s: DiceAccumulator() for s in subsets}
-    seconds = dict.fromkeys(subsets, 0.0)
-    rows: dict[str, list[dict]] = {s: [] for s in subsets}
+    passes = [Applied(CONDITIONS.get(s)) for s in subsets]
+    passes += [c for c in conditions if c.subset in subsets]
+    keys = [p.key for p in passes]
+    accumulators = {k: DiceAccumulator() for k in keys}
+    originals = {k: DiceAccumulator() for k in keys}
+    seconds = dict.fromkeys(keys, 0.0)
+    rows: dict[str, list[dict]] = {k: [] for k in keys}
     with torch.inference_mode(), autocast(device, amp):
         for index in range(len(volumes)):
             item = volumes[index]
             patient = item.get("patient_id", str(index))
             truth = original_label(item[ORIGINAL_LABEL], item[ORIGINAL_CT]) if original_grid else None
-            batch = {k: plain(item[k].unsqueeze(0), device) for k in ("ct", "pet") if k in item}
-            for subset in subsets:
+            clean = {k: plain(item[k].unsqueeze(0), device) for k in ("ct", "pet") if k in item}
+            for applied in passes:
+                subset, key = applied.subset, applied.key
+                changed = applied.apply(item, patient, seed)
+                batch = (
+                    clean
+                    if changed is item
+                    else {k: plain(changed[k].unsqueeze(0), device) for k in ("ct", "pet") if k in changed}
+                )
                 ct, pet = split_inputs(batch, subset)
 
                 def predictor(x: torch.Tensor, subset: str = subset) -> torch.Tensor:
@@ -80,34 +96,37 @@ def evaluate(
                 prediction = logits.argmax(dim=1)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                seconds[subset] += time.perf_counter() - t0
-                accumulators[subset].add(prediction.cpu(), item["label"])
-                rows[subset] += _patient_rows(accumulators[subset], patient, "working")
+                seconds[key] += time.perf_counter() - t0
+                accumulators[key].add(prediction.cpu(), item["label"])
+                rows[key] += _patient_rows(accumulators[key], patient, "working", applied)
                 if original_grid:
                     back = to_original_grid(
                         torch.softmax(logits[0].float(), dim=0), item[WORKING_AFFINE], item[ORIGINAL_CT]
                     )
-                    originals[subset].add(back, truth)
-                    rows[subset] += _patient_rows(originals[subset], patient, "original")
+                    originals[key].add(back, truth)
+                    rows[key] += _patient_rows(originals[key], patient, "original", applied)
     return {
-        s: SubsetResult(
-            accumulators[s].aggregated(),
-            accumulators[s].case_mean(),
-            len(volumes) / seconds[s] if seconds[s] > 0 else float("nan"),
+        k: SubsetResult(
+            accumulators[k].aggregated(),
+            accumulators[k].case_mean(),
+            len(volumes) / seconds[k] if seconds[k] > 0 else float("nan"),
             len(volumes),
-            rows[s],
-            originals[s].aggregated() if original_grid else None,
-            originals[s].case_mean() if original_grid else None,
+            rows[k],
+            originals[k].aggregated() if original_grid else None,
+            originals[k].case_mean() if original_grid else None,
         )
-        for s in subsets
+        for k in keys
     }
 
 
-def _patient_rows(acc: DiceAccumulator, patient_id: str, grid: str) -> list[dict]:
-    """The case just added to `acc`, one row per class."""
+def _patient_rows(acc: DiceAccumulator, patient_id: str, grid: str, applied: Applied) -> list[dict]:
+    """The case just added to `acc`, one row per class, with the input subset and the condition."""
     return [
         {
             "patient_id": patient_id,
+            "subset": applied.subset,
+            "condition": applied.condition.name,
+            "magnitude": applied.magnitude,
             "grid": grid,
             "class": name,
             "dice": float(acc.per_case[-1][k]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pemma.conditions import parse as parse_conditions
 from pemma.data.centres import centre_of
 from pemma.data.splits import require_validation
 from pemma.methods import Built
@@ -97,6 +98,16 @@ class Segmentation(Task):
         Metric("val_cases", "validation cases", None, "patients in the validation split", 0, column=False),
         Metric("saved_bytes", "saved bytes", False, "size of the saved trained state", 0, column=False),
         *continual.METRICS,
+        *(
+            Metric(key, title, True, meaning, column=False)
+            for key, title, meaning in (
+                ("dice_hecktor/<condition>/<class>", "Dice under a condition", _DICE),
+                ("dice_case_hecktor/<condition>/<class>", "case Dice under a condition", _DICE),
+                ("dice_agg/<condition>/<class>", "working-grid Dice under a condition", _WORKING),
+                ("dice_case/<condition>/<class>", "working-grid case Dice under a condition", _WORKING),
+                ("infer_volumes_per_s/<condition>", "infer vol/s", "whole test volumes inferred per second"),
+            )
+        ),
     )
     note = (
         "Dice: HECKTOR aggregated Dice on the adaptation centre's test split, on each patient's "
@@ -107,6 +118,7 @@ class Segmentation(Task):
 
     def run(self, unit: Unit, built: Built) -> Measured:
         cfg, method, loaded = unit.cfg, unit.method, unit.data
+        conditions = parse_conditions(cfg.eval.conditions)  # a bad name fails before training
         out = Measured()
         subsets, probabilities = method.train_schedule(cfg)
         out.tags["train_schedule"] = ", ".join(
@@ -175,6 +187,8 @@ class Segmentation(Task):
                 unit.device,
                 cfg.train.amp,
                 original_grid=True,
+                conditions=conditions,
+                seed=cfg.seed,
             )
         for subset, result in results.items():
             out.metrics.update({f"dice_hecktor/{subset}/{k}": v for k, v in result.original.items()})
@@ -192,11 +206,10 @@ class Segmentation(Task):
                 "kind": "segmentation",
                 "centre": centre_of(row["patient_id"]),
                 "split": "test",
-                "subset": subset,
                 "prediction_ml": row["prediction_voxels"] * voxel_ml,
                 "truth_ml": row["truth_voxels"] * voxel_ml,
             }
-            for subset, result in results.items()
+            for result in results.values()
             for row in result.patients
         ]
         with phase("save"):
