@@ -296,7 +296,9 @@ class EvalConfig:
     mode: str = "gaussian"
     conditions: tuple[str, ...] = ()
     """Test-time conditions scored after training besides the input subsets (`pemma-bench
-    conditions`): a name with its default magnitudes (`pet-shift`) or with its own (`pet-shift=0,4,8`)."""
+    conditions`): a name with its default magnitudes (`pet-shift`) or with its own (`pet-shift=0,4,8`;
+    quoted inside a bracketed list on the command line: `--set 'eval.conditions=["pet-shift=0,8"]'`).
+    Part of the run key for now: adding a condition to a finished unit trains it again."""
 
     def __post_init__(self) -> None:
         _require(0 <= self.overlap < 1, "eval.overlap", f"must be in [0, 1), got {self.overlap}")

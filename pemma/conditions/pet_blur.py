@@ -1,7 +1,7 @@
 """pet-blur: a coarser PET reconstruction: the PET convolved with a 3D Gaussian of the given FWHM (mm),
 sigma per axis from the FWHM and the working grid's spacing. The magnitude is the added kernel's FWHM;
 the result's resolution is about sqrt(native^2 + added^2) (the native FWHM of real scanners is 4-7 mm,
-of the synthetic cohort's scanners 5-8 mm)."""
+of the synthetic cohort's scanners 5-7.5 mm)."""
 
 import numpy as np
 from scipy.ndimage import gaussian_filter

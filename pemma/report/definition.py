@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from pemma.conditions import CONDITIONS
 from pemma.methods import METHODS
 from pemma.modalities import SUBSETS
 from pemma.report.sections.base import CLASS_NAMES, COMMON, KINDS, Section
@@ -117,7 +118,13 @@ def _as_list(value) -> list:
 
 
 # Option names whose values are checked wherever a kind declares them.
-CHECKED = {"subsets": SUBSETS, "subset": SUBSETS, "classes": CLASS_NAMES, "klass": CLASS_NAMES}
+CHECKED = {
+    "subsets": SUBSETS,
+    "subset": SUBSETS,
+    "classes": CLASS_NAMES,
+    "klass": CLASS_NAMES,
+    "conditions": tuple(n for n, c in CONDITIONS.items() if c.transform is not None),
+}
 
 
 def _option(key: str, value, declared_type) -> object:
@@ -129,7 +136,8 @@ def _option(key: str, value, declared_type) -> object:
     known = CHECKED.get(key)
     for v in values if known else ():
         if v not in known:
-            what = "input subset" if known is SUBSETS else "class"
+            what = {"subsets": "input subset", "subset": "input subset", "conditions": "test-time condition"}
+            what = what.get(key, "class")
             raise ValueError(f"unknown {what} {v!r}{did_you_mean(v, known)} (known: {', '.join(known)})")
     if key == "reference" and values[0]:
         values = (METHODS.canonical(values[0]),)

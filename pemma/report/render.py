@@ -68,7 +68,7 @@ def provenance(report: Report, sources: Sources, keys: list[str]) -> list[tuple[
         values = runs[present].fillna("?").astype(str).agg(" ".join, axis=1)
         return "; ".join(f"{value} ({n} runs)" for value, n in sorted(Counter(values).items()))
 
-    commits = runs.get("tags.git_commit", pd.Series(dtype=str)).fillna("?").astype(str).str[:10]
+    commits = runs.get("tags.git_commit", pd.Series("?", index=runs.index)).fillna("?").astype(str).str[:10]
     dirty = runs.get("tags.git_dirty", pd.Series("?", index=runs.index)).fillna("?").astype(str)
     code = Counter(
         f"{c} ({'dirty' if d == 'true' else 'clean' if d == 'false' else d})"

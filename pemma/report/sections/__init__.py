@@ -9,6 +9,7 @@ from pemma.report.sections import (  # noqa: F401  (each import registers its ki
     pareto,
     prognosis,
     rank,
+    robustness,
 )
 from pemma.report.sections.base import KINDS, Block, Figure, Section
 

@@ -82,21 +82,29 @@ def ci(interval: stats.Interval, digits: int = 3) -> str:
     return f" [{interval.low:.{digits}f}, {interval.high:.{digits}f}]{network}"
 
 
-def segmentation_rows(sources: Sources, suite: str, keys, subset: str) -> pd.DataFrame:
+def segmentation_rows(
+    sources: Sources, suite: str, keys, condition: str, magnitude: float | None = None
+) -> pd.DataFrame:
+    """Original-grid rows of these runs under `condition`: an input subset (`ctpet`), or a test-time
+    condition's name with its `magnitude`."""
     patients = sources.patients(suite)
     if patients.empty:
         return patients
-    rows = patients[
+    chosen = (
         (patients["kind"] == "segmentation")
         & (patients["grid"] == "original")
-        & (patients["condition"] == subset)
+        & (patients["condition"] == condition)
         & patients["run_key"].isin(set(keys))
-    ]
-    return rows
+    )
+    if magnitude is not None:
+        chosen &= np.isclose(patients["magnitude"].astype(float), magnitude)
+    return patients[chosen]
 
 
-def dice_interval(sources: Sources, suite: str, group: pd.DataFrame, subset: str, klass: str):
-    rows = segmentation_rows(sources, suite, group["tags.run_key"], subset)
+def dice_interval(
+    sources: Sources, suite: str, group: pd.DataFrame, condition: str, klass: str, magnitude=None
+):
+    rows = segmentation_rows(sources, suite, group["tags.run_key"], condition, magnitude)
     if rows.empty:
         return None, 0
     counts = stats.Counts.from_rows(rows)
