@@ -142,3 +142,12 @@ def p_text(value: float) -> str:
     if not np.isfinite(value):
         return "—"
     return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
+
+
+def interval_lines(ax, lines: dict[str, list[tuple[float, float, float, float]]]) -> None:
+    """One line per label through its (x, estimate, low, high) points, sorted by x, with the interval
+    as error bars (none where it is undefined)."""
+    for label, points in lines.items():
+        xs, ys, lo, hi = map(np.array, zip(*sorted(points), strict=True))
+        err = np.vstack([ys - np.where(np.isfinite(lo), lo, ys), np.where(np.isfinite(hi), hi, ys) - ys])
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)

@@ -15,6 +15,7 @@ from pemma.report.sections.common import (
     dice_interval,
     dice_title,
     grouped,
+    interval_lines,
     mean_std,
     row_label,
     runs_of,
@@ -70,10 +71,7 @@ def rank_block(section: Section, sources: Sources) -> Block:
     block.notes = [CI_NOTE]
     if lines:
         fig, ax = plt.subplots(figsize=(6.4, 4.0))
-        for name, points in lines.items():
-            xs, ys, lo, hi = map(np.array, zip(*points, strict=True))
-            err = np.vstack([ys - np.where(np.isfinite(lo), lo, ys), np.where(np.isfinite(hi), hi, ys) - ys])
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
+        interval_lines(ax, lines)
         ax.set_xscale("log", base=2)
         ax.set_xlabel(opts.x)
         ax.set_ylabel(dice_title(opts.subset, opts.klass))

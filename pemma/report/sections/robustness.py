@@ -19,6 +19,7 @@ from pemma.report.sections.common import (
     ci,
     dice_interval,
     grouped,
+    interval_lines,
     mean_std,
     row_label,
     runs_of,
@@ -117,10 +118,7 @@ def robustness_block(section: Section, sources: Sources) -> Block:
     fig, axes = plt.subplots(1, len(shown), figsize=(4.6 * len(shown), 3.8), squeeze=False)
     for ax, (name, lines) in zip(axes.flat, shown, strict=True):
         condition = CONDITIONS.get(name)
-        for label, points in lines.items():
-            xs, ys, lo, hi = map(np.array, zip(*sorted(points), strict=True))
-            err = np.vstack([ys - np.where(np.isfinite(lo), lo, ys), np.where(np.isfinite(hi), hi, ys) - ys])
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+        interval_lines(ax, lines)
         ax.set_xlabel(f"{condition.parameter} ({condition.unit})")
         ax.set_ylabel(f"{CLASS_TITLES[opts.klass]} {LABELS[condition.subset]}")
         ax.set_title(name, fontsize=9)
