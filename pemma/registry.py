@@ -44,6 +44,8 @@ class Registry(Generic[T]):
             return self._aliases[name]
         known = sorted([*self._entries, *self._aliases])
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        # an alias close to the typo suggests the name it stands for: only listed names are suggested
+        close = list(dict.fromkeys(self._aliases.get(c, c) for c in close))
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise RegistryError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.names())})")
 

@@ -109,7 +109,7 @@ def bench_throughput(
     try:
         cfg = _bench_config(profile, backbone, set_)
         backbone = cfg.backbone
-        names = [METHODS.canonical(m) for m in _split(methods) or METHODS.names()]
+        names = [METHODS.canonical(m) for m in _split(methods, "--methods") or METHODS.names()]
     except (ConfigError, RegistryError) as err:
         raise _fail(str(err)) from err
     device = default_device()
@@ -190,7 +190,7 @@ def bench_memory(
     from pemma.orchestration.runner import default_device
 
     cfg = _bench_config(profile, backbone, set_, "pemma-lora")
-    chosen = _split(options) or list(MEMORY_OPTIONS)
+    chosen = _split(options, "--options") or list(MEMORY_OPTIONS)
     unknown = [o for o in chosen if o not in MEMORY_OPTIONS]
     if unknown:
         raise _fail(f"--options: unknown {', '.join(unknown)}; expected {', '.join(MEMORY_OPTIONS)}")
@@ -256,7 +256,7 @@ def _bench_methods(methods: list[str] | None, default: list[str]) -> list[str]:
     from pemma.registry import RegistryError
 
     try:
-        return [METHODS.canonical(m) for m in _split(methods) or default]
+        return [METHODS.canonical(m) for m in _split(methods, "--methods") or default]
     except RegistryError as err:
         raise _fail(str(err)) from err
 
@@ -306,10 +306,13 @@ def bench_merge(
     device = default_device()
     try:
         names = [
-            METHODS.canonical(m) for m in _split(methods) or ["pemma-lora", "pemma-dora", "early-fusion-lora"]
+            METHODS.canonical(m)
+            for m in _split(methods, "--methods") or ["pemma-lora", "pemma-dora", "early-fusion-lora"]
         ]
         tables = []
-        for backbone in [BACKBONES.canonical(b) for b in _split(backbones) or BACKBONES.names()]:
+        for backbone in [
+            BACKBONES.canonical(b) for b in _split(backbones, "--backbones") or BACKBONES.names()
+        ]:
             tables.append(merged_inference(_bench_config(profile, backbone, set_), names, device))
     except (ConfigError, RegistryError) as err:
         raise _fail(str(err)) from err
@@ -363,9 +366,11 @@ def params(
     from pemma.registry import RegistryError
 
     try:
-        names = [METHODS.canonical(m) for m in _split(methods) or METHODS.names()]
+        names = [METHODS.canonical(m) for m in _split(methods, "--methods") or METHODS.names()]
         tables = []
-        for backbone in [BACKBONES.canonical(b) for b in _split(backbones) or BACKBONES.names()]:
+        for backbone in [
+            BACKBONES.canonical(b) for b in _split(backbones, "--backbones") or BACKBONES.names()
+        ]:
             tables.append(parameter_table(_bench_config(profile, backbone, set_, check=False), names))
     except (ConfigError, RegistryError) as err:
         raise _fail(str(err)) from err

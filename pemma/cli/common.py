@@ -101,10 +101,15 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Config override
 DataOpt = Annotated[Path | None, typer.Option(help="HECKTOR-layout cohort; default: built-in synthetic.")]
 
 
-def _split(values: list[str] | None) -> list[str] | None:
-    if not values:
+def _split(values: list[str] | None, option: str) -> list[str] | None:
+    """A repeatable, comma-separated option's values; None when the option was not given. Given but
+    empty (`--methods ''`, an unset shell variable) is an error, never 'all'."""
+    if values is None:
         return None
-    return [v.strip() for text in values for v in text.split(",") if v.strip()]
+    out = [v.strip() for text in values for v in text.split(",") if v.strip()]
+    if not out:
+        raise _fail(f"{option}: empty; give at least one value, or leave {option} out for the default")
+    return out
 
 
 def _wide() -> Console:
@@ -115,7 +120,7 @@ def _wide() -> Console:
 def _seeds(seeds: list[str] | None) -> list[int] | None:
     from pemma.config import ConfigError
 
-    values = _split(seeds) or []
+    values = _split(seeds, "--seeds") or []
     out: list[int] = []
     try:
         for value in values:

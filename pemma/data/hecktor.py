@@ -165,6 +165,15 @@ def _read_table(path: Path, required: tuple[str, ...]) -> pd.DataFrame | None:
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise CohortError(f"{path}: unreadable CSV ({err})") from err
     missing = [c for c in required if c not in table.columns]
+    delimiter = next((d for d in ";\t|" if d in str(table.columns[0])), None)
+    if missing and delimiter:
+        # the first column's name holds another delimiter: a ';'- (or tab-) separated file, as
+        # spreadsheets in many locales save it; read it with that delimiter
+        try:
+            table = pd.read_csv(path, sep=delimiter)
+        except (pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise CohortError(f"{path}: unreadable CSV with delimiter {delimiter!r} ({err})") from err
+        missing = [c for c in required if c not in table.columns]
     if missing:
         raise CohortError(
             f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(table.columns)})"

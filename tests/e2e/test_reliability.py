@@ -93,7 +93,20 @@ def test_user_and_environment_errors_exit_2_naming_the_culprit(tmp_path):
             ("report", "--suite", "nosuch", "--results", str(tmp_path / "r")),
             "--suite 'nosuch': no such suite",
         ),
+        # an unset shell variable must not launch the whole suite
+        (("run", "--methods", "", "--results", str(tmp_path / "r"), "--dry-run"), "--methods: empty"),
+        (("run", "--seeds", " ,", "--results", str(tmp_path / "r"), "--dry-run"), "--seeds: empty"),
+        # suggestions come from the names the message lists, never an alias it does not show
+        (
+            ("run", "--methods", "ef-lorra", "--results", str(tmp_path / "r"), "--dry-run"),
+            "'early-fusion-lora'",
+        ),
     ]
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("title: t\nruns:\n  - {suite: mian, methods: [early-fusion]}\n")
+    cases.append(
+        (("claims", str(plan), "--results", str(tmp_path / "r")), "unknown suite 'mian'; did you mean 'main'")
+    )
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     cases.append((("run", "--results", str(a_file), "--dry-run"), "is a file, not a folder"))

@@ -13,7 +13,7 @@ from pemma.config import ConfigError, flatten, parse_override
 from pemma.methods import METHODS
 from pemma.report.definition import ReportError, logged
 from pemma.report.sources import Sources
-from pemma.resources import did_you_mean, read_yaml
+from pemma.resources import SUITES, did_you_mean, read_yaml
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "supported", "contradicted", "inconclusive", "not run"
 
@@ -69,6 +69,12 @@ def load_plan(path: Path) -> ClaimsPlan:
             methods = tuple(METHODS.canonical(m) for m in entry.get("methods") or ())
         except KeyError as err:
             raise ReportError(f"{path}: runs entry {i}: {err}") from err
+        known = SUITES.available()
+        if str(entry["suite"]) not in known:
+            raise ReportError(
+                f"{path}: runs entry {i}: unknown suite {entry['suite']!r}"
+                f"{did_you_mean(str(entry['suite']), known)} (shipped, or on PEMMA_SUITE_PATH)"
+            )
         runs.append(Runs(str(entry["suite"]), methods, tuple(str(s) for s in entry.get("set") or ())))
     plan = ClaimsPlan(
         title=str(raw.get("title", path.stem)),

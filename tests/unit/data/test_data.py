@@ -116,3 +116,17 @@ def test_a_volume_smaller_than_the_crop_is_cropped_then_padded_even_from_an_unpa
     (out,) = pipeline(item)
     assert tuple(out["ct"].shape) == (1, 48, 48, 48) and tuple(out["label"].shape) == (1, 48, 48, 48)
     assert out["label"].sum() > 0
+
+
+def test_a_semicolon_separated_clinical_file_is_read_like_the_comma_one(tiny_cohort, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from pemma.data.hecktor import CLINICAL_CSV
+
+    root = tmp_path / "semicolon"
+    shutil.copytree(tiny_cohort, root)
+    comma = pd.read_csv(root / CLINICAL_CSV)
+    comma.to_csv(root / CLINICAL_CSV, sep=";", index=False)  # as a spreadsheet in many locales saves it
+    pd.testing.assert_frame_equal(read_cohort(root).clinical, read_cohort(tiny_cohort).clinical)
