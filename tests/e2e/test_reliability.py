@@ -99,7 +99,7 @@ def test_user_and_environment_errors_exit_2_naming_the_culprit(tmp_path):
         # suggestions come from the names the message lists, never an alias it does not show
         (
             ("run", "--methods", "ef-lorra", "--results", str(tmp_path / "r"), "--dry-run"),
-            "'early-fusion-lora'",
+            "did you mean 'early-fusion-lora'",
         ),
     ]
     plan = tmp_path / "plan.yaml"
