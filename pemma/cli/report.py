@@ -42,7 +42,7 @@ def report(
             raise _fail(
                 f"--suite {name!r}: no such suite, and no runs of it in {tracker.uri} (shipped: {known})"
             )
-        _print_report(tracker, name, results, include_ci)
+        _print_report(tracker, name, results, include_ci, keep_wider=True)
         return
     if suite is not None:
         raise _fail("give a report definition or --suite, not both")

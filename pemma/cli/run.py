@@ -249,11 +249,13 @@ def _print_time_spent(outcomes, checked: float | None, outside: dict[str, float]
     console.print(view)
 
 
-def _print_report(tracker, suite: str, results: Path, include_ci: bool = False) -> Path:
+def _print_report(
+    tracker, suite: str, results: Path, include_ci: bool = False, keep_wider: bool = False
+) -> Path:
     """The table of every FINISHED run of the suite (one per run key), whichever command ran them."""
     from pemma.report.tables import write_suite_table
 
-    out, table, left_out = write_suite_table(tracker, suite, results, include_ci)
+    out, table, left_out = write_suite_table(tracker, suite, results, include_ci, keep_wider)
     if not table.empty:
         wide = _wide()
         wide.print(_table(table, f"suite {suite}"))

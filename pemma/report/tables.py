@@ -164,12 +164,20 @@ def appendices(runs: pd.DataFrame) -> str:
     return "".join(task().appendix(runs) for _, task in TASKS.items()) if not runs.empty else ""
 
 
-def write_suite_table(tracker, suite: str, results: Path, include_ci: bool = False):
+def write_suite_table(tracker, suite: str, results: Path, include_ci: bool = False, keep_wider: bool = False):
     """`results/<suite>/results.md`: the table of every FINISHED run of the suite (the latest per run
-    key), with what was left out and the tasks' appendices. Returns (path, table, left out)."""
+    key), with what was left out and the tasks' appendices. Returns (path, table, left out).
+
+    With `keep_wider` (a view asked for after the fact, `report --suite`), a narrower view never
+    replaces the wider one: when ci-profile runs exist and are left out, the table goes to
+    `results-without-ci.md` and `results.md` is left alone. `run` always writes `results.md`."""
     from pemma.report.sources import select
 
-    selected = select(tracker.runs(suite, status=None), suite, include_ci)
+    runs = tracker.runs(suite, status=None)
+    selected = select(runs, suite, include_ci)
+    narrower = (
+        keep_wider and not include_ci and "tags.profile" in runs and (runs["tags.profile"] == "ci").any()
+    )
     table = summary(selected.runs)
     text = to_markdown(table, f"pemma-bench suite {suite}")
     if selected.left_out:
@@ -177,6 +185,6 @@ def write_suite_table(tracker, suite: str, results: Path, include_ci: bool = Fal
     extra = appendices(selected.runs)
     if extra:
         text += "\n" + extra
-    out = Path(results) / suite / "results.md"
+    out = Path(results) / suite / ("results-without-ci.md" if narrower else "results.md")
     write_atomic(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return out, table, selected.left_out

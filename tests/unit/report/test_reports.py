@@ -421,3 +421,16 @@ def test_a_new_section_kind_is_one_decorated_builder(fixture_runs, tmp_path, mon
     path.write_text("title: c\nsections:\n  - {kind: count, title: C, suite: t, subsets: [petct]}\n")
     with pytest.raises(ReportError, match="unknown input subset 'petct'"):
         load_report(path)
+
+
+def test_a_narrower_view_never_replaces_the_suite_table(fixture_runs):
+    """`report --suite` without --include-ci, on a suite holding ci runs: results.md (the wider view a
+    ci-profile `run` wrote) is left alone and the narrower view goes beside it."""
+    tracker, results, _ = fixture_runs
+    wide = CliRunner().invoke(app, ["report", "--suite", "t", "--results", str(results), "--include-ci"])
+    assert wide.exit_code == 0, wide.output
+    before = (results / "t" / "results.md").read_bytes()
+    narrow = CliRunner().invoke(app, ["report", "--suite", "t", "--results", str(results)])
+    assert narrow.exit_code == 0, narrow.output
+    assert (results / "t" / "results.md").read_bytes() == before and b"late-fusion" in before
+    assert "late-fusion" not in (results / "t" / "results-without-ci.md").read_text()
