@@ -143,6 +143,7 @@ def run(
     from pemma.orchestration.runner import Runner
     from pemma.registry import RegistryError
     from pemma.suites import expand, load_suite
+    from pemma.tasks.segmentation.ct_base import check_pretrained
 
     try:
         if data is not None and not data.is_dir():
@@ -159,6 +160,8 @@ def run(
             minimal=minimal,
         )
         check_executor(executor, workers)
+        for path in sorted({cfg.pretrain.checkpoint for cfg in units if cfg.pretrain.checkpoint}):
+            check_pretrained(path)
         runner = Runner(results, tracker=_tracker(results))
         keys = [runner.key(cfg) for cfg in units]
     except (ConfigError, RegistryError, CohortError, ValueError) as err:

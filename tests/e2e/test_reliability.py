@@ -5,8 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from fractions import Fraction
 
 import pytest
+import torch
 from helpers.cli import ci_args, sigterm_once
 
 from pemma.locks import Lock
@@ -102,6 +104,14 @@ def test_user_and_environment_errors_exit_2_naming_the_culprit(tmp_path):
             "did you mean 'early-fusion-lora'",
         ),
     ]
+    code = tmp_path / "code.pt"
+    torch.save({"weights": torch.zeros(2), "payload": Fraction(1, 3)}, code)  # loading would run code
+    cases.append(
+        (
+            ("run", "--set", f"pretrain.checkpoint={code}", "--results", str(tmp_path / "r"), "--dry-run"),
+            f"pretrain.checkpoint {code}: not a plain weights file",
+        )
+    )
     plan = tmp_path / "plan.yaml"
     plan.write_text("title: t\nruns:\n  - {suite: mian, methods: [early-fusion]}\n")
     cases.append(
@@ -117,6 +127,7 @@ def test_user_and_environment_errors_exit_2_naming_the_culprit(tmp_path):
     for args, message in cases:
         out = _invoke(*args)
         assert out.exit_code == 2, (args, out.output)
+        assert "weights_only=False" not in out.output, "no advice to turn the safety off"
         assert message in " ".join(out.output.split()), (args, out.output)
         assert out.exception is None or isinstance(out.exception, SystemExit), (args, out.exception)
 

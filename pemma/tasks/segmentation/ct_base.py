@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pemma.config import ModelConfig, PretrainConfig, RunConfig, stable_hash
+from pemma.config import ConfigError, ModelConfig, PretrainConfig, RunConfig, stable_hash
 from pemma.data.datasets import CohortData
 from pemma.data.splits import Plan
 from pemma.files import CorruptFile, load_state, save_json, save_state
@@ -33,6 +33,23 @@ def _changed(section, default) -> dict:
     """A section's values that differ from its defaults: adding an option keeps cached bases valid."""
     ref = asdict(default)
     return {k: v for k, v in asdict(section).items() if v != ref[k]}
+
+
+def check_pretrained(path: str) -> None:
+    """A user's CT-pretrained state (pretrain.checkpoint): a file torch loads as plain weights (a
+    state dict of tensors), checked before any data step; a ConfigError naming it otherwise. Loading
+    never falls back to unpickling code (weights_only stays on)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"pretrain.checkpoint {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for code, RuntimeError / EOFError for other files
+        raise ConfigError(
+            f"pretrain.checkpoint {path}: not a plain weights file (a state dict of tensors): "
+            f"{type(err).__name__}"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"pretrain.checkpoint {path}: not a state dict of tensors")
 
 
 def base_key(cfg: RunConfig, data_fingerprint: str) -> str:
