@@ -87,7 +87,7 @@ def robustness_block(section: Section, sources: Sources) -> Block:
                     sources, section.suite, group, condition.name, opts.klass, magnitude
                 )
                 row = {**row_label(method, backbone, variant), "condition": condition.name}
-                row[f"{condition.parameter or 'magnitude'}"] = f"{magnitude:g} {condition.unit}"
+                row["magnitude"] = f"{magnitude:g} {condition.unit}"
                 row["seeds"] = str(group["params.seed"].nunique())
                 row[arrow(f"{CLASS_TITLES[opts.klass]} {LABELS[condition.subset]}", True)] = mean_std(
                     values

@@ -64,7 +64,7 @@ def robust_runs(tmp_path):
 def test_robustness_rows_read_the_conditions_rows_and_the_drop_from_clean(robust_runs):
     runs, report = robust_runs
     block = generate(load_report(report), Sources(runs.tracker, runs.results)).blocks[0]
-    table = block.table.set_index(["method", "translation"])
+    table = block.table.set_index(["method", "magnitude"])
     assert list(table.index) == [
         ("early-fusion", "0 mm"),
         ("early-fusion", "4 mm"),
