@@ -50,7 +50,7 @@ def data_check(
     Stops with exit 2 at the first unusable file, naming patient and file; lists what no unit will
     read (misnamed images, centres outside the default plan) and patients that serve only some phases."""
     from pemma.config import DataConfig
-    from pemma.data.check import absent_classes, check_cohort, summarise
+    from pemma.data.check import absent_classes, check_cohort, clinical_gaps, summarise
     from pemma.data.hecktor import CohortError, read_cohort
     from pemma.data.store import unused
 
@@ -66,6 +66,12 @@ def data_check(
     wide.print(_table(summary, title))
     for note in notes:
         console.print(f"- {note}")
+    warnings = clinical_gaps(cohort)
+    for line in warnings:
+        console.print(f"warning: {line}")
     for line in absent_classes(report):
         console.print(f"info: {line}")
-    console.print("[green]no problems found[/]" if not notes else "usable; see the notes above")
+    if notes or warnings:
+        console.print("usable; see the notes and warnings above")
+    else:
+        console.print("[green]no problems found[/]")

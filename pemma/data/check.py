@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from pemma.data.hecktor import Case, Cohort, CohortError
+from pemma.data.hecktor import CLINICAL_COLUMNS, CLINICAL_CSV, Case, Cohort, CohortError
 
 MIN_OVERLAP = 0.5
 """Share of the CT's physical box that PET and label must cover to be brought onto its grid."""
@@ -157,6 +157,28 @@ def summarise(report: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     if no_endpoint:
         notes.append(f"{len(no_endpoint)} patient(s) without an endpoint are left out of prognosis")
     return pd.DataFrame(rows), notes
+
+
+def clinical_gaps(cohort: Cohort) -> list[str]:
+    """What prognosis with EHR would miss: patients with images but no clinical row (their tokens are
+    all the learned 'missing' token), clinical columns absent from the file (prognosis with EHR refuses
+    to run). Warnings: segmentation does not read the clinical file."""
+    if cohort.clinical is None:
+        return [f"no clinical file ({CLINICAL_CSV}): prognosis with EHR cannot run"]
+    lines = []
+    absent = [c for c in CLINICAL_COLUMNS if c not in cohort.clinical.columns]
+    if absent:
+        lines.append(f"{CLINICAL_CSV} lacks column(s) {', '.join(absent)}: prognosis with EHR cannot run")
+    known = set(cohort.clinical["PatientID"].astype(str))
+    without = [c.patient_id for c in cohort.cases if c.patient_id not in known]
+    if without:
+        lines.append(
+            f"{len(without)} patient(s) with images have no clinical row (prognosis with EHR gives them "
+            "the learned missing token for every variable): "
+            + ", ".join(without[:8])
+            + (" ..." if len(without) > 8 else "")
+        )
+    return lines
 
 
 def absent_classes(report: pd.DataFrame) -> list[str]:

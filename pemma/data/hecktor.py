@@ -12,6 +12,18 @@ import pandas as pd
 from pemma.data.centres import centre_of
 
 CLINICAL_CSV = "hecktor2022_clinical_info_training.csv"
+CLINICAL_COLUMNS = (
+    "Age",
+    "Gender",
+    "Weight",
+    "Tobacco",
+    "Alcohol",
+    "Performance status",
+    "HPV status (0=-, 1=+)",
+    "Surgery",
+    "Chemotherapy",
+)
+"""The HECKTOR 2022 clinical columns prognosis reads as EHR tokens (Gender: M = 1, F = 0)."""
 ENDPOINT_CSV = "hecktor2022_endpoint_training.csv"
 ID_PATTERN = re.compile(r"^[A-Za-z]+-\d+$")
 IMAGE_PATTERN = re.compile(r"^(?P<id>.+)__(?P<mod>CT|PT)\.nii(\.gz)?$")

@@ -21,18 +21,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-CLINICAL_VARIABLES = (
-    "Age",
-    "Gender",
-    "Weight",
-    "Tobacco",
-    "Alcohol",
-    "Performance status",
-    "HPV status (0=-, 1=+)",
-    "Surgery",
-    "Chemotherapy",
-)
-"""HECKTOR 2022 clinical columns used as EHR tokens (Gender: M = 1, F = 0)."""
+from pemma.data.hecktor import CLINICAL_COLUMNS
+
+CLINICAL_VARIABLES = CLINICAL_COLUMNS  # the EHR tokens, in this order
 
 
 @dataclass(frozen=True)

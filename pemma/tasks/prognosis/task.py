@@ -4,6 +4,7 @@ lifelines Cox baselines on the same split."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, replace
 
@@ -26,6 +27,8 @@ from pemma.tasks.prognosis.cox import (
     predict,
     prognosis_split,
 )
+
+log = logging.getLogger(__name__)
 
 _SCORES = "on the test split of every centre (higher risk = earlier relapse)"
 
@@ -147,6 +150,11 @@ class Prognosis(Task):
         patients = built.patients
         train_p, test_p = patients["train"], patients["test"]
         out = Measured(tags={"prognosis_inputs": LABELS[subset] + ("+EHR" if p.ehr else "")})
+        if p.ehr:  # a patient without a clinical row gets the learned missing token for every variable
+            lacking = sum(int(pts.clinical.isna().all(axis=1).sum()) for pts in patients.values())
+            out.tags["clinical_rows_missing"] = str(lacking)
+            if lacking:
+                log.warning("%d of this unit's patients have no clinical row", lacking)
         phase = unit.phases
         t0 = time.perf_counter()
         with phase("train"):

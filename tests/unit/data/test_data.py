@@ -130,3 +130,28 @@ def test_a_semicolon_separated_clinical_file_is_read_like_the_comma_one(tiny_coh
     comma = pd.read_csv(root / CLINICAL_CSV)
     comma.to_csv(root / CLINICAL_CSV, sep=";", index=False)  # as a spreadsheet in many locales saves it
     pd.testing.assert_frame_equal(read_cohort(root).clinical, read_cohort(tiny_cohort).clinical)
+
+
+def test_data_check_warns_of_missing_clinical_rows_and_columns(tiny_cohort, tmp_path):
+    import shutil
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from pemma.cli import app
+    from pemma.data.check import clinical_gaps
+    from pemma.data.hecktor import CLINICAL_CSV
+
+    assert clinical_gaps(read_cohort(tiny_cohort)) == [], "the synthetic cohort has every row and column"
+    root = tmp_path / "gaps"
+    shutil.copytree(tiny_cohort, root)
+    table = pd.read_csv(root / CLINICAL_CSV)
+    dropped = sorted(table["PatientID"])[:2]
+    table[~table["PatientID"].isin(dropped)].drop(columns=["Age"]).to_csv(root / CLINICAL_CSV, index=False)
+    gaps = clinical_gaps(read_cohort(root))
+    assert "lacks column(s) Age" in gaps[0]
+    assert gaps[1].startswith("2 patient(s) with images have no clinical row") and all(
+        p in gaps[1] for p in dropped
+    )
+    out = CliRunner().invoke(app, ["data", "check", str(root)])
+    assert out.exit_code == 0 and "warning:" in out.output and "no problems found" not in out.output
