@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,20 @@ def load_suite(name_or_path: str) -> Suite:
     return Suite(
         doc.get("name", path.stem), path, doc.get("description", ""), doc.get("defaults") or {}, grid
     )
+
+
+def _culprit(message: str, overrides, profile: str | None, suite_path: Path) -> str:
+    """Where the value a config error names came from: the --set that set its key (or a section above
+    it), the --profile given on the command line, else the suite file."""
+    quoted = re.match(r"unknown (?:config key|profile) '([^']+)'", message)
+    key = quoted.group(1) if quoted else message.split(":", 1)[0].strip()
+    for text in overrides:
+        given = text.split("=", 1)[0].strip()
+        if key == given or key.startswith(given + ".") or given.startswith(key + "."):
+            return f"--set {text}"
+    if profile and (message.startswith("unknown profile") or key == profile):
+        return f"--profile {profile}"
+    return str(suite_path)
 
 
 def _nested(key: str, value: Any) -> dict[str, Any]:
@@ -133,7 +148,7 @@ def expand(
         try:
             units.append(resolve(suite.defaults, point, cli))
         except ConfigError as err:
-            raise ConfigError(f"{suite.path}: {err}") from err
+            raise ConfigError(f"{_culprit(str(err), overrides, profile, suite.path)}: {err}") from err
     units = [replace(cfg, task=TASKS.canonical(cfg.task)) for cfg in units]
     for cfg in units:
         BACKBONES.get(cfg.backbone).check(cfg.model)

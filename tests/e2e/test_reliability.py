@@ -95,6 +95,15 @@ def test_user_and_environment_errors_exit_2_naming_the_culprit(tmp_path):
             ("report", "--suite", "nosuch", "--results", str(tmp_path / "r")),
             "--suite 'nosuch': no such suite",
         ),
+        # the culprit is where the value came from, not the suite file
+        (
+            ("run", "--set", "adapter.rank=0", "--results", str(tmp_path / "r"), "--dry-run"),
+            "--set adapter.rank=0: adapter.rank: must be >= 1",
+        ),
+        (
+            ("run", "--profile", "fast", "--results", str(tmp_path / "r"), "--dry-run"),
+            "--profile fast: unknown profile 'fast'",
+        ),
         # an unset shell variable must not launch the whole suite
         (("run", "--methods", "", "--results", str(tmp_path / "r"), "--dry-run"), "--methods: empty"),
         (("run", "--seeds", " ,", "--results", str(tmp_path / "r"), "--dry-run"), "--seeds: empty"),
