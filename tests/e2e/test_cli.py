@@ -113,19 +113,23 @@ def test_rerun_trains_nothing(smoke_run, tiny_cohort):
 
 @pytest.mark.slow
 def test_a_failing_unit_is_marked_failed_and_the_suite_goes_on(tiny_cohort, tmp_path):
+    import torch
+
+    other = tmp_path / "other-network.pt"  # plain weights (passes the up-front check), another network's
+    torch.save({"encoder.weight": torch.zeros(2, 2)}, other)
     out = ci_run(
-        tmp_path,
+        tmp_path / "r",
         "--methods",
         "ct-only,early-fusion",
         "--set",
-        "pretrain.checkpoint=/nonexistent/base.pt",
+        f"pretrain.checkpoint={other}",
         data=tiny_cohort,
     )
     assert out.exit_code == 1
-    tracker = Tracker(tmp_path)
+    tracker = Tracker(tmp_path / "r")
     failed = tracker.runs("smoke", status="FAILED")
     assert list(failed["tags.method"]) == ["ct-only"]
-    assert "nonexistent" in failed.iloc[0]["tags.error"]
+    assert "state_dict" in failed.iloc[0]["tags.error"]
     assert list(tracker.runs("smoke")["tags.method"]) == ["early-fusion"]  # needs no base: went on
     assert tracker.runs("smoke", status="RUNNING").empty
 
@@ -176,17 +180,17 @@ def test_methods_and_suites_list_and_validate():
 def test_an_interrupted_unit_is_marked_killed_and_rerun_cleanly(tiny_cohort, tmp_path, monkeypatch):
     from pemma.orchestration.runner import Runner
 
-    original = Runner.measure
+    original = Runner.train_and_score
 
     def interrupted(self, cfg, key, monitor=None, phases=None):
         raise KeyboardInterrupt
 
     args = ci_args(tmp_path, "--methods", "pemma-lora", data=tiny_cohort)
-    monkeypatch.setattr(Runner, "measure", interrupted)
+    monkeypatch.setattr(Runner, "train_and_score", interrupted)
     runner.invoke(app, args)
     tracker = Tracker(tmp_path)
     assert len(tracker.runs("smoke", status="KILLED")) == 1 and tracker.runs("smoke").empty
-    monkeypatch.setattr(Runner, "measure", original)
+    monkeypatch.setattr(Runner, "train_and_score", original)
     out = runner.invoke(app, args)
     assert out.exit_code == 0, out.output
     assert len(tracker.runs("smoke")) == 1 and tracker.runs("smoke", status="RUNNING").empty
