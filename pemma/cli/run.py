@@ -177,7 +177,10 @@ def run(
         return
     from pemma.orchestration.executors import worker_pool
 
-    with worker_pool(workers) as pool:  # its processes start while the data is checked
+    finished = runner.tracker.finished_keys(spec.name)
+    pending = sum(key not in finished for key in keys)
+    # no worker processes for a rerun with nothing (or one unit) left: starting them costs seconds
+    with worker_pool(min(workers, pending)) as pool:  # its processes start while the data is checked
         console.print("checking the data (the first use writes the synthetic cohort and reads every file)")
         t0 = time.perf_counter()
         try:

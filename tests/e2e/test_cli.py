@@ -97,10 +97,16 @@ def test_every_unit_writes_its_per_patient_table_and_it_reproduces_the_aggregate
         assert [a.path for a in logged] == [f"patients/{run['tags.run_key']}.csv"]
 
 
-def test_rerun_trains_nothing(smoke_run, tiny_cohort):
+def test_rerun_trains_nothing(smoke_run, tiny_cohort, monkeypatch):
+    from pemma.orchestration import executors
+
     results, _ = smoke_run
     bases = sorted(p.stat().st_mtime_ns for p in (results / "bases").rglob("base.pt"))
-    out = ci_run(results, data=tiny_cohort)
+    pools = []
+    real_pool = executors.worker_pool
+    monkeypatch.setattr(executors, "worker_pool", lambda n: pools.append(n) or real_pool(n))
+    out = ci_run(results, "--workers", "2", data=tiny_cohort)
+    assert pools == [0], "nothing left to run: no worker process is started"
     assert out.exit_code == 0, out.output
     assert out.output.count("skipped") == len(METHODS) and "finished " not in out.output
     assert len(Tracker(results).runs("smoke")) == len(METHODS)
