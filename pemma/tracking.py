@@ -83,6 +83,26 @@ class TrackingError(RuntimeError):
     """The MLflow store cannot be opened or reached; the message names its URI."""
 
 
+def check_sqlite(path: Path) -> None:
+    """An embedded store whose pages are damaged is refused, naming it, before anything reads from it or
+    writes to it (SQLite's `PRAGMA quick_check`: the page and index structure, not every row's
+    constraints; milliseconds for a results folder's store)."""
+    import sqlite3
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+            problems = [" ".join(str(row[0]).split()) for row in db.execute("PRAGMA quick_check(5)")]
+    except sqlite3.DatabaseError as err:
+        problems = [str(err)]
+    if problems != ["ok"]:
+        raise TrackingError(
+            f"the MLflow tracking store {path} is damaged (SQLite: {'; '.join(problems)[:300]}); "
+            "restore it from a backup, or move it aside to start a new store"
+        )
+
+
 class Tracker:
     def __init__(self, results: Path, uri: str | None = None) -> None:
         import mlflow  # noqa: F401  (imported here: MLflow is slow to import)
@@ -92,6 +112,8 @@ class Tracker:
         results.mkdir(parents=True, exist_ok=True)
         self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{results / 'mlflow.db'}"
         self.artifact_root = (results / "mlartifacts").as_uri()
+        if self.uri.startswith("sqlite:///"):
+            check_sqlite(Path(self.uri.removeprefix("sqlite:///")))
         try:
             if self.uri.startswith("sqlite:"):
                 from pemma.locks import locked

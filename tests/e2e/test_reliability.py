@@ -132,7 +132,21 @@ def test_user_and_environment_errors_exit_2_naming_the_culprit(tmp_path):
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "mlflow.db").write_bytes(bytes(range(256)) * 20)
-    cases.append((("run", "--results", str(corrupt), "--dry-run"), "mlflow.db cannot be used"))
+    cases.append(
+        (
+            ("run", "--results", str(corrupt), "--dry-run"),
+            "mlflow.db is damaged (SQLite: file is not a database)",
+        )
+    )
+    damaged = tmp_path / "damaged"
+    Tracker(damaged)  # a fresh store, then its b-tree pages overwritten (a disk error, a bad copy)
+    store = bytearray((damaged / "mlflow.db").read_bytes())
+    page = int.from_bytes(store[16:18], "big")
+    for n in range(3, len(store) // page, 5):
+        store[n * page : n * page + 64] = bytes([0xAB]) * 64
+    (damaged / "mlflow.db").write_bytes(bytes(store))
+    for command in (("report", "--suite", "smoke"), ("claims",), ("run", "--dry-run")):
+        cases.append(((*command, "--results", str(damaged)), f"{damaged / 'mlflow.db'} is damaged"))
     for args, message in cases:
         out = _invoke(*args)
         assert out.exit_code == 2, (args, out.output)
