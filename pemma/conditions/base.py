@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pemma.data.transforms import WORKING_AFFINE
-from pemma.modalities import CTPET, LABELS
+from pemma.modalities import CTPET
 from pemma.registry import Registry
 
 Transform = Callable[[dict, float, np.random.Generator], dict]
@@ -47,11 +47,6 @@ class Condition:
     def key(self, magnitude: float | None) -> str:
         """The name metrics and per-patient rows use: `ctpet`, or e.g. `pet-shift-8mm`."""
         return self.name if magnitude is None else f"{self.name}-{magnitude:g}{self.unit}"
-
-    def title(self, magnitude: float | None) -> str:
-        if magnitude is None:
-            return LABELS.get(self.name, self.name)
-        return f"{LABELS[self.subset]}, {self.name} {magnitude:g} {self.unit}".rstrip()
 
 
 CONDITIONS: Registry[Condition] = Registry("test-time condition")
