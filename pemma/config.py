@@ -31,6 +31,9 @@ adaptation key (a kept stage-0 adaptation other units may load, tasks/segmentati
 LABEL = {"keys": frozenset()}
 """Field metadata: a label or a setting that never changes a result (suite name, data folder, plan file
 name, checkpoint cadence, activation checkpointing): part of no key."""
+EVALUATED = {"keys": frozenset()}
+"""Field metadata: what a finished unit evaluates besides what it was trained and scored for (the
+test-time conditions): part of no key; the task scores what a finished run lacks (Task.pending)."""
 STAGES = {"keys": frozenset({RUN_KEY})}
 """Field metadata: the continual stages after the adaptation: the unit's own, not its adaptation's."""
 
@@ -221,6 +224,11 @@ class TrainConfig:
     their bf16-rounded values, which evaluation then uses."""
     compile: bool = False
     """torch.compile the model for training (one graph per input subset; evaluation runs eager)."""
+    pet_shift_mm: float = 0.0
+    """Training-time misregistration (an ablation of robustness to pet-shift): with probability
+    `pet_shift_prob`, each training crop's PET is translated against its CT by a random world vector
+    of length uniform in [0, pet_shift_mm] mm (direction uniform on the sphere). 0: off."""
+    pet_shift_prob: float = 0.5
 
     def __post_init__(self) -> None:
         _require(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
@@ -232,6 +240,16 @@ class TrainConfig:
             f"must be finite and >= 0, got {self.weight_decay}",
         )
         _require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+        _require(
+            math.isfinite(self.pet_shift_mm) and 0 <= self.pet_shift_mm <= 50,
+            "train.pet_shift_mm",
+            f"must lie in [0, 50] mm, got {self.pet_shift_mm}",
+        )
+        _require(
+            0 < self.pet_shift_prob <= 1,
+            "train.pet_shift_prob",
+            f"must lie in (0, 1], got {self.pet_shift_prob}",
+        )
         _require(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         _require(
             self.modality_warmup_steps >= 0,
@@ -294,11 +312,12 @@ class EvalConfig:
     sw_batch_size: int = 4
     overlap: float = 0.25
     mode: str = "gaussian"
-    conditions: tuple[str, ...] = ()
+    conditions: tuple[str, ...] = field(default=(), metadata=EVALUATED)
     """Test-time conditions scored after training besides the input subsets (`pemma-bench
     conditions`): a name with its default magnitudes (`pet-shift`) or with its own (`pet-shift=0,4,8`;
     quoted inside a bracketed list on the command line: `--set 'eval.conditions=["pet-shift=0,8"]'`).
-    Part of the run key for now: adding a condition to a finished unit trains it again."""
+    Part of no key: a finished unit asked for more conditions scores only those, from its saved
+    trained state (the run's `conditions_evaluated` tag says which it has)."""
 
     def __post_init__(self) -> None:
         _require(0 <= self.overlap < 1, "eval.overlap", f"must be in [0, 1), got {self.overlap}")

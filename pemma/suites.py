@@ -8,9 +8,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pemma.conditions import parse as parse_conditions
 from pemma.config import ConfigError, RunConfig, deep_merge, parse_override, resolve
 from pemma.methods import METHODS
 from pemma.models.backbones import BACKBONES
+from pemma.registry import RegistryError
 from pemma.resources import SUITES, read_yaml
 from pemma.tasks import TASKS
 
@@ -152,6 +154,11 @@ def expand(
     units = [replace(cfg, task=TASKS.canonical(cfg.task)) for cfg in units]
     for cfg in units:
         BACKBONES.get(cfg.backbone).check(cfg.model)
+    for conditions in dict.fromkeys(cfg.eval.conditions for cfg in units):
+        try:  # a misspelled condition stops the suite before any unit
+            parse_conditions(conditions)
+        except RegistryError as err:
+            raise ConfigError(f"eval.conditions: {err}") from err
     # A command-line override can collapse grid points into one config: run it once.
     unique: dict[str, RunConfig] = {}
     for cfg in units:

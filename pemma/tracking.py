@@ -12,6 +12,7 @@ import platform
 import subprocess
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,14 @@ def check_sqlite(path: Path) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Finished:
+    """A FINISHED unit's MLflow run: its id and tags."""
+
+    run_id: str
+    tags: dict[str, str]
+
+
 class Tracker:
     def __init__(self, results: Path, uri: str | None = None) -> None:
         import mlflow  # noqa: F401  (imported here: MLflow is slow to import)
@@ -155,6 +164,20 @@ class Tracker:
 
     def finished_keys(self, suite: str) -> set[str]:
         return self.keys(suite, "FINISHED")
+
+    def finished_runs(self, suite: str) -> dict[str, Finished]:
+        """The suite's FINISHED runs by run key, with their tags (what a unit recorded it evaluated)."""
+        exp = self.experiment_id(suite, create=False)
+        if exp is None:
+            return {}
+        runs = self.client.search_runs(
+            [exp], filter_string="attributes.status = 'FINISHED'", max_results=50000
+        )
+        return {
+            r.data.tags["run_key"]: Finished(r.info.run_id, dict(r.data.tags))
+            for r in runs
+            if r.data.tags.get("run_key")
+        }
 
     def keys(self, suite: str, status: str) -> set[str]:
         """Run keys of the suite's runs in `status` (FINISHED, RUNNING, ...)."""

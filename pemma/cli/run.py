@@ -91,8 +91,8 @@ class RichReporter:
         pass
 
     def done(self, outcome) -> None:
-        style = {"FINISHED": "green", "SKIPPED": "dim", "FAILED": "red"}[outcome.status]
-        detail = f" ({outcome.seconds:.0f}s)" if outcome.status == "FINISHED" else ""
+        style = {"FINISHED": "green", "EVALUATED": "green", "SKIPPED": "dim", "FAILED": "red"}[outcome.status]
+        detail = f" ({outcome.seconds:.0f}s)" if outcome.status in ("FINISHED", "EVALUATED") else ""
         if outcome.headline:
             detail += f" {outcome.headline}"
         if outcome.error:
@@ -170,15 +170,18 @@ def run(
         f"suite [bold]{spec.name}[/] ({spec.path.name}): {len(units)} units, profile "
         f"{units[0].profile if units else '-'}, device {runner.device}, results {results}"
     )
+    from pemma.orchestration.runner import DONE, EVALUATE
+
+    finished = runner.tracker.finished_runs(spec.name)
+    todo = [runner.todo(cfg, key, finished) for cfg, key in zip(units, keys, strict=True)]
     if dry_run:
-        finished = runner.tracker.finished_keys(spec.name)
-        for key in keys:
-            console.print(f"{'finished' if key in finished else 'to run  '}  {key}")
+        label = {DONE: "finished   ", EVALUATE: "to evaluate"}
+        for key, what in zip(keys, todo, strict=True):
+            console.print(f"{label.get(what, 'to run     ')}  {key}")
         return
     from pemma.orchestration.executors import worker_pool
 
-    finished = runner.tracker.finished_keys(spec.name)
-    pending = sum(key not in finished for key in keys)
+    pending = sum(what != DONE for what in todo)
     # no worker processes for a rerun with nothing (or one unit) left: starting them costs seconds
     with worker_pool(min(workers, pending)) as pool:  # its processes start while the data is checked
         console.print("checking the data (the first use writes the synthetic cohort and reads every file)")
@@ -242,7 +245,7 @@ def _print_time_spent(outcomes, checked: float | None, outside: dict[str, float]
     """Where this command's time went, phase by phase over the units it ran (not those skipped)."""
     from pemma.orchestration.runner import time_spent
 
-    spent = time_spent([o for o in outcomes if o.status == "FINISHED"], checked, outside)
+    spent = time_spent([o for o in outcomes if o.status in ("FINISHED", "EVALUATED")], checked, outside)
     total = sum(seconds for _, seconds in spent)
     if total <= 0:
         return

@@ -123,7 +123,10 @@ def parse(specs: tuple[str, ...]) -> list[Applied]:
                 f"{condition.unit}"
             )
         out += [Applied(condition, m) for m in magnitudes]
-    return out
+    unique: dict[str, Applied] = {}
+    for applied in out:  # each key once, in the order first given
+        unique.setdefault(applied.key, applied)
+    return list(unique.values())
 
 
 def spacing_of(item: dict) -> np.ndarray:

@@ -104,14 +104,16 @@ class CohortData:
         roi: tuple[int, int, int],
         seed: int,
         cached: bool = True,
+        pet_shift: tuple[float, float] = (0.0, 0.5),
     ) -> Dataset:
         """Random training crops; the deterministic prefix is shared with `volumes` on disk (with
-        `cached=False`, every draw reads and preprocesses the files again: a benchmark's reference)."""
+        `cached=False`, every draw reads and preprocesses the files again: a benchmark's reference).
+        `pet_shift`: (largest mm, probability) of a random PET misregistration per crop (0: none)."""
         items = _items(cases, keys)
         pipeline = Compose(
             [
                 *preprocess(keys, self.cfg.spacing, self.cfg.ct_window).transforms,
-                *augment(keys, roi).transforms,
+                *augment(keys, roi, *pet_shift).transforms,
             ]
         )
         pipeline.set_random_state(seed=seed)

@@ -56,29 +56,69 @@ def preprocess(
     return T.Compose(steps)
 
 
-def augment(keys: tuple[str, ...], roi: tuple[int, int, int]) -> T.Compose:
-    """Random part: positive/negative-balanced crops as in the published setup, and left-right flips.
+class RandPETShiftd(T.Randomizable, T.MapTransform):
+    """Training-time misregistration: with probability `prob`, the crop's PET translated against its
+    CT and label by a world-space vector of length uniform in [0, `max_mm`] mm and direction uniform
+    on the sphere (mapped to voxels through WORKING_AFFINE, trilinear, 0 outside: the z-scored PET's
+    background). Every call draws the same numbers whether it shifts or not, so the stream does not
+    depend on the outcome. It acts on the crop (cheap), so up to `max_mm` of one face is background."""
+
+    def __init__(self, max_mm: float, prob: float) -> None:
+        T.MapTransform.__init__(self, keys=["pet"])
+        self.max_mm, self.prob = float(max_mm), float(prob)
+        self._world = np.zeros(3)
+        self._do = False
+
+    def randomize(self, data=None) -> None:
+        self._do = self.R.random_sample() < self.prob
+        direction = self.R.normal(size=3)
+        self._world = self.R.uniform(0.0, self.max_mm) * direction / np.linalg.norm(direction)
+
+    def __call__(self, data):
+        self.randomize()
+        d = dict(data)
+        if not self._do or "pet" not in d:
+            return d
+        from scipy.ndimage import shift
+
+        linear = np.asarray(d[WORKING_AFFINE], dtype=float)[:3, :3]
+        voxels = np.linalg.solve(linear, self._world)
+        pet = torch.as_tensor(d["pet"])
+        moved = shift(pet.numpy(), (0.0, *voxels), order=1, mode="constant", cval=0.0)
+        d["pet"] = torch.as_tensor(moved, dtype=pet.dtype)
+        return d
+
+
+def augment(
+    keys: tuple[str, ...], roi: tuple[int, int, int], pet_shift_mm: float = 0.0, pet_shift_prob: float = 0.5
+) -> T.Compose:
+    """Random part: positive/negative-balanced crops as in the published setup, and left-right flips;
+    with `pet_shift_mm` > 0, a random PET misregistration too (RandPETShiftd; absent otherwise, so
+    the default pipeline draws exactly what it always drew).
 
     A volume smaller than the crop in some axis is cropped to what it has there, then padded to the
     crop size. (Padding before the crop would land in the cached deterministic prefix, which crops
     share with whole-volume evaluation: an entry written unpadded by evaluation would then reach the
     crop unpadded.)"""
-    return T.Compose(
-        [
-            T.RandCropByPosNegLabeld(
-                keys=list(keys),
-                label_key="label",
-                spatial_size=roi,
-                pos=2,
-                neg=1,
-                num_samples=1,
-                allow_smaller=True,
-            ),
-            T.SpatialPadd(keys=list(keys), spatial_size=roi),
-            T.RandFlipd(keys=list(keys), spatial_axis=0, prob=0.5),
-            T.EnsureTyped(keys=list(keys), track_meta=False),
-        ]
-    )
+    steps = [
+        T.RandCropByPosNegLabeld(
+            keys=list(keys),
+            label_key="label",
+            spatial_size=roi,
+            pos=2,
+            neg=1,
+            num_samples=1,
+            allow_smaller=True,
+        ),
+        T.SpatialPadd(keys=list(keys), spatial_size=roi),
+    ]
+    if pet_shift_mm > 0 and "pet" in keys:
+        steps.append(RandPETShiftd(pet_shift_mm, pet_shift_prob))
+    steps += [
+        T.RandFlipd(keys=list(keys), spatial_axis=0, prob=0.5),
+        T.EnsureTyped(keys=list(keys), track_meta=False),
+    ]
+    return T.Compose(steps)
 
 
 def _grid_of(path: str) -> tuple[torch.Tensor, tuple[int, int, int]]:

@@ -62,6 +62,15 @@ def write_patient_table(rows: list[dict], run_key: str, path: Path) -> Path:
     return Path(path)
 
 
+def extend_patient_table(path: Path, rows: list[dict], run_key: str) -> Path:
+    """The table at `path` with `rows` appended (a finished unit scored under more conditions), written
+    atomically in the current schema."""
+    table = pd.concat([read_patient_table(path), patient_table(rows, run_key)], ignore_index=True)
+    table = table.assign(schema_version=SCHEMA_VERSION).reindex(columns=list(COLUMNS))
+    write_atomic(Path(path), lambda tmp: table.to_csv(tmp, index=False))
+    return Path(path)
+
+
 def read_patient_table(path: Path) -> pd.DataFrame:
     table = pd.read_csv(path, dtype={"patient_id": str, "centre": str})
     versions = set(table["schema_version"].unique())

@@ -85,18 +85,19 @@ def _ray_unit(results: str, cfg: RunConfig, key: str, index: int, total: int):
 
 
 def _queue(runner, units: list[RunConfig]) -> tuple[list[str], list[Any], dict[int, str | None]]:
-    """The units' run keys, their outcomes so far (SKIPPED for finished keys, reported; None for the
-    rest) and the rest in the order to submit them (spread over their CT bases), each with its base."""
-    from pemma.orchestration.runner import UnitOutcome, spread_by_base
+    """The units' run keys, their outcomes so far (SKIPPED for finished keys with nothing left to
+    evaluate, reported; None for the rest) and the rest in the order to submit them (spread over
+    their CT bases), each with its base."""
+    from pemma.orchestration.runner import DONE, UnitOutcome, spread_by_base
 
     for suite in dict.fromkeys(cfg.suite for cfg in units):
         runner.close_orphans(suite)
-    finished = {s: runner.tracker.finished_keys(s) for s in dict.fromkeys(cfg.suite for cfg in units)}
+    finished = {s: runner.tracker.finished_runs(s) for s in dict.fromkeys(cfg.suite for cfg in units)}
     keys = [runner.key(cfg) for cfg in units]
     outcomes: list[Any] = [None] * len(units)
     todo = []
     for index, (cfg, key) in enumerate(zip(units, keys, strict=True)):
-        if key in finished[cfg.suite]:
+        if runner.todo(cfg, key, finished[cfg.suite]) == DONE:
             outcomes[index] = UnitOutcome(key, "SKIPPED")
             runner.reporter.done(outcomes[index])
         else:

@@ -20,12 +20,12 @@ from monai.utils import set_determinism
 from pemma.config import RunConfig, stable_hash
 from pemma.data.store import DataStore
 from pemma.locks import Lock
-from pemma.methods import METHODS, build_method, reference_method
+from pemma.methods import METHODS, Built, build_method, reference_method
 from pemma.metrics.params import count_parameters
 from pemma.tasks import TASKS, Measured, Unit
 from pemma.tasks.base import PARAMETER_METRICS, Monitor, Phases, UnitStopped, checkpoint_folder
 from pemma.tasks.segmentation.ct_base import base_folder, base_key, is_cached, pretrained_base
-from pemma.tracking import Tracker, provenance, run_key
+from pemma.tracking import Finished, Tracker, provenance, run_key
 from pemma.training.loop import dtype_name
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,14 @@ def seed_everything(seed: int) -> None:
     set_determinism(seed=seed)
 
 
+RUN, EVALUATE, DONE = "run", "evaluate", "done"
+"""What a unit needs (Runner.todo)."""
+
+
 @dataclass
 class UnitOutcome:
     key: str
-    status: str  # FINISHED | SKIPPED | FAILED
+    status: str  # FINISHED | EVALUATED (pending evaluations of a finished unit) | SKIPPED | FAILED
     seconds: float = 0.0
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -125,17 +129,27 @@ class Runner:
             checkpoint_root=self.results / "checkpoints",
         )
 
+    def todo(self, cfg: RunConfig, key: str, finished: dict[str, Finished]) -> str:
+        """What unit `cfg` (run key `key`) needs, given the suite's `finished` runs: RUN (not
+        finished), EVALUATE (finished, but asked for evaluations its run lacks, e.g. a test-time
+        condition added since) or DONE."""
+        run = finished.get(key)
+        if run is None:
+            return RUN
+        return EVALUATE if TASKS.get(cfg.task)().pending(cfg, run.tags) else DONE
+
     def run(self, units: list[RunConfig]) -> list[UnitOutcome]:
-        """Every unit not FINISHED and not claimed by another live process (a lock per run key)."""
+        """Every unit not FINISHED (or FINISHED with evaluations pending) and not claimed by another
+        live process (a lock per run key)."""
         outcomes = []
-        finished: dict[str, set[str]] = {}
+        finished: dict[str, dict[str, Finished]] = {}
         for suite in dict.fromkeys(cfg.suite for cfg in units):
             self.close_orphans(suite)
         for index, cfg in enumerate(units):
             if cfg.suite not in finished:
-                finished[cfg.suite] = self.tracker.finished_keys(cfg.suite)
+                finished[cfg.suite] = self.tracker.finished_runs(cfg.suite)
             key = self.key(cfg)
-            if key in finished[cfg.suite]:
+            if self.todo(cfg, key, finished[cfg.suite]) == DONE:
                 outcome = UnitOutcome(key, "SKIPPED")
             else:
                 outcome = self.claim_and_run(cfg, key, index, len(units))
@@ -157,9 +171,13 @@ class Runner:
         if not lock.acquire(block=False):
             return UnitOutcome(key, "SKIPPED", error=f"being run by {lock.owner()}")
         try:
-            if key in self.tracker.finished_keys(cfg.suite):  # finished by another process meanwhile
+            finished = self.tracker.finished_runs(cfg.suite)  # another process may have run it meanwhile
+            todo = self.todo(cfg, key, finished)
+            if todo == DONE:
                 return UnitOutcome(key, "SKIPPED")
             self.reporter.start(key, index, total)
+            if todo == EVALUATE:
+                return self.evaluate_unit(cfg, key, finished[key])
             return self.run_unit(cfg, key, monitor=monitor, tags=tags)
         finally:
             lock.release()
@@ -225,12 +243,39 @@ class Runner:
             self.tracker.fail(run_id, err)
             return UnitOutcome(key, "FAILED", time.perf_counter() - t0, error=f"{type(err).__name__}: {err}")
 
-    def train_and_score(
-        self, cfg: RunConfig, key: str, monitor: Monitor | None = None, phases: Phases | None = None
-    ) -> Measured:
-        """The one preamble every unit shares (data, CT base, the task's model, parameters), then the
-        task; `phases` gathers where the time went."""
-        phases = phases if phases is not None else Phases()
+    def evaluate_unit(self, cfg: RunConfig, key: str, run: Finished) -> UnitOutcome:
+        """A FINISHED unit's pending evaluations (Task.pending), from its saved trained state, added
+        to its run: no training. The run stays FINISHED whatever happens; what failed is reported and
+        tried again at the next start (its tag listing what was evaluated is written last)."""
+        t0 = time.perf_counter()
+        phases = Phases()
+        task = TASKS.get(cfg.task)()
+        try:
+            unit, built, _ = self.assemble(cfg, key, None, phases)
+            measured = task.evaluate_more(unit, built, run.tags)
+            self.tracker.log(run.run_id, measured.metrics)
+            for folder, path in measured.artifacts.items():
+                self.tracker.log_artifact(run.run_id, path, folder)
+            self.tracker.log(run.run_id, {}, measured.tags)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:
+            log.exception("unit %s: evaluating %s failed", key, ", ".join(task.pending(cfg, run.tags)))
+            return UnitOutcome(key, "FAILED", time.perf_counter() - t0, error=f"{type(err).__name__}: {err}")
+        added = task.pending(cfg, run.tags)
+        return UnitOutcome(
+            key,
+            "EVALUATED",
+            time.perf_counter() - t0,
+            metrics={**measured.metrics, **phases.metrics()},
+            headline=f"{len(added)} more evaluation(s), no training: {', '.join(added)}",
+        )
+
+    def assemble(
+        self, cfg: RunConfig, key: str, monitor: Monitor | None, phases: Phases
+    ) -> tuple[Unit, Built, Measured]:
+        """The one preamble every unit shares: its data, its CT base, its task's model (seeded as
+        always, so a rebuilt model is the one trained); what it records of them."""
         task = TASKS.get(cfg.task)()
         seed_everything(cfg.seed)
         with phases("data"):
@@ -261,8 +306,19 @@ class Runner:
         )
         with phases("build"):
             built = task.build(unit)
+        return unit, built, out
+
+    def train_and_score(
+        self, cfg: RunConfig, key: str, monitor: Monitor | None = None, phases: Phases | None = None
+    ) -> Measured:
+        """The preamble (assemble), parameter counts, then the task; `phases` gathers where the time
+        went."""
+        phases = phases if phases is not None else Phases()
+        task = TASKS.get(cfg.task)()
+        unit, built, out = self.assemble(cfg, key, monitor, phases)
+        with phases("build"):
             total, trainable = count_parameters(built.model)
-            reference = self.reference_trainable(cfg, base) if task.parameter_share else 0
+            reference = self.reference_trainable(cfg, unit.base) if task.parameter_share else 0
         out.metrics.update({"params_total": total, "params_trainable": trainable})
         if task.parameter_share:
             out.metrics["params_trainable_pct_of_reference"] = 100.0 * trainable / reference

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pemma.config import key_scopes
 from pemma.files import write_atomic
 from pemma.methods import METHODS, reference_method
 from pemma.report.markdown import markdown_table
@@ -36,7 +37,12 @@ def columns() -> list[Column]:
     ]
 
 
-LABEL_PARAMS = {"params.suite", "params.seed", "params.method", "params.backbone", "params.data.root"}
+NOT_VARIANT = {"params.seed", "params.method", "params.backbone"} | {
+    f"params.{key}" for key, scope in key_scopes().items() if not scope
+}
+"""Params that never make a variant: the grouping ones, and those in no key (labels such as the suite
+or data folder, and the test-time conditions, which a finished run may have grown since it logged
+them: runs that differ only there are one unit)."""
 
 
 def variant_columns(runs: pd.DataFrame) -> list[str]:
@@ -44,7 +50,7 @@ def variant_columns(runs: pd.DataFrame) -> list[str]:
 
     Sizes that differ only between backbones (a profile's per-backbone crop or width) are not a variant.
     """
-    cols = [c for c in runs.columns if c.startswith("params.") and c not in LABEL_PARAMS]
+    cols = [c for c in runs.columns if c.startswith("params.") and c not in NOT_VARIANT]
     if "tags.backbone" not in runs:
         return [c for c in cols if runs[c].nunique(dropna=False) > 1]
     groups = runs.groupby("tags.backbone")

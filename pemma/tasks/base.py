@@ -239,6 +239,17 @@ class Task:
     def run(self, unit: Unit, built: Built) -> Measured:
         raise NotImplementedError
 
+    def pending(self, cfg: RunConfig, tags: dict[str, str]) -> tuple[str, ...]:
+        """What `cfg` asks a unit to evaluate that its FINISHED run (these tags) has not: evaluations
+        outside the run key (segmentation: test-time conditions), done by `evaluate_more` from the
+        saved trained state, without training. None by default."""
+        return ()
+
+    def evaluate_more(self, unit: Unit, built: Built, tags: dict[str, str]) -> Measured:
+        """The `pending` evaluations of a FINISHED unit (its run's `tags`), on `built` with the unit's
+        trained state loaded here; metrics, tags and artifacts to add to the same run."""
+        raise NotImplementedError(f"task {self.name!r} has nothing to evaluate after training")
+
     def validate(self, unit: Unit, model: nn.Module, subsets: tuple[str, ...]) -> dict[str, float]:
         """Metrics on the validation split (named `val_...`): what a search optimises. Never the test
         split. A task without one cannot be searched."""

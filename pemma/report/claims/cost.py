@@ -10,8 +10,9 @@ the survival head). Turned into hours two ways, each labelled with where its rat
 - measured rates: training samples per second per device and profile from reports/rates/measured.yaml
   (training only; evaluation and data preparation not included, so a lower bound).
 
-Continual units count their first stage although a plan's continual units usually load the main
-units' adaptation instead of training it again: the estimate is an upper bound there.
+A segmentation unit's first stage is counted once per adaptation (the units that differ only in what
+they evaluate or in their continual stages load the adaptation the first of them kept: the robustness
+and continual units of a plan load the main units'); its continual stages always count.
 """
 
 from __future__ import annotations
@@ -57,12 +58,24 @@ def load_rates(path: Path | None = None) -> list[Rate]:
     return rates
 
 
-def training_samples(cfg) -> int:
-    """Samples one unit trains on (its CT base not included)."""
+def training_samples(cfg, adapts: bool = True) -> int:
+    """Samples one unit trains on (its CT base not included); without its first stage where it loads
+    a kept adaptation (`adapts` False)."""
     if cfg.task == "prognosis":
         return cfg.prognosis.steps * cfg.prognosis.batch_size
     stages = len(cfg.continual.order) * cfg.continual.steps * cfg.train.batch_size
-    return cfg.train.steps * cfg.train.batch_size + stages
+    return cfg.train.steps * cfg.train.batch_size * adapts + stages
+
+
+def _adaptation(cfg, fingerprint: str, key: str) -> str:
+    """What decides a unit's first stage: its config in the adaptation key's scope and the data (the
+    training patients follow from both), where the unit may load a kept adaptation; else its run key."""
+    from pemma.config import ADAPTATION_KEY, stable_hash
+    from pemma.tasks.segmentation.adapted import reusable
+
+    if cfg.task != "segmentation" or not reusable(cfg):
+        return key
+    return stable_hash({"config": cfg.identity(ADAPTATION_KEY), "data": fingerprint}, length=12)
 
 
 def plan_work(plan: ClaimsPlan, runner) -> pd.DataFrame:
@@ -71,11 +84,15 @@ def plan_work(plan: ClaimsPlan, runner) -> pd.DataFrame:
     from pemma.tasks.segmentation.ct_base import base_key
 
     rows = []
+    adapted: set[str] = set()
     for suite, configs in units(plan):
         finished = runner.tracker.finished_keys(suite)
         for cfg in configs:
             key = runner.key(cfg)
             needs = METHODS.get(cfg.method).needs_base and not cfg.pretrain.checkpoint
+            adaptation = _adaptation(cfg, runner.store.fingerprint(cfg.data), key)
+            adapts = adaptation not in adapted
+            adapted.add(adaptation)
             rows.append(
                 {
                     "suite": suite,
@@ -85,7 +102,7 @@ def plan_work(plan: ClaimsPlan, runner) -> pd.DataFrame:
                     "finished": key in finished,
                     "base": base_key(cfg, runner.store.fingerprint(cfg.data)) if needs else None,
                     "base samples": cfg.pretrain.steps * cfg.pretrain.batch_size if needs else 0,
-                    "samples": training_samples(cfg),
+                    "samples": training_samples(cfg, adapts),
                 }
             )
     return pd.DataFrame(rows)

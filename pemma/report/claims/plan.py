@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from pemma.config import ConfigError, flatten, parse_override
+from pemma.config import ConfigError, flatten, key_scopes, parse_override
 from pemma.methods import METHODS
 from pemma.report.definition import ReportError, logged
 from pemma.report.sources import Sources
@@ -39,6 +39,7 @@ class ClaimsPlan:
     collapse: float = 0.5  # claim 2: largest relative drop from CT+PET that is not a collapse
     keep: float = 0.5  # claim 3: smallest share of PET-only Dice kept through a CT-only stage
     sizes: str = "paper"  # claim 1b: the profile whose model sizes the parameter share is counted at
+    shift_mm: float = 8.0  # question 1: the PET misregistration (mm) at test time
     path: Path | None = None
 
     def suite_entries(self, suite: str) -> list[Runs]:
@@ -50,7 +51,19 @@ class ClaimsPlan:
         return list(dict.fromkeys(m for r in self.suite_entries(suite) for m in r.methods))
 
 
-PLAN_KEYS = {"title", "profile", "seeds", "backbone", "set", "runs", "margin", "collapse", "keep", "sizes"}
+PLAN_KEYS = {
+    "title",
+    "profile",
+    "seeds",
+    "backbone",
+    "set",
+    "runs",
+    "margin",
+    "collapse",
+    "keep",
+    "sizes",
+    "shift_mm",
+}
 
 
 def load_plan(path: Path) -> ClaimsPlan:
@@ -87,6 +100,7 @@ def load_plan(path: Path) -> ClaimsPlan:
         collapse=float(raw.get("collapse", 0.5)),
         keep=float(raw.get("keep", 0.5)),
         sizes=str(raw.get("sizes", "paper")),
+        shift_mm=float(raw.get("shift_mm", 8.0)),
         path=path,
     )
     for override in (*plan.overrides, *(o for r in plan.runs for o in r.overrides)):
@@ -104,10 +118,17 @@ def select(plan: ClaimsPlan, sources: Sources, suite: str) -> pd.DataFrame:
     if not entries or runs.empty:
         return pd.DataFrame()
 
+    scopes = key_scopes()
+
     def matching(overrides) -> pd.Series:
+        """Runs whose logged config has the overrides' values; values in no key (labels, the
+        conditions a unit evaluates, which a finished run may have grown since it logged them) do not
+        decide whether a run is the unit."""
         keep = pd.Series(True, index=runs.index)
         for override in overrides:
             for key, value in flatten(parse_override(override)).items():
+                if not scopes.get(key, True):
+                    continue
                 column = runs.get(f"params.{key}", pd.Series(None, index=runs.index, dtype=object))
                 keep &= column.astype(str) == logged(value)
         return keep

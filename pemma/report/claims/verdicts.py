@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pemma.conditions import CONDITIONS
 from pemma.config import parse_override
 from pemma.files import write_atomic
 from pemma.methods import METHODS, reference_method
-from pemma.modalities import LABELS
+from pemma.modalities import CTPET, LABELS
 from pemma.report import stats
 from pemma.report.claims.plan import CONTRADICTED, INCONCLUSIVE, NOT_RUN, SUPPORTED, ClaimsPlan, select
 from pemma.report.markdown import markdown_table
@@ -84,9 +85,25 @@ class Cohort:
         return np.logical_and.reduce([c.tested_mask() for c in self.counts.values()])
 
 
+def pass_keys(rows: pd.DataFrame) -> pd.Series:
+    """Each per-patient row's evaluation pass: its input subset (`ctpet`), or its condition at its
+    magnitude as the metrics name it (`pet-shift-8mm`)."""
+    units = {name: CONDITIONS.get(name).unit for name in rows["condition"].dropna().unique()}
+    shifted = rows["magnitude"].notna()
+    keys = rows["condition"].astype(object).copy()
+    keys[shifted] = (
+        rows.loc[shifted, "condition"]
+        + "-"
+        + rows.loc[shifted, "magnitude"].map("{:g}".format)
+        + rows.loc[shifted, "condition"].map(units)
+    )
+    return keys
+
+
 def _cohort(sources: Sources, suite: str, runs: pd.DataFrame, pairs: list[tuple[str, str]]) -> Cohort | None:
-    """Counts for each (method, subset), restricted to the seeds every method ran and the patients
-    every one of them tested; None when a method has no run."""
+    """Counts for each (method, evaluation pass: an input subset or a condition key), restricted to
+    the seeds every method ran and the patients every one of them tested; None when a method has no
+    run."""
     if runs.empty:
         return None
     seeds = None
@@ -104,9 +121,10 @@ def _cohort(sources: Sources, suite: str, runs: pd.DataFrame, pairs: list[tuple[
         & (patients["grid"] == "original")
         & patients["run_key"].isin(keys)
     ]
+    passes = pass_keys(rows)
     chosen = {}
     for method, subset in pairs:
-        chosen[(method, subset)] = rows[(rows["method"] == method) & (rows["condition"] == subset)]
+        chosen[(method, subset)] = rows[(rows["method"] == method) & (passes == subset)]
         if chosen[(method, subset)].empty:
             return None
     common = sorted(set.intersection(*(set(r["patient_id"]) for r in chosen.values())))
@@ -351,6 +369,49 @@ def claim_prognosis(plan: ClaimsPlan, sources: Sources) -> list[Verdict]:
     return rows
 
 
+SHIFT_TEST = (
+    "t over seeds of each seed's difference of relative drops, 1 - Dice(shifted) / Dice(CT+PET) "
+    "(aggregated Dice, original grid), shared patients counted"
+)
+
+
+def question_shift(plan: ClaimsPlan, sources: Sources) -> list[Verdict]:
+    """An open question of the papers, judged like a claim: does PEMMA-LoRA lose less CT+PET Dice than
+    early fusion when PET is misregistered by `plan.shift_mm` at test time (no retraining)?"""
+    reference, shifted = reference_method("parameters"), CONDITIONS.get("pet-shift").key(plan.shift_mm)
+    statement = (
+        f"Q1. Open question (the papers do not ask it): with PET misregistered by {plan.shift_mm:g} mm at "
+        f"test time, does PEMMA-LoRA lose less of its CT+PET Dice than early fusion? compared: early "
+        "fusion's relative drop - PEMMA-LoRA's"
+    )
+    runs = select(plan, sources, "robustness")
+    pairs = [(m, p) for m in ("pemma-lora", reference) for p in (CTPET, shifted)]
+    cohort = _cohort(sources, "robustness", runs, pairs)
+    if cohort is None:
+        return [Verdict(statement)]
+    dice = {key: stats.aggregated_dice_per_seed(counts) for key, counts in cohort.counts.items()}
+
+    def drop(method: str, idx) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return 1.0 - dice[f"{method}/{shifted}"](idx) / dice[f"{method}/{CTPET}"](idx)
+
+    every = np.arange(cohort.patients)
+    interval = stats.method_interval(
+        lambda idx: drop(reference, idx) - drop("pemma-lora", idx), cohort.tested()
+    )
+    return [
+        Verdict(
+            statement,
+            f"Δ drop {_ci(interval, 1, 100, ' pts')} (mean drops: early fusion "
+            f"{100 * np.nanmean(drop(reference, every)):.0f}%, PEMMA-LoRA "
+            f"{100 * np.nanmean(drop('pemma-lora', every)):.0f}%)",
+            _basis(cohort),
+            decide(interval, 0.0, above=True),
+            SHIFT_TEST,
+        )
+    ]
+
+
 def _paired_claim(statement: str, method: str, reference: str, paper: str = "") -> Callable:
     def claim(plan: ClaimsPlan, sources: Sources) -> list[Verdict]:
         runs = select(plan, sources, "main")
@@ -383,6 +444,7 @@ CLAIMS: tuple[Callable[[ClaimsPlan, Sources], list[Verdict]], ...] = (
         "early-fusion-lora",
     ),
     _paired_claim("6. PEMMA-DoRA beats PEMMA-LoRA (the papers: +2-3% Dice)", "pemma-dora", "pemma-lora"),
+    question_shift,
 )
 
 

@@ -92,7 +92,13 @@ def run_stages(unit: Unit, model: torch.nn.Module, adapted: dict[str, SubsetResu
     subset = method.stage_subset(cfg.continual.inputs)
     budget = replace(cfg.train, steps=cfg.continual.steps)
     for stage, centre in enumerate(cfg.continual.order, start=1):
-        crops = loaded.data.crops(splits[centre]["train"], KEYS, cfg.model.roi, seed=cfg.seed + stage)
+        crops = loaded.data.crops(
+            splits[centre]["train"],
+            KEYS,
+            cfg.model.roi,
+            seed=cfg.seed + stage,
+            pet_shift=(cfg.train.pet_shift_mm, cfg.train.pet_shift_prob),
+        )
         # Every random stream the stage draws from (adapter dropout among them) starts from the stage's
         # seed: a stage's result does not depend on whether stage 0 was trained here or loaded.
         set_determinism(seed=cfg.seed + stage)

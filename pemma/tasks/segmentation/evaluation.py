@@ -50,14 +50,15 @@ def evaluate(
     conditions: list[Applied] | tuple[Applied, ...] = (),
     seed: int = 0,
 ) -> dict[str, SubsetResult]:
-    """Sliding-window inference on every subset, then under every test-time condition whose input
-    subset the model accepts (each patient's inputs changed as the condition says, deterministically
+    """Sliding-window inference on every subset, then under every test-time condition given (the
+    caller keeps those whose input subset the model accepts; each patient's inputs changed as the
+    condition says, deterministically
     in `seed`); Dice on the working grid and, with `original_grid`, on each patient's original CT
     grid (probabilities resampled back, then argmax; the volumes must carry their original files, as
     CohortData's do). Results are keyed by subset, or by condition key (e.g. `pet-shift-8mm`)."""
     model.to(device).eval()
     passes = [Applied(CONDITIONS.get(s)) for s in subsets]
-    passes += [c for c in conditions if c.subset in subsets]
+    passes += list(conditions)
     keys = [p.key for p in passes]
     accumulators = {k: DiceAccumulator() for k in keys}
     originals = {k: DiceAccumulator() for k in keys}

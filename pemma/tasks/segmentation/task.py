@@ -4,14 +4,17 @@ it accepts by sliding-window inference, save what it trained, then run continual
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from pemma.conditions import Applied
 from pemma.conditions import parse as parse_conditions
+from pemma.config import RunConfig
 from pemma.data.centres import centre_of
 from pemma.data.splits import require_validation
-from pemma.methods import Built
-from pemma.metrics.patients import write_patient_table
+from pemma.methods import METHODS, Built
+from pemma.metrics.patients import extend_patient_table, write_patient_table
 from pemma.modalities import CTPET
-from pemma.models.portable import save_trained
+from pemma.models.portable import load_trained, save_trained
 from pemma.tasks.base import (
     LOSS_METRICS,
     PARAMETER_METRICS,
@@ -24,10 +27,12 @@ from pemma.tasks.base import (
 )
 from pemma.tasks.segmentation import continual
 from pemma.tasks.segmentation.adapted import Adaptations, adaptation_key, reusable
-from pemma.tasks.segmentation.evaluation import evaluate
-from pemma.training.loop import train
+from pemma.tasks.segmentation.evaluation import SubsetResult, evaluate
+from pemma.training.loop import cast_frozen, train
 
 KEYS = ("ct", "pet", "label")
+EVALUATED = "conditions_evaluated"
+"""The tag listing the test-time condition keys a unit has scored (e.g. `pet-shift-0mm,pet-shift-8mm`)."""
 
 _DICE = (
     "HECKTOR aggregated Dice on the adaptation centre's test split, on each patient's original CT grid "
@@ -118,7 +123,7 @@ class Segmentation(Task):
 
     def run(self, unit: Unit, built: Built) -> Measured:
         cfg, method, loaded = unit.cfg, unit.method, unit.data
-        conditions = parse_conditions(cfg.eval.conditions)  # a bad name fails before training
+        conditions = self.conditions(cfg)  # a bad name fails before training
         out = Measured()
         subsets, probabilities = method.train_schedule(cfg)
         out.tags["train_schedule"] = ", ".join(
@@ -150,7 +155,13 @@ class Segmentation(Task):
             unit.note(f"{cfg.method}: the adaptation {adaptation} is kept; loaded, not trained")
         else:
             with phase("data"):
-                crops = loaded.data.crops(cases, KEYS, cfg.model.roi, seed=cfg.seed)
+                crops = loaded.data.crops(
+                    cases,
+                    KEYS,
+                    cfg.model.roi,
+                    seed=cfg.seed,
+                    pet_shift=(cfg.train.pet_shift_mm, cfg.train.pet_shift_prob),
+                )
             with phase("train"):
                 stats = train(
                     built.model,
@@ -175,45 +186,12 @@ class Segmentation(Task):
                 "train_final_loss": stats.final_loss,
             }
         )
-        with phase("data"):
-            volumes = loaded.data.volumes(loaded.plan.adapt["test"], KEYS)
-        with phase("evaluate"):
-            results = evaluate(
-                built.model,
-                volumes,
-                method.inputs(),
-                cfg.model.roi,
-                cfg.eval,
-                unit.device,
-                cfg.train.amp,
-                original_grid=True,
-                conditions=conditions,
-                seed=cfg.seed,
-            )
-        for subset, result in results.items():
-            out.metrics.update({f"dice_hecktor/{subset}/{k}": v for k, v in result.original.items()})
-            out.metrics.update(
-                {f"dice_case_hecktor/{subset}/{k}": v for k, v in result.original_case_mean.items()}
-            )
-            out.metrics.update({f"dice_agg/{subset}/{k}": v for k, v in result.aggregated.items()})
-            out.metrics.update({f"dice_case/{subset}/{k}": v for k, v in result.case_mean.items()})
-            out.metrics[f"infer_volumes_per_s/{subset}"] = result.volumes_per_s
-        out.metrics["test_cases"] = len(volumes)
-        voxel_ml = float(np.prod(cfg.data.spacing)) / 1000.0
-        rows = [
-            {
-                **row,
-                "kind": "segmentation",
-                "centre": centre_of(row["patient_id"]),
-                "split": "test",
-                "prediction_ml": row["prediction_voxels"] * voxel_ml,
-                "truth_ml": row["truth_voxels"] * voxel_ml,
-            }
-            for result in results.values()
-            for row in result.patients
-        ]
+        results, cases = self.score_test(unit, built, method.inputs(), conditions)
+        out.metrics.update(_scores(results))
+        out.metrics["test_cases"] = cases
+        out.tags[EVALUATED] = ",".join(c.key for c in conditions)
         with phase("save"):
-            table = write_patient_table(rows, unit.key, unit.output("patients", ".csv"))
+            table = write_patient_table(_rows(cfg, results), unit.key, unit.output("patients", ".csv"))
             saved = unit.output("trained", ".safetensors")
             out.metrics["saved_bytes"] = save_trained(
                 built.model,
@@ -230,6 +208,57 @@ class Segmentation(Task):
             with phase("continual"):
                 out.metrics.update(continual.run_stages(unit, built.model, results))
         return out
+
+    def conditions(self, cfg: RunConfig) -> list[Applied]:
+        """The test-time conditions `cfg` asks for whose input subset the method accepts."""
+        accepts = METHODS.get(cfg.method).inputs()
+        return [c for c in parse_conditions(cfg.eval.conditions) if c.subset in accepts]
+
+    def pending(self, cfg: RunConfig, tags: dict[str, str]) -> tuple[str, ...]:
+        """The conditions `cfg` asks for that the finished run's `conditions_evaluated` tag lacks."""
+        done = set(tags.get(EVALUATED, "").split(","))
+        return tuple(c.key for c in self.conditions(cfg) if c.key not in done)
+
+    def evaluate_more(self, unit: Unit, built: Built, tags: dict[str, str]) -> Measured:
+        """The pending conditions of a finished unit, from its saved trained state: one inference pass
+        each over its test split (the same passes, the same numbers as had the unit evaluated them
+        when it trained), appended to its per-patient table."""
+        cfg, phase = unit.cfg, unit.phases
+        pending = set(self.pending(cfg, tags))
+        todo = [c for c in self.conditions(cfg) if c.key in pending]
+        with phase("build"):
+            if cfg.train.frozen_bf16:  # the frozen weights held their bf16-rounded values when scored
+                cast_frozen(built.model, torch.bfloat16)
+                cast_frozen(built.model, torch.float32)
+            load_trained(built.model, built.trained, unit.results / tags["trained_file"])
+        results, _ = self.score_test(unit, built, (), todo)
+        with phase("save"):
+            table = extend_patient_table(unit.results / tags["patients_file"], _rows(cfg, results), unit.key)
+        evaluated = [k for k in tags.get(EVALUATED, "").split(",") if k] + [c.key for c in todo]
+        return Measured(_scores(results), {EVALUATED: ",".join(evaluated)}, {"patients": table})
+
+    def score_test(
+        self, unit: Unit, built: Built, subsets: tuple[str, ...], conditions: list[Applied]
+    ) -> tuple[dict[str, SubsetResult], int]:
+        """The adaptation centre's test split scored on `subsets` and under `conditions`, on each
+        patient's original CT grid; the results by pass, and how many patients."""
+        cfg, loaded = unit.cfg, unit.data
+        with unit.phases("data"):
+            volumes = loaded.data.volumes(loaded.plan.adapt["test"], KEYS)
+        with unit.phases("evaluate"):
+            results = evaluate(
+                built.model,
+                volumes,
+                subsets,
+                cfg.model.roi,
+                cfg.eval,
+                unit.device,
+                cfg.train.amp,
+                original_grid=True,
+                conditions=conditions,
+                seed=cfg.seed,
+            )
+        return results, len(volumes)
 
     def validation_volumes(self, unit: Unit):
         cfg = unit.cfg
@@ -254,3 +283,32 @@ class Segmentation(Task):
     def appendix(self, runs) -> str:
         matrices = continual.matrices_markdown(runs)
         return "## Continual learning: R[stage, centre], aggregated Dice\n\n" + matrices if matrices else ""
+
+
+def _scores(results: dict[str, SubsetResult]) -> dict[str, float]:
+    """Metrics of every evaluation pass (an input subset or a condition key)."""
+    out: dict[str, float] = {}
+    for key, result in results.items():
+        out.update({f"dice_hecktor/{key}/{k}": v for k, v in result.original.items()})
+        out.update({f"dice_case_hecktor/{key}/{k}": v for k, v in result.original_case_mean.items()})
+        out.update({f"dice_agg/{key}/{k}": v for k, v in result.aggregated.items()})
+        out.update({f"dice_case/{key}/{k}": v for k, v in result.case_mean.items()})
+        out[f"infer_volumes_per_s/{key}"] = result.volumes_per_s
+    return out
+
+
+def _rows(cfg: RunConfig, results: dict[str, SubsetResult]) -> list[dict]:
+    """The per-patient table's rows of every evaluation pass, volumes in ml."""
+    voxel_ml = float(np.prod(cfg.data.spacing)) / 1000.0
+    return [
+        {
+            **row,
+            "kind": "segmentation",
+            "centre": centre_of(row["patient_id"]),
+            "split": "test",
+            "prediction_ml": row["prediction_voxels"] * voxel_ml,
+            "truth_ml": row["truth_voxels"] * voxel_ml,
+        }
+        for result in results.values()
+        for row in result.patients
+    ]

@@ -98,6 +98,7 @@ def test_each_config_field_declares_the_keys_it_is_part_of():
         "data.plan",
         "train.checkpoint_every",
         "train.activation_checkpointing",
+        "eval.conditions",  # what a finished unit evaluates more: scored from its saved state
     }
     assert {k for k, s in scopes.items() if s == {RUN_KEY}} == {
         k for k in scopes if k.startswith("continual.")
@@ -106,6 +107,8 @@ def test_each_config_field_declares_the_keys_it_is_part_of():
     base = resolve({"profile": "ci"})
     moved = resolve({"profile": "ci", "suite": "other", "train": {"checkpoint_every": 7}})
     assert base.identity() == moved.identity(), "a label is part of no key"
+    shifted = resolve({"profile": "ci", "eval": {"conditions": ["pet-shift"]}})
+    assert shifted.identity() == base.identity(), "adding a test-time condition does not retrain"
     stages = resolve({"profile": "ci", "continual": {"steps": 3}})
     assert stages.identity() != base.identity(), "continual stages are part of the run key"
     assert stages.identity(ADAPTATION_KEY) == base.identity(ADAPTATION_KEY), "but not of the adaptation's"

@@ -155,3 +155,36 @@ def test_data_check_warns_of_missing_clinical_rows_and_columns(tiny_cohort, tmp_
     )
     out = CliRunner().invoke(app, ["data", "check", str(root)])
     assert out.exit_code == 0 and "warning:" in out.output and "no problems found" not in out.output
+
+
+def test_training_time_pet_shift_moves_only_the_pet_within_its_bound_and_is_reproducible():
+    import torch
+    from scipy.ndimage import center_of_mass
+
+    from pemma.data.transforms import WORKING_AFFINE, RandPETShiftd, augment
+
+    assert not any(
+        isinstance(t, RandPETShiftd) for t in augment(("ct", "pet", "label"), (8, 8, 8)).transforms
+    )
+    spacing = np.array([2.0, 2.0, 3.0])
+    pet = torch.zeros(1, 32, 32, 32)
+    pet[0, 12:20, 12:20, 12:20] = 5.0
+    item = {
+        "ct": torch.rand(1, 32, 32, 32),
+        "pet": pet,
+        "label": (pet > 0).to(torch.uint8),
+        WORKING_AFFINE: torch.as_tensor(np.diag([*spacing, 1.0])),
+    }
+    moved_mm = []
+    for seed in range(20):
+        shift = RandPETShiftd(max_mm=8.0, prob=1.0).set_random_state(seed)
+        out = shift(item)
+        again = RandPETShiftd(max_mm=8.0, prob=1.0).set_random_state(seed)(item)
+        assert torch.equal(out["pet"], again["pet"]), "the same seed draws the same shift"
+        assert out["ct"] is item["ct"] and out["label"] is item["label"]
+        offset = np.array(center_of_mass(out["pet"][0].numpy())) - np.array(center_of_mass(pet[0].numpy()))
+        moved_mm.append(float(np.linalg.norm(offset * spacing)))
+        assert np.allclose(offset * spacing, shift._world, atol=0.05), "the drawn world vector, in mm"
+    assert max(moved_mm) <= 8.0 + 1e-6 and max(moved_mm) > 4.0 and min(moved_mm) < 4.0
+    never = RandPETShiftd(max_mm=8.0, prob=1e-9).set_random_state(0)
+    assert torch.equal(never(item)["pet"], pet)

@@ -261,8 +261,8 @@ def test_claims_run_runs_the_plan_in_one_batch_and_judges(tiny_cohort, tmp_path)
 
 def test_claims_dry_run_lists_units_and_counts_their_cost(tiny_cohort, tmp_path):
     """--dry-run runs nothing: the plan's units, its CT bases, the training samples counted from the
-    configs (ci: 2 steps x batch 1 per unit, continual + 1 stage x 2 steps, 2 pretraining samples per
-    base), hours at the rates file's rates for the profile, none for the ci profile."""
+    configs (ci: 2 steps x batch 1 per adaptation, continual + 1 stage x 2 steps, 2 pretraining
+    samples per base), hours at the rates file's rates for the profile, none for the ci profile."""
     plan = tmp_path / "plan.yaml"
     plan.write_text(
         "title: ci claims\nprofile: ci\nseeds: [0, 1]\nbackbone: unetr\n"
@@ -274,9 +274,10 @@ def test_claims_dry_run_lists_units_and_counts_their_cost(tiny_cohort, tmp_path)
     out = CliRunner().invoke(app, ["claims", str(plan), "--dry-run", "--results", str(results)])
     assert out.exit_code == 0, out.output
     assert out.output.count("to run  ") == 6 and "finished" not in out.output.replace("finished or", "")
-    # 4 main units x 2 samples + 2 continual units x (2 + 2) + 2 bases x 2 = 20
+    # 4 main units x 2 samples + 2 continual units x 2 (their stage 0 is the main units' adaptation,
+    # loaded) + 2 bases x 2 = 16
     assert "6 units (6 to run), 2 CT bases (4 pretraining samples" in out.output
-    assert "20 training samples in all" in out.output
+    assert "16 training samples in all" in out.output
     assert "no measured rate for profile ci" in out.output
     assert not (results / "main").exists()  # nothing ran, no data was written for a unit
 
@@ -288,6 +289,67 @@ def test_the_paper_plan_is_budgeted_at_a_measured_gpu_rate(tmp_path):
         app, ["claims", "reports/claims/pemma-paper.yaml", "--dry-run", "--results", str(tmp_path / "r")]
     )
     assert out.exit_code == 0, out.output
-    assert "45 units (45 to run), 5 CT bases" in out.output
+    # 45 units and the robustness question's 10, which load the main units' adaptations: no training
+    assert "55 units (55 to run), 5 CT bases" in out.output
+    assert "978,000 training samples in all" in out.output  # continual stage 0 counted once, in main
     paper = [r for r in load_rates() if r.profile == "paper" and r.backbone == "unetr"]
     assert paper and all(f"at {r.samples_per_s:g} samples/s on {r.device}" in out.output for r in paper)
+
+
+def test_the_shift_question_compares_the_drops_of_early_fusion_and_pemma_lora(tmp_path):
+    """Question 1 reads the robustness suite's rows at CT+PET and at pet-shift-8mm: early fusion keeps
+    30% of the truth under the shift, PEMMA-LoRA 60%; PEMMA-LoRA loses less, clearly. The plan's
+    `eval.conditions` override does not have to match what a run logged when it started (a finished
+    unit may have scored more conditions since)."""
+    from pemma.report.claims import verdicts as claims
+
+    runs = FakeRuns(tmp_path / "results")
+    kept = {"early-fusion": 0.3, "pemma-lora": 0.6}
+    for method, share in kept.items():
+        for seed in (0, 1, 2):
+            inter = _intersection(method)
+            rows = [
+                {
+                    "kind": "segmentation",
+                    "patient_id": pid,
+                    "subset": "ctpet",
+                    "condition": condition,
+                    "magnitude": magnitude,
+                    "class": klass,
+                    "grid": "original",
+                    "split": "test",
+                    "intersection_voxels": overlap,
+                    "prediction_voxels": TRUTH[i, k],
+                    "truth_voxels": TRUTH[i, k],
+                    "dice": overlap / TRUTH[i, k],
+                }
+                for i, pid in enumerate(PATIENTS)
+                for k, klass in enumerate(("gtvp", "gtvn"))
+                for condition, magnitude, overlap in (
+                    ("ctpet", None, inter[i, k]),
+                    ("pet-shift", 8.0, np.round(share * TRUTH[i, k] * (1 + 0.02 * seed))),
+                )
+            ]
+            runs.add(
+                "robustness", method, seed, patients=rows, params={"eval.conditions": "('pet-shift=0',)"}
+            )
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "title: q\nseeds: [0, 1, 2]\nruns:\n"
+        "  - suite: robustness\n    methods: [early-fusion, pemma-lora]\n"
+        "    set: ['eval.conditions=[pet-shift=8]']\n"
+    )
+    rows = claims.question_shift(load_plan(plan), Sources(runs.tracker, tmp_path / "results"))
+    (row,) = rows
+    assert row.claim.startswith("Q1. Open question") and row.verdict == SUPPORTED, row
+    assert row.basis == "3 seeds, 12 test patients"
+    # hand count: drop = 1 - kept share x truth / early fusion's or PEMMA-LoRA's CT+PET overlap
+    lora = _intersection("pemma-lora").sum()
+    ef = BASE.sum()
+    expected = np.mean(
+        [
+            (1 - 0.3 * (1 + 0.02 * s) * TRUTH.sum() / ef) - (1 - 0.6 * (1 + 0.02 * s) * TRUTH.sum() / lora)
+            for s in range(3)
+        ]
+    )
+    assert row.effect.startswith(f"Δ drop {100 * expected:+.1f} pts"), (row.effect, expected)
