@@ -312,6 +312,13 @@ class EvalConfig:
     sw_batch_size: int = 4
     overlap: float = 0.25
     mode: str = "gaussian"
+    nsd_tolerance_mm: float = 3.0
+    """The normalised surface Dice's tolerance (mm): boundary within this distance counts as agreeing
+    (metrics/segmentation.py says why 3 mm)."""
+    predictions: bool = field(default=True, metadata=LABEL)
+    """Write each test patient's prediction on its original CT grid as NIfTI, per evaluation pass
+    (results/<suite>/predictions/<run key>/<pass>/<PatientID>.nii.gz; uint8 0 background, 1 GTVp,
+    2 GTVn), and log them as the run's artifacts. Off in the ci profile. Never changes a number."""
     conditions: tuple[str, ...] = field(default=(), metadata=EVALUATED)
     """Test-time conditions scored after training besides the input subsets (`pemma-bench
     conditions`): a name with its default magnitudes (`pet-shift`) or with its own (`pet-shift=0,4,8`;
@@ -322,6 +329,11 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _require(0 <= self.overlap < 1, "eval.overlap", f"must be in [0, 1), got {self.overlap}")
         _require(self.mode in ("gaussian", "constant"), "eval.mode", "expected gaussian or constant")
+        _require(
+            math.isfinite(self.nsd_tolerance_mm) and self.nsd_tolerance_mm > 0,
+            "eval.nsd_tolerance_mm",
+            f"must be > 0 mm, got {self.nsd_tolerance_mm}",
+        )
 
 
 @dataclass(frozen=True)

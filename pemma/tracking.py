@@ -281,7 +281,11 @@ class Tracker:
         return out
 
     def log_artifact(self, run_id: str, path: Path, folder: str) -> None:
-        self.client.log_artifact(run_id, str(path), folder)
+        """A file into the run's artifact `folder`, or a folder's files (a folder of predictions)."""
+        if Path(path).is_dir():
+            self.client.log_artifacts(run_id, str(path), folder)
+        else:
+            self.client.log_artifact(run_id, str(path), folder)
 
     def download_artifacts(self, run_id: str, folder: str, destination: Path) -> Path:
         return Path(self.client.download_artifacts(run_id, folder, str(destination)))

@@ -3,7 +3,8 @@ bootstrap intervals over patients (which read it and never re-run inference).
 
 Segmentation rows (`kind` = segmentation): one per patient x input subset x class, with the
 patient's Dice (empty if truth and prediction are both empty), the voxel counts |P ∩ G|, |P|, |G| and
-the volumes in ml, on the grid named in `grid` (`working`: the resampled grid at data.spacing).
+the volumes in ml, on the grid named in `grid` (`working`: the resampled grid at data.spacing), and on
+the original grid the boundary metrics HD95 (mm) and NSD (metrics/segmentation.py: empty cases).
 Prognosis rows (`kind` = prognosis): one per patient, with its split, predicted risk (higher = earlier
 relapse), follow-up time in days and event (1 = relapse). Columns a kind does not use are empty.
 """
@@ -16,9 +17,11 @@ import pandas as pd
 
 from pemma.files import write_atomic
 
-SCHEMA_VERSION = 2
-"""2: `condition` and `magnitude` (the test-time condition a row was scored under); 1 is still read."""
-READABLE = (1, 2)
+SCHEMA_VERSION = 3
+"""2: `condition` and `magnitude` (the test-time condition a row was scored under); 3: `hd95_mm` and
+`nsd` (boundary metrics, original grid). Versions 1 and 2 are still read (their missing columns
+empty)."""
+READABLE = (1, 2, 3)
 COLUMNS = (
     "schema_version",
     "run_key",
@@ -35,6 +38,8 @@ COLUMNS = (
     "intersection_voxels",
     "prediction_voxels",
     "truth_voxels",
+    "hd95_mm",
+    "nsd",
     "prediction_ml",
     "truth_ml",
     "risk",
@@ -82,4 +87,7 @@ def read_patient_table(path: Path) -> pd.DataFrame:
         segmentation = table["kind"] == "segmentation"
         table.insert(table.columns.get_loc("subset") + 1, "condition", table["subset"].where(segmentation))
         table.insert(table.columns.get_loc("condition") + 1, "magnitude", float("nan"))
+    for column in ("hd95_mm", "nsd"):  # versions 1 and 2: no boundary metrics
+        if column not in table:
+            table.insert(table.columns.get_loc("truth_voxels") + 1 + (column == "nsd"), column, float("nan"))
     return table

@@ -4,6 +4,16 @@ Empty-case policy: a case whose ground truth and prediction are both empty for a
 per-case Dice for that class (it is excluded from the mean, not counted as 1). Aggregated Dice needs
 no policy for such a case: it adds nothing to either sum.
 
+Boundary metrics (Metrics Reloaded pairs an overlap metric with a boundary one; HECKTOR 2021 ranked
+on HD95 too), per case and class on the original CT grid, in mm from the grid's voxel sizes, with
+MONAI's implementations: HD95, the 95th percentile of the symmetric surface distances, and the
+normalised surface Dice (NSD) at a tolerance `eval.nsd_tolerance_mm` (3 mm by default: the slice
+thickness of most HECKTOR CTs and well inside the several millimetres by which experts' GTV contours
+differ). Empty structures: both truth and prediction empty -> both undefined (NaN, left out of
+medians, as per-case Dice); one empty and not the other (a missed or an invented structure) -> NSD 0
+and HD95 the diagonal of the image in mm, the largest distance the grid allows, so that a median
+counts it as the worst case instead of dropping it.
+
 Absent-class policy: a class absent from every ground truth of the evaluated set has no aggregated
 Dice (NaN), whatever a model predicts, and the headline mean (of GTVp and GTVn) is then undefined
 too. The mean is never silently the other class alone, and whether it is defined depends on the
@@ -68,3 +78,32 @@ def _named(per_class: np.ndarray) -> dict[str, float]:
     out = {CLASSES[k + 1]: float(v) for k, v in enumerate(per_class)}
     out["mean"] = float(np.mean(per_class))
     return out
+
+
+def boundary_metrics(
+    prediction: torch.Tensor, truth: torch.Tensor, spacing: tuple[float, float, float], tolerance_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(HD95 in mm, NSD at `tolerance_mm`) per class (GTVp, GTVn) of one case: integer maps of shape
+    (..., *spatial) on a grid of `spacing` mm; empty structures as the module says."""
+    import warnings
+
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    classes = len(CLASSES) + 1
+    pred = one_hot(prediction.reshape(1, 1, *prediction.shape[-3:]).long(), classes)
+    true = one_hot(truth.reshape(1, 1, *truth.shape[-3:]).long(), classes)
+    spacing = tuple(float(v) for v in spacing)
+    with warnings.catch_warnings():  # MONAI's own deprecated argument; empty classes (handled below)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        hd95 = compute_hausdorff_distance(pred, true, percentile=95, spacing=spacing)[0].double().numpy()
+        nsd = compute_surface_dice(pred, true, [tolerance_mm] * (classes - 1), spacing=spacing)
+    nsd = nsd[0].double().numpy()
+    has_pred = pred.flatten(2).any(-1)[0, 1:].numpy()
+    has_true = true.flatten(2).any(-1)[0, 1:].numpy()
+    diagonal = float(np.linalg.norm(np.array(prediction.shape[-3:]) * np.array(spacing)))
+    one_empty = has_pred != has_true
+    neither = ~has_pred & ~has_true
+    hd95 = np.where(one_empty, diagonal, np.where(neither, np.nan, hd95))
+    nsd = np.where(one_empty, 0.0, np.where(neither, np.nan, nsd))
+    return hd95, nsd

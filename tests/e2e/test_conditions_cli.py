@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from helpers.cli import ci_run
 
-from pemma.metrics.patients import read_patient_table
+from pemma.metrics.patients import SCHEMA_VERSION, read_patient_table
 from pemma.tracking import Tracker
 
 pytestmark = pytest.mark.slow  # end-to-end runs and services: `pytest -m 'not slow'` skips them
@@ -87,7 +87,7 @@ def test_a_condition_added_to_a_finished_unit_is_scored_without_training(tiny_co
             assert after[name] == reference[name] or pd.isna(after[name]) and pd.isna(reference[name]), name
     assert after["metrics.train_final_loss"] == before["metrics.train_final_loss"]
     table = read_patient_table(grown / after["tags.patients_file"])
-    assert len(table) > len(table_before) and (table["schema_version"] == 2).all()
+    assert len(table) > len(table_before) and (table["schema_version"] == SCHEMA_VERSION).all()
     expected = read_patient_table(tmp_path / "once" / reference["tags.patients_file"])
     assert _rows(table).equals(_rows(expected)), "the grown table holds the rows of scoring all at once"
 

@@ -10,9 +10,11 @@ import pandas as pd
 
 from pemma.methods import reference_method
 from pemma.modalities import SUBSETS
+from pemma.report import stats
 from pemma.report.sections.base import Block, Options, Section, section_kind
 from pemma.report.sections.common import (
     CI_NOTE,
+    CLASS_TITLES,
     arrow,
     ci,
     declared,
@@ -32,6 +34,9 @@ from pemma.report.sources import Sources
 class MainOptions(Options):
     subsets: tuple[str, ...] = SUBSETS
     classes: tuple[str, ...] = ("mean",)
+    boundary: tuple[str, ...] = ("hd95", "nsd")
+    """Boundary metrics beside Dice, on the first subset and each class: the per-seed medians over
+    patients, mean ± std over seeds with a t interval over seeds (about the method)."""
     extras: tuple[str, ...] = (
         "params_trainable",
         "params_trainable_pct_of_reference",
@@ -69,6 +74,16 @@ def main_table(section: Section, sources: Sources) -> Block:
                 means.setdefault(title, []).append(values.mean() if values.size else np.nan)
                 higher[title] = True
         row["patients"] = str(tested) if tested else "—"
+        for name in opts.boundary:
+            for klass in opts.classes:
+                metric = declared(f"{name}/{opts.subsets[0]}/{klass}")
+                label = metric.title if klass == "mean" else f"{metric.title} {CLASS_TITLES[klass]}"
+                title = arrow(label, metric.higher_is_better)
+                values = values_of(group, f"{name}/{opts.subsets[0]}/{klass}")
+                interval = ci(stats.seed_interval(values), metric.digits) if values.size else ""
+                row[title] = mean_std(values, metric.digits) + interval
+                means.setdefault(title, []).append(values.mean() if values.size else np.nan)
+                higher[title] = metric.higher_is_better
         for key in opts.extras:
             metric = declared(key)
             title = arrow(metric.title_for(reference_method), metric.higher_is_better)
@@ -93,9 +108,17 @@ def main_table(section: Section, sources: Sources) -> Block:
             for key in opts.extras
             if arrow(declared(key).title_for(reference_method), declared(key).higher_is_better) in shown
         ],
+        *[_boundary_note(declared(f"{name}/{opts.subsets[0]}/mean")) for name in opts.boundary],
         "Best value per column in bold; ↑ / ↓ say which direction is better.",
     ]
     return block
+
+
+def _boundary_note(metric) -> str:
+    return (
+        f"{metric.title}: {metric.meaning}; each seed's median, mean ± std over seeds, [95% t interval "
+        "over seeds]."
+    )
 
 
 def _size(values: np.ndarray) -> str:

@@ -4,8 +4,11 @@ every test-time condition a suite names (pemma/conditions)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import nibabel as nib
+import numpy as np
 import torch
 from monai.data import Dataset
 from monai.inferers import sliding_window_inference
@@ -19,7 +22,7 @@ from pemma.data.transforms import (
     original_label,
     to_original_grid,
 )
-from pemma.metrics.segmentation import CLASSES, DiceAccumulator
+from pemma.metrics.segmentation import CLASSES, DiceAccumulator, boundary_metrics
 from pemma.modalities import split_inputs, stack, unstack
 from pemma.training.loop import autocast, plain
 
@@ -36,6 +39,10 @@ class SubsetResult:
     original: dict[str, float] | None = None
     """Aggregated Dice on each patient's original CT grid, as HECKTOR evaluates (when asked for)."""
     original_case_mean: dict[str, float] | None = None
+    hd95: dict[str, float] | None = None
+    """Median HD95 (mm) over the patients, per class, on the original grid (when asked for)."""
+    nsd: dict[str, float] | None = None
+    """Median normalised surface Dice at eval.nsd_tolerance_mm, per class, on the original grid."""
 
 
 def evaluate(
@@ -49,13 +56,16 @@ def evaluate(
     original_grid: bool = False,
     conditions: list[Applied] | tuple[Applied, ...] = (),
     seed: int = 0,
+    write: Callable[[str, str, torch.Tensor, str], object] | None = None,
 ) -> dict[str, SubsetResult]:
     """Sliding-window inference on every subset, then under every test-time condition given (the
     caller keeps those whose input subset the model accepts; each patient's inputs changed as the
     condition says, deterministically
     in `seed`); Dice on the working grid and, with `original_grid`, on each patient's original CT
     grid (probabilities resampled back, then argmax; the volumes must carry their original files, as
-    CohortData's do). Results are keyed by subset, or by condition key (e.g. `pet-shift-8mm`)."""
+    CohortData's do). Results are keyed by subset, or by condition key (e.g. `pet-shift-8mm`).
+    `write(pass key, patient, labels on the CT grid, CT file)` receives each original-grid prediction
+    (predictions.PredictionWriter writes them as NIfTI)."""
     model.to(device).eval()
     passes = [Applied(CONDITIONS.get(s)) for s in subsets]
     passes += list(conditions)
@@ -69,6 +79,7 @@ def evaluate(
             item = volumes[index]
             patient = item.get("patient_id", str(index))
             truth = original_label(item[ORIGINAL_LABEL], item[ORIGINAL_CT]) if original_grid else None
+            ct_spacing = nib.load(item[ORIGINAL_CT]).header.get_zooms()[:3] if original_grid else None
             clean = {k: plain(item[k].unsqueeze(0), device) for k in ("ct", "pet") if k in item}
             for applied in passes:
                 subset, key = applied.subset, applied.key
@@ -105,7 +116,10 @@ def evaluate(
                         torch.softmax(logits[0].float(), dim=0), item[WORKING_AFFINE], item[ORIGINAL_CT]
                     )
                     originals[key].add(back, truth)
-                    rows[key] += _patient_rows(originals[key], patient, "original", applied)
+                    if write is not None:
+                        write(key, patient, back, item[ORIGINAL_CT])
+                    boundary = boundary_metrics(back, truth, ct_spacing, cfg.nsd_tolerance_mm)
+                    rows[key] += _patient_rows(originals[key], patient, "original", applied, boundary)
     return {
         k: SubsetResult(
             accumulators[k].aggregated(),
@@ -115,13 +129,35 @@ def evaluate(
             rows[k],
             originals[k].aggregated() if original_grid else None,
             originals[k].case_mean() if original_grid else None,
+            _medians(rows[k], "hd95_mm") if original_grid else None,
+            _medians(rows[k], "nsd") if original_grid else None,
         )
         for k in keys
     }
 
 
-def _patient_rows(acc: DiceAccumulator, patient_id: str, grid: str, applied: Applied) -> list[dict]:
-    """The case just added to `acc`, one row per class, with the input subset and the condition."""
+def _medians(rows: list[dict], column: str) -> dict[str, float]:
+    """Per class, the median over patients of an original-grid per-patient value (undefined ones left
+    out); `mean`: the mean of the classes' medians (undefined unless both are)."""
+    out = {}
+    for name in CLASSES.values():
+        values = [r[column] for r in rows if r["grid"] == "original" and r["class"] == name]
+        defined = np.array([v for v in values if np.isfinite(v)], dtype=float)
+        out[name] = float(np.median(defined)) if defined.size else float("nan")
+    out["mean"] = float(np.mean(list(out.values())))
+    return out
+
+
+def _patient_rows(
+    acc: DiceAccumulator,
+    patient_id: str,
+    grid: str,
+    applied: Applied,
+    boundary: tuple[np.ndarray, np.ndarray] | None = None,
+) -> list[dict]:
+    """The case just added to `acc`, one row per class, with the input subset and the condition, and
+    the boundary metrics where given (original grid)."""
+    hd95, nsd = boundary if boundary is not None else (np.full(len(CLASSES), np.nan),) * 2
     return [
         {
             "patient_id": patient_id,
@@ -134,6 +170,8 @@ def _patient_rows(acc: DiceAccumulator, patient_id: str, grid: str, applied: App
             "intersection_voxels": float(acc.intersection[-1][k]),
             "prediction_voxels": float(acc.predicted[-1][k]),
             "truth_voxels": float(acc.truth[-1][k]),
+            "hd95_mm": float(hd95[k]),
+            "nsd": float(nsd[k]),
         }
         for k, name in enumerate(CLASSES.values())
     ]

@@ -3,6 +3,8 @@ it accepts by sliding-window inference, save what it trained, then run continual
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -28,6 +30,7 @@ from pemma.tasks.base import (
 from pemma.tasks.segmentation import continual
 from pemma.tasks.segmentation.adapted import Adaptations, adaptation_key, reusable
 from pemma.tasks.segmentation.evaluation import SubsetResult, evaluate
+from pemma.tasks.segmentation.predictions import PredictionWriter
 from pemma.training.loop import cast_frozen, train
 
 KEYS = ("ct", "pet", "label")
@@ -39,6 +42,14 @@ _DICE = (
     "(intersections and volumes pooled over patients)"
 )
 _WORKING = "aggregated Dice on the working grid (data.spacing), where preprocessing resampled the data"
+_HD95 = (
+    "median over the test patients of the 95th-percentile symmetric surface distance (mm), original CT "
+    "grid; a structure missed or invented counts as the image's diagonal, none in either is left out"
+)
+_NSD = (
+    "median over the test patients of the normalised surface Dice at eval.nsd_tolerance_mm, original "
+    "CT grid; a structure missed or invented counts 0, none in either is left out"
+)
 
 
 def _dice_columns() -> tuple[Metric, ...]:
@@ -62,7 +73,10 @@ def _dice_columns() -> tuple[Metric, ...]:
         "class left out)",
         column=False,
     )
-    return means + tuple(sorted(classes, key=lambda m: not m.column)) + working + cases
+    boundary = per_subset(
+        "hd95/{subset}/<class>", "HD95 mm {subset}", False, _HD95, digits=1, column=False
+    ) + per_subset("nsd/{subset}/<class>", "NSD {subset}", True, _NSD, column=False)
+    return means + tuple(sorted(classes, key=lambda m: not m.column)) + working + cases + boundary
 
 
 @register_task("segmentation", aliases=("seg",))
@@ -104,12 +118,14 @@ class Segmentation(Task):
         Metric("saved_bytes", "saved bytes", False, "size of the saved trained state", 0, column=False),
         *continual.METRICS,
         *(
-            Metric(key, title, True, meaning, column=False)
+            Metric(key, title, key.split("/")[0] != "hd95", meaning, column=False)
             for key, title, meaning in (
                 ("dice_hecktor/<condition>/<class>", "Dice under a condition", _DICE),
                 ("dice_case_hecktor/<condition>/<class>", "case Dice under a condition", _DICE),
                 ("dice_agg/<condition>/<class>", "working-grid Dice under a condition", _WORKING),
                 ("dice_case/<condition>/<class>", "working-grid case Dice under a condition", _WORKING),
+                ("hd95/<condition>/<class>", "HD95 mm under a condition", _HD95),
+                ("nsd/<condition>/<class>", "NSD under a condition", _NSD),
                 ("infer_volumes_per_s/<condition>", "infer vol/s", "whole test volumes inferred per second"),
             )
         ),
@@ -186,10 +202,11 @@ class Segmentation(Task):
                 "train_final_loss": stats.final_loss,
             }
         )
-        results, cases = self.score_test(unit, built, method.inputs(), conditions)
+        results, cases, written = self.score_test(unit, built, method.inputs(), conditions)
         out.metrics.update(_scores(results))
         out.metrics["test_cases"] = cases
         out.tags[EVALUATED] = ",".join(c.key for c in conditions)
+        out.artifacts.update(_prediction_artifacts(written))
         with phase("save"):
             table = write_patient_table(_rows(cfg, results), unit.key, unit.output("patients", ".csv"))
             saved = unit.output("trained", ".safetensors")
@@ -231,18 +248,21 @@ class Segmentation(Task):
                 cast_frozen(built.model, torch.bfloat16)
                 cast_frozen(built.model, torch.float32)
             load_trained(built.model, built.trained, unit.results / tags["trained_file"])
-        results, _ = self.score_test(unit, built, (), todo)
+        results, _, written = self.score_test(unit, built, (), todo)
         with phase("save"):
             table = extend_patient_table(unit.results / tags["patients_file"], _rows(cfg, results), unit.key)
         evaluated = [k for k in tags.get(EVALUATED, "").split(",") if k] + [c.key for c in todo]
-        return Measured(_scores(results), {EVALUATED: ",".join(evaluated)}, {"patients": table})
+        artifacts = {"patients": table, **_prediction_artifacts(written)}
+        return Measured(_scores(results), {EVALUATED: ",".join(evaluated)}, artifacts)
 
     def score_test(
         self, unit: Unit, built: Built, subsets: tuple[str, ...], conditions: list[Applied]
-    ) -> tuple[dict[str, SubsetResult], int]:
+    ) -> tuple[dict[str, SubsetResult], int, dict[str, Path]]:
         """The adaptation centre's test split scored on `subsets` and under `conditions`, on each
-        patient's original CT grid; the results by pass, and how many patients."""
+        patient's original CT grid; the results by pass, how many patients, and the folder of each
+        pass's predictions (written where `eval.predictions` asks)."""
         cfg, loaded = unit.cfg, unit.data
+        writer = PredictionWriter(unit.output("predictions", "")) if cfg.eval.predictions else None
         with unit.phases("data"):
             volumes = loaded.data.volumes(loaded.plan.adapt["test"], KEYS)
         with unit.phases("evaluate"):
@@ -257,8 +277,9 @@ class Segmentation(Task):
                 original_grid=True,
                 conditions=conditions,
                 seed=cfg.seed,
+                write=writer,
             )
-        return results, len(volumes)
+        return results, len(volumes), writer.written if writer else {}
 
     def validation_volumes(self, unit: Unit):
         cfg = unit.cfg
@@ -285,6 +306,11 @@ class Segmentation(Task):
         return "## Continual learning: R[stage, centre], aggregated Dice\n\n" + matrices if matrices else ""
 
 
+def _prediction_artifacts(written: dict[str, Path]) -> dict[str, Path]:
+    """Each pass's prediction folder as the MLflow artifact folder `predictions/<pass>`."""
+    return {f"predictions/{key}": folder for key, folder in written.items()}
+
+
 def _scores(results: dict[str, SubsetResult]) -> dict[str, float]:
     """Metrics of every evaluation pass (an input subset or a condition key)."""
     out: dict[str, float] = {}
@@ -293,6 +319,8 @@ def _scores(results: dict[str, SubsetResult]) -> dict[str, float]:
         out.update({f"dice_case_hecktor/{key}/{k}": v for k, v in result.original_case_mean.items()})
         out.update({f"dice_agg/{key}/{k}": v for k, v in result.aggregated.items()})
         out.update({f"dice_case/{key}/{k}": v for k, v in result.case_mean.items()})
+        out.update({f"hd95/{key}/{k}": v for k, v in result.hd95.items()})
+        out.update({f"nsd/{key}/{k}": v for k, v in result.nsd.items()})
         out[f"infer_volumes_per_s/{key}"] = result.volumes_per_s
     return out
 

@@ -146,7 +146,7 @@ def test_evaluation_scores_every_condition_and_the_clean_magnitude_reproduces_th
     assert set(table.loc[table["condition"] == "ctpet", "magnitude"].isna()) == {True}
 
 
-def test_a_version_1_table_is_still_read(tmp_path):
+def test_version_1_and_2_tables_are_still_read(tmp_path):
     v1 = pd.DataFrame(
         {
             "schema_version": [1, 1],
@@ -155,9 +155,20 @@ def test_a_version_1_table_is_still_read(tmp_path):
             "patient_id": ["P1", "P2"],
             "subset": ["ctpet", "ctpet+ehr"],
             "dice": [0.5, np.nan],
+            "truth_voxels": [10.0, np.nan],
         }
     )
     v1.to_csv(tmp_path / "v1.csv", index=False)
     table = read_patient_table(tmp_path / "v1.csv")
     assert table.loc[0, "condition"] == "ctpet" and pd.isna(table.loc[1, "condition"])
     assert table["magnitude"].isna().all()
+    assert table["hd95_mm"].isna().all() and table["nsd"].isna().all()
+    v2 = v1.assign(schema_version=2, condition=["pet-shift", None], magnitude=[8.0, np.nan])
+    v2.to_csv(tmp_path / "v2.csv", index=False)
+    table = read_patient_table(tmp_path / "v2.csv")
+    assert table.loc[0, "condition"] == "pet-shift" and table.loc[0, "magnitude"] == 8.0
+    assert list(table.columns[table.columns.get_loc("truth_voxels") :][:3]) == [
+        "truth_voxels",
+        "hd95_mm",
+        "nsd",
+    ]

@@ -1,9 +1,10 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
-from pemma.metrics.segmentation import DiceAccumulator
+from pemma.metrics.segmentation import DiceAccumulator, boundary_metrics
 
 
 def _volume(voxels: dict[int, int]) -> torch.Tensor:
@@ -79,3 +80,32 @@ def test_continual_summary_against_hand_computed_values():
     assert math.isclose(got["bwt"], ((0.60 - 0.80) + (0.65 - 0.75)) / 2)
     assert math.isclose(got["forgetting"], ((0.80 - 0.60) + (0.75 - 0.65)) / 2)
     assert math.isnan(continual_summary(r[:1, :1])["bwt"])
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_hd95_of_a_box_against_itself_shifted_by_k_voxels_is_k_times_the_spacing(k):
+    """A hand-made phantom: a 20-voxel cube moved k voxels along one axis. The surface points of its
+    two faces across the shift (a third of the surface) lie k voxels (k x spacing mm) from the other
+    cube's surface and no point lies farther, so the 95th percentile is k x spacing. (A sphere's
+    HD95 is less than its shift: most of its surface runs nearly parallel to the shift.)"""
+    box = np.zeros((40, 40, 40), dtype=np.uint8)
+    box[8:28, 10:30, 10:30] = 1
+    spacing = (2.5, 1.0, 1.0)
+    truth = torch.as_tensor(box)
+    moved = torch.as_tensor(np.roll(box, k, axis=0))
+    hd95, nsd = boundary_metrics(moved, truth, spacing, tolerance_mm=k * 2.5)
+    assert hd95[0] == pytest.approx(k * 2.5)
+    assert nsd[0] == pytest.approx(1.0), "every boundary point within the tolerance k x 2.5 mm"
+    hd95, nsd = boundary_metrics(moved, truth, spacing, tolerance_mm=k * 2.5 - 0.5)
+    assert nsd[0] < 1.0
+    assert np.isnan(hd95[1]) and np.isnan(nsd[1]), "no GTVn in either: undefined, left out"
+
+
+def test_a_missed_or_invented_structure_is_the_worst_case_not_left_out():
+    truth = torch.zeros(10, 20, 30, dtype=torch.uint8)
+    truth[2:5, 2:5, 2:5] = 1
+    empty = torch.zeros_like(truth)
+    diagonal = float(np.linalg.norm([10 * 2.0, 20 * 1.0, 30 * 1.0]))
+    for prediction, reference in ((empty, truth), (truth, empty)):
+        hd95, nsd = boundary_metrics(prediction, reference, (2.0, 1.0, 1.0), tolerance_mm=3.0)
+        assert hd95[0] == pytest.approx(diagonal) and nsd[0] == 0.0
