@@ -139,17 +139,22 @@ def to_original_grid(probabilities: torch.Tensor, working_affine: torch.Tensor, 
     return moved.as_tensor().argmax(dim=0, keepdim=True)
 
 
-def original_label(label_file: str, ct_file: str) -> torch.Tensor:
-    """The ground truth on the CT file's own grid (nearest-neighbour if the label has another grid)."""
-    label_img = nib.load(label_file)
-    label = torch.as_tensor(np.asanyarray(label_img.dataobj).astype(np.uint8))[None]
+def on_ct_grid(image_file: str, ct_file: str, mode: str = "nearest") -> torch.Tensor:
+    """An image file's values (1, *CT grid) on the CT file's own grid, resampled (`mode`: nearest or
+    bilinear) where the image has another grid; float32."""
+    image = nib.load(image_file)
+    values = torch.as_tensor(np.asanyarray(image.dataobj), dtype=torch.float32)[None]
     affine, shape = _grid_of(ct_file)
-    same = tuple(label.shape[1:]) == shape and np.allclose(label_img.affine, affine.numpy(), atol=1e-4)
-    if same:
-        return label
-    moved = T.SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float32)(
-        MetaTensor(label.float(), affine=torch.as_tensor(label_img.affine, dtype=torch.float64)),
+    if tuple(values.shape[1:]) == shape and np.allclose(image.affine, affine.numpy(), atol=1e-4):
+        return values
+    moved = T.SpatialResample(mode=mode, padding_mode="zeros", dtype=torch.float32)(
+        MetaTensor(values, affine=torch.as_tensor(image.affine, dtype=torch.float64)),
         dst_affine=affine,
         spatial_size=shape,
     )
-    return moved.as_tensor().round().to(torch.uint8)
+    return moved.as_tensor()
+
+
+def original_label(label_file: str, ct_file: str) -> torch.Tensor:
+    """The ground truth on the CT file's own grid (nearest-neighbour if the label has another grid)."""
+    return on_ct_grid(label_file, ct_file, "nearest").round().to(torch.uint8)

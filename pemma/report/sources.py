@@ -35,6 +35,7 @@ class Sources:
     def __init__(self, tracker: Tracker, results: Path, include_ci: bool = False) -> None:
         self.tracker, self.results, self.include_ci = tracker, Path(results), include_ci
         self._suites: dict[str, SuiteRuns] = {}
+        self._downloads: tempfile.TemporaryDirectory | None = None
 
     def suite(self, name: str) -> SuiteRuns:
         if name not in self._suites:
@@ -70,6 +71,27 @@ class Sources:
             backbone=run["tags.backbone"],
             seed=int(run.get("params.seed", 0)),
         )
+
+    def prediction(self, run: pd.Series, key: str, patient_id: str) -> Path | None:
+        """A unit's prediction file for one patient and evaluation pass `key` (tasks/segmentation/
+        predictions.py): from the results folder, else from the run's `predictions/<key>` artifacts
+        (downloaded once per pass into a folder this object keeps); None where there is none."""
+        name = f"{patient_id}.nii.gz"
+        local = self.results / str(run["tags.suite"]) / "predictions" / str(run["tags.run_key"]) / key / name
+        if local.is_file():
+            return local
+        if self._downloads is None:
+            self._downloads = tempfile.TemporaryDirectory(prefix="pemma-predictions-")
+        destination = Path(self._downloads.name) / str(run["run_id"])
+        folder = destination / "predictions" / key
+        if not folder.exists():
+            destination.mkdir(parents=True, exist_ok=True)
+            try:
+                self.tracker.download_artifacts(run["run_id"], f"predictions/{key}", destination)
+            except Exception:  # predictions off for that unit, or an artifact store out of reach
+                folder.mkdir(parents=True, exist_ok=True)
+        found = folder / name
+        return found if found.is_file() else None
 
 
 def select(runs: pd.DataFrame, suite: str, include_ci: bool) -> SuiteRuns:

@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers.chromium import CHROMIUM, rendered_images
 from helpers.cli import ci_run
 
 from pemma.metrics.patients import read_patient_table
@@ -35,14 +36,23 @@ def _aggregated_dice(predictions: Path, cohort: Path) -> dict[str, float]:
     return {"gtvp": 2 * inter[0] / size[0], "gtvn": 2 * inter[1] / size[1]}
 
 
-def test_predictions_on_the_ct_grid_reproduce_the_logged_dice(tiny_cohort, tmp_path):
+@pytest.fixture(scope="module")
+def predicted(tiny_cohort, tmp_path_factory) -> Path:
+    """Early fusion and PEMMA-LoRA at the ci profile with predictions on, one condition besides."""
+    results = tmp_path_factory.mktemp("predicted")
     result = ci_run(
-        tmp_path, "--methods", "early-fusion", "--seeds", "0",
+        results, "--methods", "early-fusion,pemma-lora", "--seeds", "0",
         "--set", "eval.predictions=true", "--set", "eval.conditions=[pet-shift=8]",
         data=tiny_cohort,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    run = Tracker(tmp_path).runs("smoke").iloc[0]
+    return results
+
+
+def test_predictions_on_the_ct_grid_reproduce_the_logged_dice(predicted, tiny_cohort):
+    tmp_path = predicted
+    runs = Tracker(tmp_path).runs("smoke")
+    run = runs[runs["tags.method"] == "early-fusion"].iloc[0]
     folder = tmp_path / "smoke" / "predictions" / run["tags.run_key"]
     assert sorted(p.name for p in folder.iterdir()) == ["ct", "ctpet", "pet", "pet-shift-8mm"]
     for key in ("ctpet", "ct", "pet-shift-8mm"):
@@ -54,8 +64,43 @@ def test_predictions_on_the_ct_grid_reproduce_the_logged_dice(tiny_cohort, tmp_p
     assert files[0].read_bytes()[4:8] == b"\0\0\0\0", "gzip without a timestamp: bytes from the labels only"
     logged = Tracker(tmp_path).client.list_artifacts(run["run_id"], "predictions/ctpet")
     assert {Path(a.path).name for a in logged} >= {f.name for f in files}
+    pictures = Tracker(tmp_path).client.list_artifacts(run["run_id"], "examples")
+    assert [Path(a.path).name for a in pictures] == [f"{run['tags.run_key']}.png"], "the UI shows the picture"
     table = read_patient_table(tmp_path / run["tags.patients_file"])
     original = table[(table["grid"] == "original") & (table["condition"] == "ctpet")]
     assert original["hd95_mm"].notna().any() and table.loc[table["grid"] == "working", "hd95_mm"].isna().all()
     gtvp = original.loc[original["class"] == "gtvp", "hd95_mm"].dropna()
     assert run["metrics.hd95/ctpet/gtvp"] == pytest.approx(float(np.median(gtvp)))
+
+
+def test_the_examples_section_draws_the_reference_methods_best_median_and_worst_patients(predicted, tmp_path):
+    from pemma.report.definition import load_report
+    from pemma.report.render import generate, write
+    from pemma.report.sources import Sources
+
+    definition = tmp_path / "r.yaml"
+    definition.write_text(
+        "title: examples\nsections:\n"
+        "  - {kind: examples, title: Examples, suite: smoke, reference: pemma-lora}\n"
+    )
+    tracker = Tracker(predicted)
+    pages = []
+    for out in (tmp_path / "a", tmp_path / "b"):
+        report = generate(load_report(definition), Sources(tracker, predicted, include_ci=True))
+        write(report, out, ("md", "html"))
+        pages.append(out)
+    figures = sorted((pages[0] / "figures").glob("*.png"))
+    assert len(figures) == 1, sorted(pages[0].rglob("*"))
+    again = pages[1] / "figures" / figures[0].name
+    assert figures[0].read_bytes() == again.read_bytes(), "the same runs draw the same bytes"
+    text = (pages[0] / "r.md").read_text()
+    assert "best, median and worst" in text and "seed 0" in text
+    from PIL import Image
+
+    image = np.asarray(Image.open(figures[0]).convert("RGB"))
+    assert image.shape[0] > 150 and image.shape[1] > 300 and image.std() > 10
+    if CHROMIUM:  # the HTML page shows it at a readable size
+        sizes = rendered_images(pages[0] / "r.html")
+        assert sizes and all(loaded and width > 300 and height > 150 for loaded, width, height in sizes), (
+            sizes
+        )

@@ -3,6 +3,7 @@ A new kind is a module here plus its import line below."""
 
 from pemma.report.sections import (  # noqa: F401  (each import registers its kind)
     continual,
+    examples,
     main,
     missing_modality,
     paired,

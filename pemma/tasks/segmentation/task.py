@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from pemma.conditions import Applied
@@ -13,6 +14,7 @@ from pemma.conditions import parse as parse_conditions
 from pemma.config import RunConfig
 from pemma.data.centres import centre_of
 from pemma.data.splits import require_validation
+from pemma.files import write_atomic
 from pemma.methods import METHODS, Built
 from pemma.metrics.patients import extend_patient_table, write_patient_table
 from pemma.modalities import CTPET
@@ -30,7 +32,8 @@ from pemma.tasks.base import (
 from pemma.tasks.segmentation import continual
 from pemma.tasks.segmentation.adapted import Adaptations, adaptation_key, reusable
 from pemma.tasks.segmentation.evaluation import SubsetResult, evaluate
-from pemma.tasks.segmentation.predictions import PredictionWriter
+from pemma.tasks.segmentation.pictures import Example, Panel, draw, patient_dice, pick
+from pemma.tasks.segmentation.predictions import SUFFIX, PredictionWriter
 from pemma.training.loop import cast_frozen, train
 
 KEYS = ("ct", "pet", "label")
@@ -207,8 +210,14 @@ class Segmentation(Task):
         out.metrics["test_cases"] = cases
         out.tags[EVALUATED] = ",".join(c.key for c in conditions)
         out.artifacts.update(_prediction_artifacts(written))
+        rows = _rows(cfg, results)
+        if written:
+            with phase("save"):
+                picture = self.picture(unit, rows, written)
+            if picture is not None:
+                out.artifacts["examples"] = picture
         with phase("save"):
-            table = write_patient_table(_rows(cfg, results), unit.key, unit.output("patients", ".csv"))
+            table = write_patient_table(rows, unit.key, unit.output("patients", ".csv"))
             saved = unit.output("trained", ".safetensors")
             out.metrics["saved_bytes"] = save_trained(
                 built.model,
@@ -280,6 +289,44 @@ class Segmentation(Task):
                 write=writer,
             )
         return results, len(volumes), writer.written if writer else {}
+
+    def picture(self, unit: Unit, rows: list[dict], written: dict[str, Path]) -> Path | None:
+        """The unit's best, median and worst test patient on its first evaluation pass, drawn from
+        its prediction files (pictures.py), as results/<suite>/pictures/<run key>.png (None: no
+        patient has a Dice)."""
+        import matplotlib.pyplot as plt
+
+        table = pd.DataFrame(rows)
+        key = next(iter(written))
+        dice = patient_dice(table[(table["grid"] == "original") & (table["condition"] == key)])
+        picks = pick(dice)
+        if not picks:  # no patient with a truth or a prediction: nothing to look at
+            return None
+        cases = {c.patient_id: c for c in unit.data.plan.adapt["test"]}
+        examples = [
+            Example(
+                f"{name}: {patient}",
+                str(cases[patient].ct),
+                str(cases[patient].pet) if cases[patient].pet else None,
+                str(cases[patient].label) if cases[patient].label else None,
+                [
+                    Panel(
+                        str(written[key] / f"{patient}{SUFFIX}"),
+                        f"{unit.cfg.method} {key}  Dice {dice[patient]:.2f}",
+                    )
+                ],
+            )
+            for name, patient in picks
+        ]
+        path = unit.output("pictures", ".png")
+        figure = draw(examples)
+        try:
+            write_atomic(
+                path, lambda tmp: figure.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+            )
+        finally:
+            plt.close(figure)
+        return path
 
     def validation_volumes(self, unit: Unit):
         cfg = unit.cfg

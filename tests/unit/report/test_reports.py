@@ -4,12 +4,12 @@ runs left out, best-value marking, byte-identical regeneration, refused typos, t
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.chromium import CHROMIUM, rendered_images, screenshot
 from helpers.runs import FakeRuns
 from scipy import stats as sps
 from typer.testing import CliRunner
@@ -288,46 +288,18 @@ def test_cli_report_writes_every_format(fixture_runs, tmp_path):
     assert html.count("data:image/png;base64,") == 1 and "<table" in html
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_the_html_page_renders_every_figure_in_headless_chromium(fixture_runs, tmp_path):
     tracker, results, definition = fixture_runs
     out = tmp_path / "out"
     write(generate(load_report(definition), Sources(tracker, results)), out, ("html",))
-    # a copy of the page that writes each image's rendered size into the DOM once loaded
-    probe = (
-        (out / "r.html")
-        .read_text()
-        .replace(
-            "</body>",
-            "<script>window.addEventListener('load', () => { for (const img of document.images) "
-            "img.setAttribute('data-rendered', "
-            "img.complete + ':' + img.naturalWidth + 'x' + img.clientHeight); "
-            "});</script></body>",
-        )
-    )
-    (out / "probe.html").write_text(probe)
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
-    dom = subprocess.run(
-        [*flags, "--dump-dom", (out / "probe.html").as_uri()], capture_output=True, text=True, timeout=120
-    ).stdout
-    sizes = [part.split('"')[0] for part in dom.split('data-rendered="')[1:]]
-    assert len(sizes) == 1, dom[-2000:]
-    for size in sizes:
-        complete, dims = size.split(":")
-        width, height = (int(v) for v in dims.split("x"))
-        assert complete == "true" and width > 100 and height > 100, size
-    shot = out / "page.png"
-    subprocess.run(
-        [*flags, f"--screenshot={shot}", "--window-size=1280,2000", (out / "r.html").as_uri()],
-        capture_output=True,
-        timeout=120,
-    )
+    sizes = rendered_images(out / "r.html")
+    assert len(sizes) == 1
+    for complete, width, height in sizes:
+        assert complete and width > 100 and height > 100, sizes
     from PIL import Image
 
-    image = np.asarray(Image.open(shot).convert("L"))
+    image = np.asarray(Image.open(screenshot(out / "r.html", out / "page.png")).convert("L"))
     assert image.shape == (2000, 1280) and image.std() > 5, "the screenshot is not blank"
 
 
