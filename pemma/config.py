@@ -6,6 +6,7 @@ configuration is built, naming the key, not deep inside training.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
@@ -520,6 +521,23 @@ def parse_override(text: str) -> dict[str, Any]:
         node = node.setdefault(p, {})
     node[parts[-1]] = value
     return out
+
+
+def from_logged(params: dict[str, str]) -> RunConfig:
+    """A unit's configuration rebuilt from the parameters its MLflow run logged (RunConfig.flat, each
+    value as its str: Python literals, or plain text for strings)."""
+    nested: dict[str, Any] = {}
+    for key, text in params.items():
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return build(RunConfig, nested)
 
 
 REPORTING_PROFILES = ("paper", "paper-harness")

@@ -6,7 +6,7 @@ from importlib import import_module
 from pemma.cli.common import app, main
 
 # Registration order is the order `pemma-bench --help` lists the commands in.
-for _group in ("data", "listing", "run", "report", "claims", "search", "bench"):
+for _group in ("data", "listing", "run", "predict", "report", "claims", "search", "bench"):
     import_module(f"pemma.cli.{_group}")
 
 __all__ = ["app", "main"]

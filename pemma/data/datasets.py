@@ -92,7 +92,7 @@ class CohortData:
 
     def volumes(self, cases: list[Case], keys: tuple[str, ...]) -> Dataset:
         """Whole preprocessed volumes (for evaluation)."""
-        items = _items(cases, keys)
+        items = items_of(cases, keys)
         return VerifiedCache(
             items, preprocess(keys, self.cfg.spacing, self.cfg.ct_window), cache_dir=self._cache_dir(keys)
         )
@@ -109,7 +109,7 @@ class CohortData:
         """Random training crops; the deterministic prefix is shared with `volumes` on disk (with
         `cached=False`, every draw reads and preprocesses the files again: a benchmark's reference).
         `pet_shift`: (largest mm, probability) of a random PET misregistration per crop (0: none)."""
-        items = _items(cases, keys)
+        items = items_of(cases, keys)
         pipeline = Compose(
             [
                 *preprocess(keys, self.cfg.spacing, self.cfg.ct_window).transforms,
@@ -122,7 +122,7 @@ class CohortData:
         return VerifiedCache(items, pipeline, cache_dir=self._cache_dir(keys))
 
 
-def _items(cases: list[Case], keys: tuple[str, ...]) -> list[dict[str, str]]:
+def items_of(cases: list[Case], keys: tuple[str, ...]) -> list[dict[str, str]]:
     """Pipeline inputs: the files of `keys`, plus the original CT and label paths, which evaluation
     on the original grid reads (they pass through the transforms untouched)."""
     items = []

@@ -79,14 +79,17 @@ class Cohort:
         return h.hexdigest()[:12]
 
 
-def read_cohort(root: Path | str) -> Cohort:
+def read_cohort(root: Path | str, images: str = "imagesTr") -> Cohort:
+    """A HECKTOR-layout cohort: `images` (imagesTr, or imagesTs for a test set) and the matching
+    labels folder (labelsTr / labelsTs; a case without a label file has none)."""
     root = Path(root)
-    images = root / "imagesTr"
-    labels = root / "labelsTr"
+    labels = root / images.replace("images", "labels", 1)
+    folder = images
+    images = root / images
     if not images.is_dir():
         raise CohortError(
-            f"{root}: no imagesTr/ folder; expected the HECKTOR 2022 layout "
-            "(imagesTr/<ID>__CT.nii.gz, imagesTr/<ID>__PT.nii.gz, labelsTr/<ID>.nii.gz)"
+            f"{root}: no {folder}/ folder; expected the HECKTOR 2022 layout "
+            f"({folder}/<ID>__CT.nii.gz, {folder}/<ID>__PT.nii.gz, {labels.name}/<ID>.nii.gz)"
         )
     found: dict[str, dict[str, Path]] = {}
     ignored = []

@@ -56,6 +56,8 @@ class DiceAccumulator:
         self.per_case.append(np.where(both_empty, np.nan, dice))
 
     def aggregated(self) -> dict[str, float]:
+        if not self.intersection:  # no case scored (a cohort without labels)
+            return _named(np.full(self.num_classes - 1, np.nan))
         inter = np.sum(self.intersection, axis=0)
         truth = np.sum(self.truth, axis=0)
         size = np.sum(self.predicted, axis=0) + truth
@@ -64,6 +66,8 @@ class DiceAccumulator:
         return _named(dsc)
 
     def case_mean(self) -> dict[str, float]:
+        if not self.per_case:
+            return _named(np.full(self.num_classes - 1, np.nan))
         cases = np.array(self.per_case)
         with np.errstate(invalid="ignore"):
             means = [

@@ -104,3 +104,111 @@ def test_the_examples_section_draws_the_reference_methods_best_median_and_worst_
         assert sizes and all(loaded and width > 300 and height > 150 for loaded, width, height in sizes), (
             sizes
         )
+
+
+def _predict(results, *args):
+    from typer.testing import CliRunner
+
+    from pemma.cli import app
+
+    return CliRunner().invoke(app, ["predict", "--results", str(results), *args])
+
+
+def _unit(results, method):
+    runs = Tracker(results).runs("smoke")
+    return runs[runs["tags.method"] == method].iloc[0]
+
+
+def test_predict_applies_a_trained_unit_and_writes_what_the_unit_wrote(predicted, tiny_cohort, tmp_path):
+    """Round trip: the unit applied to a copy of its cohort writes, for its own test patients, the
+    very bytes it wrote when it was scored, and scores every labelled patient."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_cohort, copy)
+    run = _unit(predicted, "pemma-lora")
+    out = tmp_path / "out"
+    result = _predict(predicted, "--run-key", run["tags.run_key"], "--cohort", str(copy), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "scored" in result.output and "Dice GTVp" in result.output
+    own = predicted / "smoke" / "predictions" / run["tags.run_key"] / "ctpet"
+    mine = sorted(own.glob("*.nii.gz"))
+    assert mine
+    for path in mine:
+        assert (out / "ctpet" / path.name).read_bytes() == path.read_bytes(), path.name
+    assert len(list((out / "ctpet").glob("*.nii.gz"))) == len(list((copy / "imagesTr").glob("*__CT.nii.gz")))
+    # by suite, method and seed: the same unit; its output folder again: replaced whole
+    again = _predict(
+        predicted,
+        "--suite",
+        "smoke",
+        "--method",
+        "pemma-lora",
+        "--seed",
+        "0",
+        "--cohort",
+        str(copy),
+        "--out",
+        str(out),
+    )
+    assert again.exit_code == 0, again.output
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "no partial folder left"
+
+
+def test_predict_refuses_bad_units_cohorts_and_output_folders(predicted, tiny_cohort, tmp_path):
+    import shutil
+
+    import nibabel as nib
+
+    lora = _unit(predicted, "pemma-lora")
+    key = lora["tags.run_key"]
+
+    def refused(*args, why):
+        result = _predict(predicted, *args)
+        assert result.exit_code == 2 and why in result.output and "Traceback" not in result.output, (
+            result.output
+        )
+
+    refused(
+        "--run-key",
+        "smoke__pemma-lora__unetr__s0__00000000",
+        "--cohort",
+        str(tiny_cohort),
+        why="no such unit",
+    )
+    tracker = Tracker(predicted)
+    killed = tracker.start("smoke", "smoke__late-fusion__unetr__s0__11111111", {}, {"method": "late-fusion"})
+    tracker.fail(killed, KeyboardInterrupt(), "KILLED")
+    refused(
+        "--run-key", "smoke__late-fusion__unetr__s0__11111111", "--cohort", str(tiny_cohort), why="KILLED"
+    )
+
+    no_pet = tmp_path / "no-pet"
+    shutil.copytree(tiny_cohort, no_pet)
+    next((no_pet / "imagesTr").glob("*__PT.nii.gz")).unlink()
+    refused("--run-key", key, "--cohort", str(no_pet), why="reads PET")
+
+    apart = tmp_path / "apart"
+    shutil.copytree(tiny_cohort, apart)
+    pet = next((apart / "imagesTr").glob("*__PT.nii.gz"))
+    image = nib.load(pet)
+    moved = image.affine.copy()
+    moved[:3, 3] += 10_000.0  # ten metres away
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), moved), pet)
+    refused("--run-key", key, "--cohort", str(apart), why="do not overlap in world space")
+
+    out = tmp_path / "taken"
+    ef = _unit(predicted, "early-fusion")["tags.run_key"]
+    assert (
+        _predict(predicted, "--run-key", ef, "--cohort", str(tiny_cohort), "--out", str(out)).exit_code == 0
+    )
+    refused("--run-key", key, "--cohort", str(tiny_cohort), "--out", str(out), why="another unit")
+
+    trained = predicted / lora["tags.trained_file"]
+    saved = trained.read_bytes()
+    try:
+        trained.write_bytes(saved[:-8] + b"garbage!")
+        refused("--run-key", key, "--cohort", str(tiny_cohort), "--out", str(tmp_path / "o2"), why="sha256")
+        assert not (tmp_path / "o2").exists(), "nothing written"
+    finally:
+        trained.write_bytes(saved)

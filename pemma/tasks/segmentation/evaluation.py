@@ -78,7 +78,10 @@ def evaluate(
         for index in range(len(volumes)):
             item = volumes[index]
             patient = item.get("patient_id", str(index))
-            truth = original_label(item[ORIGINAL_LABEL], item[ORIGINAL_CT]) if original_grid else None
+            scored = "label" in item  # a cohort without labels is predicted, not scored
+            truth = (
+                original_label(item[ORIGINAL_LABEL], item[ORIGINAL_CT]) if original_grid and scored else None
+            )
             ct_spacing = nib.load(item[ORIGINAL_CT]).header.get_zooms()[:3] if original_grid else None
             clean = {k: plain(item[k].unsqueeze(0), device) for k in ("ct", "pet") if k in item}
             for applied in passes:
@@ -109,17 +112,19 @@ def evaluate(
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 seconds[key] += time.perf_counter() - t0
-                accumulators[key].add(prediction.cpu(), item["label"])
-                rows[key] += _patient_rows(accumulators[key], patient, "working", applied)
+                if scored:
+                    accumulators[key].add(prediction.cpu(), item["label"])
+                    rows[key] += _patient_rows(accumulators[key], patient, "working", applied)
                 if original_grid:
                     back = to_original_grid(
                         torch.softmax(logits[0].float(), dim=0), item[WORKING_AFFINE], item[ORIGINAL_CT]
                     )
-                    originals[key].add(back, truth)
                     if write is not None:
                         write(key, patient, back, item[ORIGINAL_CT])
-                    boundary = boundary_metrics(back, truth, ct_spacing, cfg.nsd_tolerance_mm)
-                    rows[key] += _patient_rows(originals[key], patient, "original", applied, boundary)
+                    if scored:
+                        originals[key].add(back, truth)
+                        boundary = boundary_metrics(back, truth, ct_spacing, cfg.nsd_tolerance_mm)
+                        rows[key] += _patient_rows(originals[key], patient, "original", applied, boundary)
     return {
         k: SubsetResult(
             accumulators[k].aggregated(),
