@@ -57,7 +57,7 @@ def claims(
     from pemma.config import ConfigError
     from pemma.report.claims import load_plan, to_markdown, verdict_table, write_claims
     from pemma.report.definition import ReportError
-    from pemma.report.sources import Sources
+    from pemma.report.sources import DamagedResults, Sources
     from pemma.resources import CLAIMS_PLANS
 
     try:
@@ -73,7 +73,10 @@ def claims(
     if run_units:
         _run_plan(spec, results, executor, address, workers)
     sources = Sources(_tracker(results, tracking_uri), results, include_ci=spec.profile == "ci")
-    table = verdict_table(spec, sources)
+    try:
+        table = verdict_table(spec, sources)
+    except DamagedResults as err:
+        raise _fail(str(err)) from err
     _wide().print(_table(table, spec.title))
     out = write_claims(spec, table, Path(results) / "claims" / f"{(spec.path or Path('claims')).stem}.md")
     console.print(to_markdown(spec, table).splitlines()[2])

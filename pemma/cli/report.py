@@ -31,7 +31,7 @@ def report(
     """Regenerate a report's tables and figures (or, with --suite, one suite's table) from tracked runs."""
     from pemma.report.definition import ReportError, load_report
     from pemma.report.render import FORMATS, generate, write
-    from pemma.report.sources import Sources
+    from pemma.report.sources import DamagedResults, Sources
     from pemma.resources import REPORTS, SUITES
 
     if definition is None:
@@ -55,7 +55,10 @@ def report(
     except ReportError as err:
         raise _fail(str(err)) from err
     sources = Sources(_tracker(results, tracking_uri), results, include_ci)
-    rendered = generate(spec, sources)
+    try:
+        rendered = generate(spec, sources)
+    except DamagedResults as err:
+        raise _fail(str(err)) from err
     folder = out or Path(results) / "reports" / spec.name
     for path in write(rendered, folder, chosen):
         console.print(f"wrote {path}")

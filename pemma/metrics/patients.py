@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pemma.files import write_atomic
+from pemma.files import record_digest, write_atomic
 
 SCHEMA_VERSION = 3
 """2: `condition` and `magnitude` (the test-time condition a row was scored under); 3: `hd95_mm` and
@@ -62,8 +62,11 @@ def patient_table(rows: list[dict], run_key: str) -> pd.DataFrame:
 
 
 def write_patient_table(rows: list[dict], run_key: str, path: Path) -> Path:
+    """The rows as the unit's table, written atomically with its sha256 beside it (as every saved file:
+    a report checks it before trusting a number)."""
     table = patient_table(rows, run_key)
     write_atomic(Path(path), lambda tmp: table.to_csv(tmp, index=False))
+    record_digest(Path(path))
     return Path(path)
 
 
@@ -73,11 +76,35 @@ def extend_patient_table(path: Path, rows: list[dict], run_key: str) -> Path:
     table = pd.concat([read_patient_table(path), patient_table(rows, run_key)], ignore_index=True)
     table = table.assign(schema_version=SCHEMA_VERSION).reindex(columns=list(COLUMNS))
     write_atomic(Path(path), lambda tmp: table.to_csv(tmp, index=False))
+    record_digest(Path(path))
     return Path(path)
 
 
+REQUIRED = ("schema_version", "run_key", "kind", "patient_id")
+SEGMENTATION = ("subset", "class", "grid", "intersection_voxels", "prediction_voxels", "truth_voxels")
+"""What a segmentation table's readers count with: a table without them is refused, naming it."""
+
+
 def read_patient_table(path: Path) -> pd.DataFrame:
-    table = pd.read_csv(path, dtype={"patient_id": str, "centre": str})
+    """A unit's table, any readable version, as the current schema's columns; a ValueError naming the
+    file for one that is not (unreadable, truncated, columns or values missing)."""
+    try:
+        table = pd.read_csv(path, dtype={"patient_id": str, "centre": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable per-patient table ({str(err).splitlines()[0]})") from err
+    missing = [c for c in REQUIRED if c not in table]
+    if not missing and (table["kind"] == "segmentation").any():
+        missing = [c for c in SEGMENTATION if c not in table]
+    if missing:
+        raise ValueError(f"{path}: not a per-patient table (no {', '.join(missing)} column)")
+    segmentation = table[table["kind"] == "segmentation"]
+    counts = (
+        segmentation[["intersection_voxels", "prediction_voxels", "truth_voxels"]]
+        if len(segmentation)
+        else None
+    )
+    if counts is not None and (counts.isna().any().any() or (counts < 0).any().any()):
+        raise ValueError(f"{path}: voxel counts missing or negative (a truncated or edited table)")
     versions = set(table["schema_version"].unique())
     if not versions <= set(READABLE):
         raise ValueError(

@@ -7,14 +7,23 @@ reviewer can report from someone else's store.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from pemma.files import digest, digest_file, record_digest, verify, write_atomic
 from pemma.metrics.patients import read_patient_table
 from pemma.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+class DamagedResults(ValueError):
+    """A results file a report would read that fails its checks and cannot be recovered; the message
+    names it and what to do."""
 
 
 @dataclass
@@ -52,18 +61,18 @@ class Sources:
         return runs._patients
 
     def _table(self, run: pd.Series) -> pd.DataFrame | None:
+        """The run's per-patient table: the results folder's file, checked against the sha256 recorded
+        when it was written; where that fails (edited, truncated, unreadable), the copy logged to the
+        run's MLflow artifacts if it passes the same check, restored with a warning; else a
+        DamagedResults naming the file. Without a local file (another machine's store), the artifact."""
         local = run.get("tags.patients_file")
         path = self.results / local if isinstance(local, str) else None
         if path is None or not path.is_file():
             with tempfile.TemporaryDirectory() as tmp:
-                try:
-                    folder = self.tracker.download_artifacts(run["run_id"], "patients", Path(tmp))
-                except Exception:  # a run from before per-patient tables, or an artifact store out of reach
-                    return None
-                files = sorted(folder.glob("*.csv"))
-                table = read_patient_table(files[0]) if files else None
+                copy = self._artifact_table(run, Path(tmp))
+                table = read_patient_table(copy) if copy is not None else None
         else:
-            table = read_patient_table(path)
+            table = self._checked(run, path)
         if table is None:
             return None
         return table.assign(
@@ -71,6 +80,44 @@ class Sources:
             backbone=run["tags.backbone"],
             seed=int(run.get("params.seed", 0)),
         )
+
+    def _artifact_table(self, run: pd.Series, folder: Path) -> Path | None:
+        try:
+            downloaded = self.tracker.download_artifacts(run["run_id"], "patients", folder)
+        except Exception:  # a run from before per-patient tables, or an artifact store out of reach
+            return None
+        files = sorted(downloaded.glob("*.csv"))
+        return files[0] if files else None
+
+    def _checked(self, run: pd.Series, path: Path) -> pd.DataFrame:
+        try:
+            verify(path)
+            return read_patient_table(path)
+        except ValueError as err:  # CorruptFile too
+            problem = str(err)
+        recorded = digest_file(path).read_text().strip() if digest_file(path).is_file() else None
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = self._artifact_table(run, Path(tmp))
+            if copy is None:
+                raise DamagedResults(
+                    f"{problem}; the run has no copy of it in MLflow: rerun the unit, or restore the file"
+                )
+            if recorded is not None and digest(copy) != recorded:
+                raise DamagedResults(
+                    f"{problem}; its copy in the MLflow artifacts differs from the recorded sha256 too: "
+                    "rerun the unit, or restore the file"
+                )
+            try:
+                table = read_patient_table(copy)
+            except ValueError as err:
+                raise DamagedResults(f"{problem}; its MLflow copy is no better ({err})") from err
+            data = copy.read_bytes()
+        write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+        record_digest(path)
+        log.warning(
+            "%s; restored it from the run's MLflow artifact (the copy logged when it was written)", problem
+        )
+        return table
 
     def prediction(self, run: pd.Series, key: str, patient_id: str) -> Path | None:
         """A unit's prediction file for one patient and evaluation pass `key` (tasks/segmentation/

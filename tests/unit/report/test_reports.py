@@ -406,3 +406,47 @@ def test_a_narrower_view_never_replaces_the_suite_table(fixture_runs):
     assert narrow.exit_code == 0, narrow.output
     assert (results / "t" / "results.md").read_bytes() == before and b"late-fusion" in before
     assert "late-fusion" not in (results / "t" / "results-without-ci.md").read_text()
+
+
+def _paired_markdown(tracker, results, definition, tmp_path, name):
+    out = tmp_path / name
+    write(generate(load_report(definition), Sources(tracker, results)), out, ("md",))
+    return (out / "r.md").read_text()
+
+
+@pytest.mark.parametrize("damage", ["edited", "truncated"])
+def test_a_damaged_per_patient_table_is_restored_from_its_mlflow_copy_never_read(
+    fixture_runs, tmp_path, caplog, damage
+):
+    """Issue 31, items 1-2: the table's sha256, recorded when it was written, is checked before a
+    report reads it; a table that fails it (numbers edited, or its end cut off) is replaced by the
+    copy logged to the run's MLflow artifacts, with a warning: the report does not change."""
+    tracker, results, definition = fixture_runs
+    before = _paired_markdown(tracker, results, definition, tmp_path, "before")
+    table = sorted((results / "t" / "patients").glob("*early-fusion*s0*.csv"))[0]
+    original = table.read_bytes()
+    if damage == "edited":
+        frame = pd.read_csv(table)
+        frame.loc[frame.index[:4], ["dice", "intersection_voxels"]] = [1.0, 999.0]
+        frame.to_csv(table, index=False)
+    else:
+        table.write_bytes(original[: len(original) // 2])
+    with caplog.at_level("WARNING"):
+        after = _paired_markdown(tracker, results, definition, tmp_path, "after")
+    assert after.replace("after", "") == before.replace("before", "")
+    assert str(table) in caplog.text and "restored it from the run's MLflow artifact" in caplog.text
+    assert table.read_bytes() == original
+
+
+def test_a_table_damaged_in_both_copies_stops_the_report_naming_it(fixture_runs, tmp_path):
+    tracker, results, definition = fixture_runs
+    table = sorted((results / "t" / "patients").glob("*pemma-lora*s1*.csv"))[0]
+    copies = [table, *(results / "mlartifacts").rglob(table.name)]
+    assert len(copies) == 2
+    for path in copies:
+        path.write_bytes(path.read_bytes()[:200])
+    result = CliRunner().invoke(
+        app, ["report", str(definition), "--results", str(results), "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2, result.output
+    assert str(table) in result.output.replace("\n", "") and "restore the file" in result.output
