@@ -22,16 +22,11 @@ def storage_for(url: str | None, results: Path, workers: int):
     processes), an RDB URL for several machines (heartbeats fail a killed worker's trials); SQLite is
     refused for more than one worker."""
     import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    if not url:
-        folder = Path(results) / SEARCH_FOLDER
-        folder.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(folder / "studies.journal")))
-    if "://" not in url:
-        path = Path(url)
+    if not url or "://" not in url:
+        path = Path(url) if url else Path(results) / SEARCH_FOLDER / "studies.journal"
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return journal(path)
     if url.startswith("sqlite") and workers > 1:
         raise SearchError(
             f"--storage {url}: SQLite cannot be shared by {workers} workers (Optuna advises against it: "
@@ -55,6 +50,62 @@ def storage_for(url: str | None, results: Path, workers: int):
             reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
             raise SearchError(f"--storage {url}: cannot open the study storage: {reason}") from err
     raise AssertionError("unreachable")
+
+
+def journal(path: Path):
+    """Optuna's journal storage on `path`, after a check of its end: a last record cut off by a crash
+    or a full disk (no newline after it, or not a whole record) is removed, under the journal's own
+    lock, kept in `<journal>.torn` and named in a warning (Optuna skips such a tail when it reads,
+    but the next record appended would fuse with it, or follow it, and the journal would no longer
+    read). A record damaged inside the file stops with a SearchError
+    naming the journal, its line and what to do."""
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
+
+    path = Path(path)
+    if path.is_file() and path.stat().st_size:
+        lock = JournalFileSymlinkLock(str(path))
+        lock.acquire()
+        try:
+            data = path.read_bytes()
+            keep = data.rfind(b"\n", 0, len(data) - 1) + 1  # where the last record starts
+            if not data.endswith(b"\n") or not _is_record(data[keep:]):
+                with path.with_name(path.name + ".torn").open("ab") as torn:
+                    torn.write(data[keep:] + b"\n")
+                with path.open("r+b") as f:
+                    f.truncate(keep)
+                cut = len(data) - keep
+                log.warning(
+                    "%s: its last record was cut off (%d bytes, kept in %s.torn); removed",
+                    path,
+                    cut,
+                    path.name,
+                )
+        finally:
+            lock.release()
+    try:
+        storage = JournalStorage(JournalFileBackend(str(path)))
+        storage.get_all_studies()  # reads the whole journal now, not in the middle of a trial
+        return storage
+    except ValueError as err:  # json.JSONDecodeError, or Optuna's "Invalid log format."
+        raise SearchError(
+            f"{path}: the Optuna journal is damaged at line {_bad_line(path)} (a record was cut off and "
+            f"others were written after it: {err}); move the file aside to start its studies anew (their "
+            "units stay tracked in MLflow and are reused, not trained again), or delete that line"
+        ) from err
+
+
+def _is_record(line: bytes) -> bool:
+    import json
+
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return False
+
+
+def _bad_line(path: Path) -> int:
+    with Path(path).open("rb") as f:
+        return next((number for number, line in enumerate(f, 1) if not _is_record(line)), 0)
 
 
 def _sampler(space: Space, salt: tuple[int, ...]):
