@@ -109,7 +109,8 @@ def method_interval(
     se2 = between + shared
     if se2 <= 0:  # every seed gave the same value and no patient is shared: nothing to resample
         return Interval(estimate, np.nan, np.nan, METHOD, k)
-    denominator = between**2 / (k - 1) + (shared**2 / (n_shared - 1) if shared > 0 else 0.0)
+    # Welch-Satterthwaite; one shared patient gives the covariance term a single degree of freedom
+    denominator = between**2 / (k - 1) + (shared**2 / max(n_shared - 1, 1) if shared > 0 else 0.0)
     df = se2**2 / denominator
     se = float(np.sqrt(se2))
     half = float(stats.t.ppf(0.975, df)) * se

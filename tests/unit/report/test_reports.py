@@ -4,6 +4,7 @@ runs left out, best-value marking, byte-identical regeneration, refused typos, t
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,18 @@ def test_method_interval_is_students_t_over_seeds_and_adds_the_shared_patients()
     assert (
         stats.method_interval(lambda idx: same(idx)[..., :1], np.ones((1, 6), dtype=bool)).scope == "network"
     )
+    # each seed its own split, two of them sharing a single patient: an interval, not a division by 0
+    tested = np.array([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]], dtype=bool)
+    scores = np.array([0.2, 0.5, 0.3, 0.9, 0.4])
+
+    def own_split(idx):  # each seed's mean over the drawn patients it tested, seed 1 a little higher
+        per = [np.where(tested[s][idx], scores[idx], np.nan) for s in range(2)]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.stack([np.nanmean(p, axis=-1) + 0.05 * s for s, p in enumerate(per)], axis=-1)
+
+    interval = stats.method_interval(own_split, tested)
+    assert interval.scope == stats.METHOD and interval.bounded and interval.low < interval.estimate
 
 
 def test_paired_difference_wilcoxon_and_holm_match_hand_values():
