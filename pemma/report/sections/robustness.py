@@ -88,7 +88,7 @@ def robustness_block(section: Section, sources: Sources) -> Block:
                 )
                 row = {**row_label(method, backbone, variant), "condition": condition.name}
                 row["magnitude"] = f"{magnitude:g} {condition.unit}"
-                row["seeds"] = str(group["params.seed"].nunique())
+                row["seeds"] = str(values.size)  # the seeds scored under this magnitude
                 row[arrow(f"{CLASS_TITLES[opts.klass]} {LABELS[condition.subset]}", True)] = mean_std(
                     values
                 ) + (ci(interval) if interval else "")
