@@ -137,7 +137,17 @@ def run(
     logging.basicConfig(
         level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)], format="%(message)s"
     )
-    from pemma.config import ConfigError
+    from pemma.config import ConfigError, parse_override
+    from pemma.resources import SUITES
+
+    try:  # the usual slips fail here, in well under a second, before torch and MONAI are imported
+        SUITES.find(suite, ConfigError)
+        for text in set_ or []:
+            parse_override(text)
+        if data is not None and not data.is_dir():
+            raise ConfigError(f"--data {data}: no such folder")
+    except ConfigError as err:
+        raise _fail(str(err)) from err
     from pemma.data.hecktor import CohortError
     from pemma.orchestration.executors import check_executor
     from pemma.orchestration.runner import Runner
@@ -146,8 +156,6 @@ def run(
     from pemma.tasks.segmentation.ct_base import check_pretrained
 
     try:
-        if data is not None and not data.is_dir():
-            raise CohortError(f"--data {data}: no such folder")
         spec = load_suite(suite)
         units = expand(
             spec,
