@@ -52,11 +52,22 @@ def data_check(
     from pemma.config import DataConfig
     from pemma.data.check import absent_classes, check_cohort, clinical_gaps, summarise
     from pemma.data.hecktor import CohortError, read_cohort
+    from pemma.data.splits import make_plan
     from pemma.data.store import unused
 
+    plan = DataConfig()
     try:
         cohort = read_cohort(root)
         report = check_cohort(cohort)
+        # the rules run applies: every centre of the default plan splits into train and test
+        make_plan(
+            cohort,
+            plan.pretrain_centres,
+            plan.adapt_centre,
+            plan.split,
+            plan.split_seed,
+            plan.continual_centres,
+        )
     except CohortError as err:
         raise _fail(str(err)) from err
     summary, notes = summarise(report)

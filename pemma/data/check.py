@@ -70,14 +70,25 @@ def _covered(ct_box, other_box) -> float:
     return float(inter / np.prod(ct_box[1] - ct_box[0]))
 
 
+def _not_constant(data: np.ndarray, path: Path, patient: str, what: str) -> None:
+    """An image every voxel of which holds one value (all zero: an empty export) carries nothing."""
+    if data.size == 0 or data.min() == data.max():
+        value = f"{data.flat[0]:g}" if data.size else "none"
+        raise CohortError(
+            f"patient {patient}: {what} {path}: every voxel is {value} (an empty or constant image)"
+        )
+
+
 def inspect_case(case: Case, endpoint_ids: set[str]) -> CaseInfo:
     pid = case.patient_id
     ct, ct_affine = _load(case.ct, pid, "CT")
+    _not_constant(ct, case.ct, pid, "CT")
     ct_box = _box(ct.shape, ct_affine)
     spacing = tuple(float(s) for s in np.sqrt((ct_affine[:3, :3] ** 2).sum(0)))
     pet_shape = pet_spacing = None
     if case.pet is not None:
         pet, pet_affine = _load(case.pet, pid, "PET")
+        _not_constant(pet, case.pet, pid, "PET")
         share = _covered(ct_box, _box(pet.shape, pet_affine))
         if share < MIN_OVERLAP:
             raise CohortError(

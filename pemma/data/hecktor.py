@@ -109,6 +109,14 @@ def read_cohort(root: Path | str, images: str = "imagesTr") -> Cohort:
         if mod in slot:
             raise CohortError(f"{path}: duplicate {mod} image for patient {pid} (also {slot[mod].name})")
         slot[mod] = path
+    folded: dict[str, str] = {}
+    for pid in found:  # one patient under two spellings would be tested and trained on at once
+        other = folded.setdefault(pid.casefold(), pid)
+        if other != pid:
+            raise CohortError(
+                f"{images}: patients {other} and {pid} differ only in case: one patient twice? "
+                "(IDs are compared without case)"
+            )
     cases = []
     for pid, mods in found.items():
         if "CT" not in mods:

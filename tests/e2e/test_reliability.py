@@ -330,6 +330,50 @@ def test_nothing_in_a_cohort_is_accepted_silently(tiny_cohort, tmp_path):
             assert text.split("patient(s)")[1].split(",")[0].strip() == patient, "the culprit, not row 0"
 
 
+def test_data_check_is_as_strict_as_run(tiny_cohort, tmp_path):
+    """Issue 31, item 8: a centre of the plan with one usable patient, an all-zero PET, and IDs that
+    differ only in case are refused by `data check` (exit 2, naming them), as `run` refuses them."""
+    import nibabel as nib
+    import numpy as np
+
+    lonely = _copy(tiny_cohort, tmp_path, "lonely")
+    labels = sorted((lonely / "labelsTr").glob("CHUS-*.nii.gz"))
+    for path in labels[1:]:
+        path.unlink()
+    out = _invoke("data", "check", str(lonely))
+    assert out.exit_code == 2 and "centre CHUS: 1 usable patient(s)" in " ".join(out.output.split()), (
+        out.output
+    )
+
+    dark = _copy(tiny_cohort, tmp_path, "dark")
+    pet = sorted((dark / "imagesTr").glob("*__PT.nii.gz"))[3]
+    image = nib.load(pet)
+    nib.save(nib.Nifti1Image(np.zeros(image.shape, dtype=np.float32), image.affine), pet)
+    out = _invoke("data", "check", str(dark))
+    text = " ".join(out.output.split())
+    assert out.exit_code == 2 and pet.name in text and "every voxel is 0" in text, text
+
+    twice = _copy(tiny_cohort, tmp_path, "twice")
+    ct = sorted((twice / "imagesTr").glob("MDA-*__CT.nii.gz"))[0]
+    patient = ct.name.split("__")[0]
+    for path in (twice / "imagesTr").glob(f"{patient}__*"):
+        path.rename(path.with_name(path.name.replace(patient, patient.lower())))
+    for path in (ct, ct.with_name(f"{patient}__PT.nii.gz")):  # the same patient again, upper case
+        (twice / "imagesTr" / path.name).write_bytes(
+            (twice / "imagesTr" / path.name.replace(patient, patient.lower())).read_bytes()
+        )
+    for command in (
+        ["data", "check", str(twice)],
+        ["run", "--profile", "ci", "--data", str(twice), "--dry-run", "--results", str(tmp_path / "r")],
+    ):
+        out = _invoke(*command)
+        text = " ".join(out.output.split())
+        assert out.exit_code == 2 and "differ only in case" in text and patient.lower() in text, (
+            command,
+            text,
+        )
+
+
 def test_a_broken_link_or_a_folder_in_imagesTr_stops_run_naming_it(tiny_cohort, tmp_path):
     for name, make in (
         ("link", lambda p: p.symlink_to(tmp_path / "nowhere.nii.gz")),
