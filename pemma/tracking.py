@@ -299,6 +299,23 @@ class Tracker:
         self.client.log_text(run_id, "".join(traceback.format_exception(error)), "error.txt")
         self.client.set_terminated(run_id, status)
 
+    def try_fail(self, run_id: str, error: BaseException) -> bool:
+        """Mark the run FAILED with its error tag where the store can still be written (a full disk may
+        hold it): MLflow's own error log silenced, nothing raised; False if it could not (the next
+        start closes the run, as it closes any run its owner left RUNNING)."""
+        import logging
+
+        quiet = logging.getLogger("mlflow.store.db.utils")
+        level, quiet.level = quiet.level, logging.CRITICAL
+        try:
+            self.client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+            self.client.set_terminated(run_id, "FAILED")
+            return True
+        except Exception:  # the store is on the full disk too
+            return False
+        finally:
+            quiet.level = level
+
     def runs(self, suite: str, status: str | None = "FINISHED") -> pd.DataFrame:
         """One row per run (of every status when `status` is None): tags.*, params.*, metrics.* columns."""
         exp = self.experiment_id(suite, create=False)

@@ -198,6 +198,13 @@ def run(
             runner.prepare(units)
         except CohortError as err:
             raise _fail(str(err)) from err
+        except OSError as err:
+            from pemma.files import no_space
+
+            full = no_space(err)
+            if full is None:
+                raise
+            raise _fail(f"{full}; free some space and run again") from err
         checked = time.perf_counter() - t0
         console.print(f"data ready in {checked:.0f}s")
         if pool is not None or not console.is_terminal or executor != "local":
@@ -223,6 +230,7 @@ def _execute(runner, units, executor: str = "local", address: str | None = None,
     and a clear exit code for either."""
     from pemma.config import ConfigError
     from pemma.data.hecktor import CohortError
+    from pemma.files import NoSpace
 
     with stoppable("the running unit is marked KILLED; rerun to resume it"):
         try:
@@ -237,6 +245,8 @@ def _execute(runner, units, executor: str = "local", address: str | None = None,
             return runner.run(units)
         except (ConfigError, CohortError) as err:
             raise _fail(str(err)) from err
+        except NoSpace as err:
+            raise _fail(f"{err}; free some space and run again: finished units are kept") from err
 
 
 def _finish_run(runner, suite: str, results: Path, units, outcomes, checked: float | None = None) -> None:

@@ -251,10 +251,13 @@ def _base_done(runner, done, first_unit: str) -> None:
 
 
 def _unit_done(done, key: str):
+    from pemma.files import NoSpace
     from pemma.orchestration.runner import UnitOutcome
 
     try:
         return done.result()
+    except NoSpace:  # the disk is full: the suite stops
+        raise
     except Exception as err:  # its worker process died (killed, out of memory)
         return UnitOutcome(key, "FAILED", error=f"worker process lost: {err!r}")
 

@@ -19,6 +19,7 @@ from monai.utils import set_determinism
 
 from pemma.config import RunConfig, stable_hash
 from pemma.data.store import DataStore
+from pemma.files import no_space
 from pemma.locks import Lock
 from pemma.methods import METHODS, Built, build_method, reference_method
 from pemma.metrics.params import count_parameters
@@ -239,6 +240,10 @@ class Runner:
             self.tracker.fail(run_id, err, status="KILLED")
             raise
         except Exception as err:
+            full = no_space(err, self.tracker.uri)
+            if full is not None:  # every later unit would fail the same way: stop the suite
+                self.tracker.try_fail(run_id, full)
+                raise full from err
             log.exception("unit %s failed", key)
             self.tracker.fail(run_id, err)
             return UnitOutcome(key, "FAILED", time.perf_counter() - t0, error=f"{type(err).__name__}: {err}")
