@@ -21,8 +21,14 @@ def data_synth(
     out: Annotated[Path, typer.Option(help="Folder to write the cohort into (must not exist).")],
     scale: Annotated[float, typer.Option(help="Share of HECKTOR's per-centre sizes (min 3).")] = 0.15,
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+    layout: Annotated[
+        str,
+        typer.Option(
+            "--format", help="hecktor (HECKTOR 2022 folders) or nnunet (an nnU-Net v2 raw dataset)."
+        ),
+    ] = "hecktor",
 ) -> None:
-    """Write a synthetic cohort in the HECKTOR 2022 layout."""
+    """Write a synthetic cohort in the HECKTOR 2022 layout, or as an nnU-Net v2 raw dataset."""
     from pemma.data.synth import cohort_sizes, write_cohort
 
     sizes = cohort_sizes(scale)
@@ -32,9 +38,13 @@ def data_synth(
         ) as bar:
             task = bar.add_task("patients", total=sum(sizes.values()))
             write_cohort(
-                out, scale=scale, seed=seed, progress=lambda done, total: bar.update(task, completed=done)
+                out,
+                scale=scale,
+                seed=seed,
+                progress=lambda done, total: bar.update(task, completed=done),
+                layout=layout,
             )
-    except FileExistsError as err:
+    except (FileExistsError, ValueError) as err:
         raise _fail(str(err)) from err
     console.print(
         f"wrote {sum(sizes.values())} patients to {out}: " + ", ".join(f"{c} {n}" for c, n in sizes.items())

@@ -80,9 +80,14 @@ class Cohort:
 
 
 def read_cohort(root: Path | str, images: str = "imagesTr") -> Cohort:
-    """A HECKTOR-layout cohort: `images` (imagesTr, or imagesTs for a test set) and the matching
-    labels folder (labelsTr / labelsTs; a case without a label file has none)."""
+    """A cohort in the HECKTOR layout, or an nnU-Net v2 raw dataset (a folder with a dataset.json:
+    pemma/data/nnunet.py): `images` (imagesTr, or imagesTs for a test set) and the matching labels
+    folder (labelsTr / labelsTs; a case without a label file has none)."""
     root = Path(root)
+    if (root / "dataset.json").is_file():
+        from pemma.data.nnunet import read_nnunet
+
+        return read_nnunet(root, images)
     labels = root / images.replace("images", "labels", 1)
     folder = images
     images = root / images
@@ -127,14 +132,25 @@ def read_cohort(root: Path | str, images: str = "imagesTr") -> Cohort:
         label = next((p for p in (labels / f"{pid}.nii.gz", labels / f"{pid}.nii") if p.exists()), None)
         cases.append(Case(pid, centre_of(pid), mods["CT"], mods.get("PT"), label))
     if not cases:
+        if any(re.search(r"_\d{4}\.nii(\.gz)?$", name) for name in ignored):
+            raise CohortError(
+                f"{images}: files named <case>_0000.nii.gz, as in an nnU-Net raw dataset, but no "
+                f"{root / 'dataset.json'} names their channels"
+            )
         raise CohortError(f"{images}: no images named <ID>__CT.nii.gz; the cohort is empty")
+    clinical, endpoints = check_tables(root)
+    return Cohort(root, tuple(cases), clinical, endpoints, tuple(ignored))
+
+
+def check_tables(root: Path) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """The clinical and endpoint tables beside the images, where present, checked."""
     clinical = _read_table(root / CLINICAL_CSV, ("PatientID",))
     if clinical is not None:
         _check_clinical(root / CLINICAL_CSV, clinical)
     endpoints = _read_table(root / ENDPOINT_CSV, ENDPOINT_COLUMNS)
     if endpoints is not None:
         _check_endpoints(root / ENDPOINT_CSV, endpoints)
-    return Cohort(root, tuple(cases), clinical, endpoints, tuple(ignored))
+    return clinical, endpoints
 
 
 PLAUSIBLE = {

@@ -242,8 +242,16 @@ def draw_clinical(p: Patient, seed: int, centre_id: int, index: int) -> tuple[di
     return clinical, endpoint, truth
 
 
-def write_cohort(out: Path, *, scale: float = 0.15, seed: int = 0, progress=None) -> Path:
-    """Write the whole cohort under `out` (atomically: into a temporary folder, then renamed)."""
+LAYOUTS = ("hecktor", "nnunet")
+
+
+def write_cohort(
+    out: Path, *, scale: float = 0.15, seed: int = 0, progress=None, layout: str = "hecktor"
+) -> Path:
+    """Write the whole cohort under `out` (atomically: into a temporary folder, then renamed), in the
+    HECKTOR 2022 layout or as an nnU-Net v2 raw dataset (the same images, renamed, and a dataset.json)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"--format {layout!r}: expected one of {', '.join(LAYOUTS)}")
     out = Path(out)
     if (out / "synth_truth.json").exists():
         raise FileExistsError(f"{out} already holds a synthetic cohort; choose another --out or delete it")
@@ -300,7 +308,24 @@ def write_cohort(out: Path, *, scale: float = 0.15, seed: int = 0, progress=None
         "patients": truth,
     }
     (tmp / "synth_truth.json").write_text(json.dumps(meta, indent=1))
+    if layout == "nnunet":
+        to_nnunet(tmp)
     if out.exists():
         out.rmdir()
     tmp.rename(out)
     return out
+
+
+def to_nnunet(root: Path) -> None:
+    """A HECKTOR-layout folder turned into an nnU-Net v2 raw dataset in place: <ID>__CT -> <ID>_0000,
+    <ID>__PT -> <ID>_0001, labels as they are, and a dataset.json (channels CT, PET; GTVp 1, GTVn 2)."""
+    from pemma.data.nnunet import write_dataset_json
+
+    images = Path(root) / "imagesTr"
+    cases = 0
+    for path in sorted(images.glob("*__CT.nii.gz")):
+        path.rename(images / path.name.replace("__CT.nii.gz", "_0000.nii.gz"))
+        cases += 1
+    for path in sorted(images.glob("*__PT.nii.gz")):
+        path.rename(images / path.name.replace("__PT.nii.gz", "_0001.nii.gz"))
+    write_dataset_json(root, cases)

@@ -1,0 +1,171 @@
+"""Read a cohort kept as an nnU-Net v2 raw dataset: `DatasetXXX_Name/imagesTr/<case>_0000.nii.gz`
+(one file per channel), `labelsTr/<case>.nii.gz`, and a `dataset.json` naming the channels, the labels
+and the file ending. HECKTOR is often converted to it, and so are the autoPET FDG-PET/CT datasets.
+
+The channels are mapped to CT and PET from `channel_names` (case-insensitive "CT"; "PET" or "PT"); a
+dataset whose channels cannot be mapped is refused, naming them. Centres come from the case IDs where
+they carry one (`CHUM-001`), else from `centres.csv` beside `dataset.json` (columns `case`, `centre`);
+a case without a centre is an error naming it. The clinical and endpoint tables of the HECKTOR layout
+are read from the same folder when present. Both readers produce the same Cohort, so everything
+downstream is the same code.
+
+Classes: the harness scores HECKTOR's GTVp (1) and GTVn (2); a dataset whose `labels` name other
+classes is refused for now, naming them (classes read from the dataset are the next step).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from pemma.data.centres import centre_of
+from pemma.data.hecktor import (
+    CLINICAL_CSV,
+    ENDPOINT_CSV,
+    ID_PATTERN,
+    Case,
+    Cohort,
+    CohortError,
+    check_tables,
+)
+
+DATASET_JSON = "dataset.json"
+CENTRES_CSV = "centres.csv"
+MODALITIES = {"ct": "CT", "pet": "PET", "pt": "PET"}
+EXPECTED_LABELS = {"background": 0, "gtvp": 1, "gtvn": 2}
+
+
+def is_nnunet(root: Path) -> bool:
+    return (Path(root) / DATASET_JSON).is_file()
+
+
+def read_dataset_json(root: Path) -> dict:
+    path = Path(root) / DATASET_JSON
+    try:
+        spec = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise CohortError(
+            f"{root}: no {DATASET_JSON}; an nnU-Net raw dataset names its channels there"
+        ) from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CohortError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(spec, dict):
+        raise CohortError(f"{path}: expected a JSON object with channel_names, labels, file_ending")
+    missing = [k for k in ("channel_names", "labels", "file_ending") if k not in spec]
+    if missing:
+        raise CohortError(f"{path}: no {', '.join(missing)} (nnU-Net v2's dataset.json names them)")
+    return spec
+
+
+def channels(spec: dict, path: Path) -> dict[str, str]:
+    """'CT' / 'PET' -> the channel's four-digit suffix (`0000`)."""
+    names = spec["channel_names"]
+    found: dict[str, str] = {}
+    for index, name in names.items():
+        modality = MODALITIES.get(str(name).strip().lower())
+        if modality is None:
+            continue
+        if modality in found:
+            raise CohortError(f"{path}: two channels are {modality} ({names})")
+        found[modality] = f"{int(index):04d}"
+    if "CT" not in found:
+        raise CohortError(
+            f"{path}: channel_names {names} name no CT channel (expected 'CT', and 'PET' or 'PT' for PET)"
+        )
+    return found
+
+
+def check_labels(spec: dict, path: Path) -> dict[str, int]:
+    labels = {str(k).lower(): v for k, v in spec["labels"].items()}
+    if labels != EXPECTED_LABELS:
+        raise CohortError(
+            f"{path}: labels {spec['labels']}; this harness scores background 0, GTVp 1, GTVn 2 (classes "
+            "read from the dataset are not supported yet): relabel, or map your classes onto these"
+        )
+    return labels
+
+
+def _centres(root: Path, cases: list[str]) -> dict[str, str]:
+    table_path = root / CENTRES_CSV
+    table: dict[str, str] = {}
+    if table_path.is_file():
+        frame = pd.read_csv(table_path, dtype=str, sep=None, engine="python")
+        if not {"case", "centre"} <= set(frame.columns):
+            raise CohortError(
+                f"{table_path}: expected columns case, centre; found {', '.join(frame.columns)}"
+            )
+        table = dict(zip(frame["case"].str.strip(), frame["centre"].str.strip(), strict=True))
+    out = {}
+    for case in cases:
+        if case in table:
+            out[case] = table[case]
+        elif ID_PATTERN.match(case):
+            out[case] = centre_of(case)
+        else:
+            where = (
+                f"not in {table_path}" if table else f"and there is no {CENTRES_CSV} beside {DATASET_JSON}"
+            )
+            raise CohortError(f"case {case}: no centre: its ID names none (CENTRE-NNN) {where}")
+    return out
+
+
+def read_nnunet(root: Path | str, images: str = "imagesTr") -> Cohort:
+    root = Path(root)
+    spec = read_dataset_json(root)
+    spec_path = root / DATASET_JSON
+    mapping = channels(spec, spec_path)
+    check_labels(spec, spec_path)
+    ending = str(spec["file_ending"])
+    folder = root / images
+    labels = root / images.replace("images", "labels", 1)
+    if not folder.is_dir():
+        raise CohortError(f"{root}: no {images}/ folder")
+    files: dict[str, dict[str, Path]] = {}
+    ignored = []
+    suffixes = {suffix: modality for modality, suffix in mapping.items()}
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        if not name.endswith(ending):
+            ignored.append(name)
+            continue
+        stem = name[: -len(ending)]
+        case, _, suffix = stem.rpartition("_")
+        if not case or len(suffix) != 4 or not suffix.isdigit():
+            ignored.append(name)
+            continue
+        if suffix in suffixes:
+            files.setdefault(case, {})[suffixes[suffix]] = path
+    if not files:
+        other = sorted({Path(n).suffix for n in ignored})
+        raise CohortError(
+            f"{folder}: no image named <case>_<channel>{ending} (file_ending in {spec_path}); "
+            + (f"found files ending in {', '.join(other)}" if other else "the folder is empty")
+        )
+    centres = _centres(root, sorted(files))
+    cases = []
+    for case, found in files.items():
+        for modality in mapping:
+            if modality not in found:
+                expected = folder / f"{case}_{mapping[modality]}{ending}"
+                raise CohortError(f"case {case}: no {modality} channel (expected {expected})")
+        label = labels / f"{case}{ending}"
+        cases.append(
+            Case(case, centres[case], found["CT"], found.get("PET"), label if label.exists() else None)
+        )
+    clinical, endpoints = check_tables(root)
+    return Cohort(root, tuple(cases), clinical, endpoints, tuple(ignored))
+
+
+def write_dataset_json(root: Path, cases: int, pet: bool = True) -> None:
+    spec = {
+        "channel_names": {"0": "CT", **({"1": "PET"} if pet else {})},
+        "labels": {"background": 0, "GTVp": 1, "GTVn": 2},
+        "numTraining": cases,
+        "file_ending": ".nii.gz",
+    }
+    (Path(root) / DATASET_JSON).write_text(json.dumps(spec, indent=2) + "\n")
+
+
+__all__ = ["CENTRES_CSV", "CLINICAL_CSV", "DATASET_JSON", "ENDPOINT_CSV", "is_nnunet", "read_nnunet"]

@@ -1,0 +1,103 @@
+"""Issue 30, first part: an nnU-Net v2 raw dataset is read like the HECKTOR layout (the same
+synthetic cohort in both layouts gives bit-identical metrics), and its bad inputs stop with exit 2
+naming the file or case."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from helpers.cli import ci_run
+from typer.testing import CliRunner
+
+from pemma.cli import app
+from pemma.data.synth import write_cohort
+from pemma.tracking import Tracker
+
+pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m 'not slow'` skips them
+
+
+@pytest.fixture(scope="module")
+def nnunet_cohort(tmp_path_factory):
+    return write_cohort(
+        tmp_path_factory.mktemp("nn") / "Dataset901_Synth", scale=0.02, seed=0, layout="nnunet"
+    )
+
+
+def test_the_same_cohort_in_nnunet_layout_gives_the_same_numbers(tiny_cohort, nnunet_cohort, tmp_path):
+    assert (nnunet_cohort / "dataset.json").is_file()
+    assert sorted(p.name for p in (nnunet_cohort / "imagesTr").iterdir())[0].endswith("_0000.nii.gz")
+    metrics = []
+    for name, cohort in (("hecktor", tiny_cohort), ("nnunet", nnunet_cohort)):
+        result = ci_run(tmp_path / name, "--methods", "early-fusion", "--seeds", "0", data=cohort)
+        assert result.exit_code == 0, result.output
+        run = Tracker(tmp_path / name).runs("smoke").iloc[0]
+        metrics.append(
+            {k: v for k, v in run.items() if k.startswith("metrics.dice") or k.startswith("metrics.hd95")}
+        )
+    assert metrics[0] and metrics[0].keys() == metrics[1].keys()
+    for key, value in metrics[0].items():
+        other = metrics[1][key]
+        assert value == other or (value != value and other != other), key  # NaN on both sides
+
+
+def _check(root):
+    return CliRunner().invoke(app, ["data", "check", str(root)])
+
+
+def _copy(nnunet_cohort, tmp_path, name):
+    root = tmp_path / name
+    shutil.copytree(nnunet_cohort, root)
+    return root
+
+
+def test_bad_nnunet_datasets_are_refused_naming_the_culprit(nnunet_cohort, tmp_path):
+    def refused(root, *why):
+        out = _check(root)
+        text = " ".join(out.output.split())
+        assert out.exit_code == 2 and "Traceback" not in out.output, text
+        for part in why:
+            assert part in text, (part, text)
+
+    ok = _check(nnunet_cohort)
+    assert ok.exit_code == 0, ok.output
+
+    root = _copy(nnunet_cohort, tmp_path, "no-json")
+    (root / "dataset.json").unlink()
+    refused(root, "as in an nnU-Net raw dataset", "dataset.json")
+
+    root = _copy(nnunet_cohort, tmp_path, "bad-json")
+    (root / "dataset.json").write_text("{channel_names: ")
+    refused(root, "dataset.json: not valid JSON")
+
+    root = _copy(nnunet_cohort, tmp_path, "no-pet-file")
+    victim = sorted((root / "imagesTr").glob("*_0001.nii.gz"))[2]
+    victim.unlink()
+    case = victim.name.removesuffix("_0001.nii.gz")
+    refused(root, f"case {case}: no PET channel")
+
+    root = _copy(nnunet_cohort, tmp_path, "channels")
+    spec = json.loads((root / "dataset.json").read_text())
+    spec["channel_names"] = {"0": "T1", "1": "PET"}
+    (root / "dataset.json").write_text(json.dumps(spec))
+    refused(root, "name no CT channel", "T1")
+
+    root = _copy(nnunet_cohort, tmp_path, "ending")
+    spec = json.loads((root / "dataset.json").read_text())
+    spec["file_ending"] = ".nrrd"
+    (root / "dataset.json").write_text(json.dumps(spec))
+    refused(root, "no image named <case>_<channel>.nrrd", ".gz")
+
+    root = _copy(nnunet_cohort, tmp_path, "labels")
+    spec = json.loads((root / "dataset.json").read_text())
+    spec["labels"] = {"background": 0, "lesion": 1}
+    (root / "dataset.json").write_text(json.dumps(spec))
+    refused(root, "lesion", "not supported yet")
+
+    root = _copy(nnunet_cohort, tmp_path, "centre")
+    for path in (root / "imagesTr").glob("CHUM-001_*"):
+        path.rename(path.with_name(path.name.replace("CHUM-001", "case001")))
+    refused(root, "case case001: no centre")
+    (root / "centres.csv").write_text("case,centre\ncase001,CHUM\n")
+    assert _check(root).exit_code == 0, "a centres.csv assigns it"
