@@ -109,3 +109,27 @@ def test_a_missed_or_invented_structure_is_the_worst_case_not_left_out():
     for prediction, reference in ((empty, truth), (truth, empty)):
         hd95, nsd = boundary_metrics(prediction, reference, (2.0, 1.0, 1.0), tolerance_mm=3.0)
         assert hd95[0] == pytest.approx(diagonal) and nsd[0] == 0.0
+
+
+def test_boundary_metrics_on_the_box_around_the_structures_equal_monai_on_the_whole_grid():
+    """The metrics are computed on the box around both maps' structures (20x faster on a HECKTOR-size
+    grid): the same values as MONAI on the whole grid, structures touching the image border included."""
+    import warnings
+
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+    from monai.networks.utils import one_hot
+
+    spacing = (1.5, 1.0, 2.0)
+    for shift in range(4):
+        a = np.zeros((30, 25, 20), np.uint8)
+        b = np.zeros_like(a)
+        a[0:8, 3:12, 5:20], b[1:9, 4:13, 4:19] = 1, 1  # touching the borders
+        a[15:22, 10:20, 0:6], b[14:23, 11:25, 0:5] = 2, 2
+        a, b = np.roll(a, shift, axis=1), np.roll(b, -shift, axis=2)
+        hd95, nsd = boundary_metrics(torch.as_tensor(a), torch.as_tensor(b), spacing, 2.0)
+        pred, true = (one_hot(torch.as_tensor(m)[None, None].long(), 3) for m in (a, b))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            whole_hd = compute_hausdorff_distance(pred, true, percentile=95, spacing=spacing)[0].numpy()
+            whole_nsd = compute_surface_dice(pred, true, [2.0, 2.0], spacing=spacing)[0].numpy()
+        assert hd95 == pytest.approx(whole_hd, rel=1e-6) and nsd == pytest.approx(whole_nsd, rel=1e-6)
