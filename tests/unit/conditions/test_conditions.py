@@ -154,7 +154,11 @@ def test_version_1_and_2_tables_are_still_read(tmp_path):
             "kind": ["segmentation", "prognosis"],
             "patient_id": ["P1", "P2"],
             "subset": ["ctpet", "ctpet+ehr"],
+            "class": ["gtvp", np.nan],
+            "grid": ["original", np.nan],
             "dice": [0.5, np.nan],
+            "intersection_voxels": [5.0, np.nan],
+            "prediction_voxels": [10.0, np.nan],
             "truth_voxels": [10.0, np.nan],
         }
     )
