@@ -8,6 +8,7 @@ reviewer can report from someone else's store.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,19 +125,26 @@ class Sources:
         predictions.py): from the results folder, else from the run's `predictions/<key>` artifacts
         (downloaded once per pass into a folder this object keeps); None where there is none."""
         name = f"{patient_id}.nii.gz"
-        local = self.results / str(run["tags.suite"]) / "predictions" / str(run["tags.run_key"]) / key / name
-        if local.is_file():
-            return local
+        unit = self.results / str(run["tags.suite"]) / "predictions" / str(run["tags.run_key"])
+        if unit.is_dir():  # the unit wrote its predictions here: no copy elsewhere holds more
+            return unit / key / name if (unit / key / name).is_file() else None
         if self._downloads is None:
             self._downloads = tempfile.TemporaryDirectory(prefix="pemma-predictions-")
         destination = Path(self._downloads.name) / str(run["run_id"])
         folder = destination / "predictions" / key
         if not folder.exists():
             destination.mkdir(parents=True, exist_ok=True)
+            quiet = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
             try:
                 self.tracker.download_artifacts(run["run_id"], f"predictions/{key}", destination)
             except Exception:  # predictions off for that unit, or an artifact store out of reach
                 folder.mkdir(parents=True, exist_ok=True)
+            finally:
+                if quiet is None:
+                    os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+                else:
+                    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = quiet
         found = folder / name
         return found if found.is_file() else None
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pemma.methods import METHODS
 from pemma.modalities import CTPET, LABELS
 from pemma.report.sections.base import Block, Figure, Options, Section, section_kind
 from pemma.report.sections.common import grouped, runs_of
@@ -53,8 +54,10 @@ def examples_block(section: Section, sources: Sources) -> Block:
     picks = pick(patient_dice(rows))
     columns = [
         group[group["params.seed"] == seed].iloc[0]
-        for (_, group_backbone, _), group in grouped(runs)
-        if group_backbone == backbone and (group["params.seed"] == seed).any()
+        for (method, group_backbone, _), group in grouped(runs)
+        if group_backbone == backbone
+        and (group["params.seed"] == seed).any()
+        and opts.subset in METHODS.get(method).inputs()  # ct-only has no CT+PET prediction
     ]
     if not picks:
         return block

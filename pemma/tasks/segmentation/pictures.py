@@ -15,8 +15,9 @@ import pandas as pd
 
 CT_WINDOW = (-160.0, 240.0)
 """Soft-tissue window: level 40 HU, width 400 HU."""
-COLOURS = ("#00a2ff", "#ff00c8", "#39ff14", "#ffd400", "#ff6a00", "#8f5cff", "#00ffd5", "#ff3b3b")
-"""One per column, in order: fixed, so the bytes do not vary."""
+COLOURS = ("#1f9bff", "#ff2bd6", "#3dff3d", "#00f0ff", "#9d6bff", "#c0ff00", "#ff8fd0", "#7fa7ff")
+"""One per column, in order: fixed, so the bytes do not vary; none yellow, orange or red, which the
+PET overlay's colour map uses."""
 PICKS = ("best", "median", "worst")
 CAPTION = (
     "Each panel: the axial slice through the largest cross-section of the truth, CT at level 40 / width "
