@@ -62,6 +62,7 @@ def data_check(
     from pemma.config import DataConfig
     from pemma.data.check import absent_classes, check_cohort, clinical_gaps, summarise
     from pemma.data.hecktor import CohortError, read_cohort
+    from pemma.data.nnunet import layout_of
     from pemma.data.splits import make_plan
     from pemma.data.store import unused
 
@@ -85,6 +86,7 @@ def data_check(
     title = f"{root}: {len(report)} patients, {len(summary)} centres, fingerprint {cohort.fingerprint()}"
     wide = _wide()
     wide.print(_table(summary, title))
+    console.print(f"layout: {layout_of(root)}", soft_wrap=True)
     for note in notes:
         console.print(f"- {note}")
     warnings = clinical_gaps(cohort)

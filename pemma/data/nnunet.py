@@ -158,6 +158,21 @@ def read_nnunet(root: Path | str, images: str = "imagesTr") -> Cohort:
     return Cohort(root, tuple(cases), clinical, endpoints, tuple(ignored))
 
 
+def layout_of(root: Path) -> str:
+    """What `data check` says of a cohort folder's layout: HECKTOR, or nnU-Net with its channels."""
+    root = Path(root)
+    if not is_nnunet(root):
+        return "HECKTOR 2022 (imagesTr/<ID>__CT|PT.nii.gz, labelsTr/<ID>.nii.gz)"
+    spec = read_dataset_json(root)
+    mapped = channels(spec, root / DATASET_JSON)
+    centres = f"centres from {CENTRES_CSV}" if (root / CENTRES_CSV).is_file() else "centres from the case IDs"
+    return (
+        f"nnU-Net v2 raw dataset: channels {', '.join(f'{m} = _{s}' for m, s in mapped.items())} "
+        f"(of {dict(spec['channel_names'])}), labels {dict(spec['labels'])}, file ending "
+        f"{spec['file_ending']}, {centres}"
+    )
+
+
 def write_dataset_json(root: Path, cases: int, pet: bool = True) -> None:
     spec = {
         "channel_names": {"0": "CT", **({"1": "PET"} if pet else {})},

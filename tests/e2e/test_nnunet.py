@@ -62,6 +62,7 @@ def test_bad_nnunet_datasets_are_refused_naming_the_culprit(nnunet_cohort, tmp_p
 
     ok = _check(nnunet_cohort)
     assert ok.exit_code == 0, ok.output
+    assert "nnU-Net v2 raw dataset: channels CT = _0000, PET = _0001" in " ".join(ok.output.split())
 
     root = _copy(nnunet_cohort, tmp_path, "no-json")
     (root / "dataset.json").unlink()
