@@ -66,3 +66,5 @@ def predict(
         )
     else:
         console.print("no labels: predicted, not scored")
+    for note in done.notes:
+        console.print(f"[yellow]warning:[/] {note}", soft_wrap=True)

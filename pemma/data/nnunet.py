@@ -22,8 +22,6 @@ import pandas as pd
 
 from pemma.data.centres import centre_of
 from pemma.data.hecktor import (
-    CLINICAL_CSV,
-    ENDPOINT_CSV,
     ID_PATTERN,
     Case,
     Cohort,
@@ -181,6 +179,3 @@ def write_dataset_json(root: Path, cases: int, pet: bool = True) -> None:
         "file_ending": ".nii.gz",
     }
     (Path(root) / DATASET_JSON).write_text(json.dumps(spec, indent=2) + "\n")
-
-
-__all__ = ["CENTRES_CSV", "CLINICAL_CSV", "DATASET_JSON", "ENDPOINT_CSV", "is_nnunet", "read_nnunet"]

@@ -26,17 +26,18 @@ from monai.data import Dataset
 
 from pemma.config import ConfigError, RunConfig, from_logged
 from pemma.data.datasets import items_of
-from pemma.data.hecktor import Case, CohortError, read_cohort
+from pemma.data.hecktor import Case, Cohort, CohortError, read_cohort
 from pemma.data.transforms import preprocess
 from pemma.files import CorruptFile, load_state, save_json
 from pemma.methods import METHODS
 from pemma.modalities import CTPET, LABELS, PET
 from pemma.models.backbones import BACKBONES
-from pemma.models.portable import PortableStateError, load_trained
+from pemma.models.portable import PortableStateError
+from pemma.orchestration.runner import seed_everything
+from pemma.tasks.segmentation.adapted import restore
 from pemma.tasks.segmentation.evaluation import SubsetResult, evaluate
 from pemma.tasks.segmentation.predictions import PredictionWriter
 from pemma.tracking import Tracker, run_key
-from pemma.training.loop import cast_frozen
 
 MARKER = "prediction.json"
 """In an output folder: which unit wrote it, on which cohort."""
@@ -129,7 +130,7 @@ def check_overlap(case: Case) -> None:
         )
 
 
-def _cases(root: Path, images: str | None, subset: str) -> tuple[list[Case], str]:
+def _cases(root: Path, images: str | None, subset: str) -> tuple[Cohort, str]:
     folder = images or next((f for f in ("imagesTs", "imagesTr") if (root / f).is_dir()), "imagesTr")
     try:
         cohort = read_cohort(root, folder)
@@ -147,7 +148,7 @@ def _cases(root: Path, images: str | None, subset: str) -> tuple[list[Case], str
             )
         for case in cases:
             check_overlap(case)
-    return cases, folder
+    return cohort, folder
 
 
 def _check_output(out: Path, key: str) -> None:
@@ -185,14 +186,10 @@ def _model(cfg: RunConfig, run: pd.Series, results: Path):
             base.load_state_dict(load_state(source))
         except CorruptFile as err:
             raise PredictError(str(err)) from err
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)  # as the runner seeds a unit before its method builds the model
     built = method.create(base, cfg)
-    if cfg.train.frozen_bf16:  # the frozen weights held their bf16-rounded values when scored
-        cast_frozen(built.model, torch.bfloat16)
-        cast_frozen(built.model, torch.float32)
-    trained = results / str(run["tags.trained_file"])
     try:
-        load_trained(built.model, built.trained, trained)
+        restore(built, cfg, results / str(run["tags.trained_file"]))
     except (PortableStateError, FileNotFoundError) as err:
         raise PredictError(f"unit {run['tags.run_key']}: its trained state cannot be used: {err}") from err
     return method, built
@@ -216,7 +213,14 @@ def predict(
         raise PredictError(
             f"--subset {subset}: {cfg.method} does not accept it (it accepts {', '.join(method.inputs())})"
         )
-    cases, folder = _cases(Path(cohort), images, subset)
+    read, folder = _cases(Path(cohort), images, subset)
+    cases = list(read.cases)
+    notes = []
+    if read.fingerprint() == run.get("tags.data_fingerprint"):
+        notes.append(
+            "this is the cohort the unit was trained on: its training and validation patients are among "
+            "these, so this Dice is not a test score (the unit's own test-split Dice is in its run)"
+        )
     _check_output(out, run["tags.run_key"])
     method, built = _model(cfg, run, results)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -261,4 +265,4 @@ def predict(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return Prediction(out, subset, len(cases), len(labelled), result)
+    return Prediction(out, subset, len(cases), len(labelled), result, notes)

@@ -131,6 +131,7 @@ def test_predict_applies_a_trained_unit_and_writes_what_the_unit_wrote(predicted
     result = _predict(predicted, "--run-key", run["tags.run_key"], "--cohort", str(copy), "--out", str(out))
     assert result.exit_code == 0, result.output
     assert "scored" in result.output and "Dice GTVp" in result.output
+    assert "not a test score" in " ".join(result.output.split()), "the unit's own cohort: said so"
     own = predicted / "smoke" / "predictions" / run["tags.run_key"] / "ctpet"
     mine = sorted(own.glob("*.nii.gz"))
     assert mine

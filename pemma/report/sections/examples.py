@@ -61,7 +61,11 @@ def examples_block(section: Section, sources: Sources) -> Block:
     ]
     if not picks:
         return block
-    dice = {(c["tags.run_key"], p): _dice_of(patients, c, opts.subset, p) for c in columns for _, p in picks}
+    passes = patients[(patients["grid"] == "original") & (patients["condition"] == opts.subset)]
+    dice = {}
+    for column in columns:
+        mine = patient_dice(passes[passes["run_key"] == column["tags.run_key"]])
+        dice.update({(column["tags.run_key"], p): float(mine.get(p, float("nan"))) for _, p in picks})
     block.table = pd.DataFrame(
         [
             {
@@ -124,14 +128,3 @@ def _cohort_files(root) -> dict[str, tuple[str, str | None, str | None]] | None:
         c.patient_id: (str(c.ct), str(c.pet) if c.pet else None, str(c.label) if c.label else None)
         for c in cohort.cases
     }
-
-
-def _dice_of(patients: pd.DataFrame, run: pd.Series, subset: str, patient: str) -> float:
-    rows = patients[
-        (patients["run_key"] == run["tags.run_key"])
-        & (patients["grid"] == "original")
-        & (patients["condition"] == subset)
-        & (patients["patient_id"] == patient)
-    ]
-    value = patient_dice(rows)
-    return float(value.iloc[0]) if not value.empty else float("nan")

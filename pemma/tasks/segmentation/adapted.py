@@ -17,11 +17,13 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from pemma.config import ADAPTATION_KEY, RunConfig, stable_hash
 from pemma.files import CorruptFile, record_digest, save_json
 from pemma.methods import Built
 from pemma.models.portable import PortableStateError, load_trained
-from pemma.training.loop import TrainStats
+from pemma.training.loop import TrainStats, cast_frozen
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,16 @@ def adaptation_key(cfg: RunConfig, data_fingerprint: str, train_patients: list[s
         length=12,
     )
     return f"{cfg.method}__{cfg.backbone}__s{cfg.seed}__{digest}"
+
+
+def restore(built: Built, cfg: RunConfig, saved: Path) -> None:
+    """Put a unit's saved trained state (models.portable.save_trained) back on `built`, a model the
+    method just built on the same CT base: the model the unit scored, frozen weights rounded to bf16
+    where it trained with `train.frozen_bf16` (they held those values when it was scored)."""
+    if cfg.train.frozen_bf16:
+        cast_frozen(built.model, torch.bfloat16)
+        cast_frozen(built.model, torch.float32)
+    load_trained(built.model, built.trained, saved)
 
 
 def reusable(cfg: RunConfig) -> bool:

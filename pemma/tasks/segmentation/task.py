@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from pemma.conditions import Applied
 from pemma.conditions import parse as parse_conditions
@@ -18,7 +17,7 @@ from pemma.files import write_atomic
 from pemma.methods import METHODS, Built
 from pemma.metrics.patients import extend_patient_table, write_patient_table
 from pemma.modalities import CTPET
-from pemma.models.portable import load_trained, save_trained
+from pemma.models.portable import save_trained
 from pemma.tasks.base import (
     LOSS_METRICS,
     PARAMETER_METRICS,
@@ -30,11 +29,11 @@ from pemma.tasks.base import (
     register_task,
 )
 from pemma.tasks.segmentation import continual
-from pemma.tasks.segmentation.adapted import Adaptations, adaptation_key, reusable
+from pemma.tasks.segmentation.adapted import Adaptations, adaptation_key, restore, reusable
 from pemma.tasks.segmentation.evaluation import SubsetResult, evaluate
 from pemma.tasks.segmentation.pictures import Example, Panel, draw, patient_dice, pick
 from pemma.tasks.segmentation.predictions import SUFFIX, PredictionWriter
-from pemma.training.loop import cast_frozen, train
+from pemma.training.loop import train
 
 KEYS = ("ct", "pet", "label")
 EVALUATED = "conditions_evaluated"
@@ -253,10 +252,7 @@ class Segmentation(Task):
         pending = set(self.pending(cfg, tags))
         todo = [c for c in self.conditions(cfg) if c.key in pending]
         with phase("build"):
-            if cfg.train.frozen_bf16:  # the frozen weights held their bf16-rounded values when scored
-                cast_frozen(built.model, torch.bfloat16)
-                cast_frozen(built.model, torch.float32)
-            load_trained(built.model, built.trained, unit.results / tags["trained_file"])
+            restore(built, cfg, unit.results / tags["trained_file"])
         results, _, written = self.score_test(unit, built, (), todo)
         with phase("save"):
             table = extend_patient_table(unit.results / tags["patients_file"], _rows(cfg, results), unit.key)
