@@ -11,8 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -109,6 +107,8 @@ def verify(path: Path) -> None:
 
 
 def save_state(state: dict[str, Any], path: Path) -> None:
+    import torch
+
     write_atomic(Path(path), lambda tmp: torch.save(state, tmp))
     record_digest(Path(path))
 
@@ -122,6 +122,8 @@ def save_json(obj: Any, path: Path) -> None:
 
 def load_state(path: Path) -> dict[str, Any]:
     """A torch state, verified against its recorded digest (CorruptFile names the file otherwise)."""
+    import torch
+
     verify(Path(path))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

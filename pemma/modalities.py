@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: listing commands never load it
+    import torch
 
 CTPET, CT, PET = "ctpet", "ct", "pet"
 SUBSETS: tuple[str, ...] = (CTPET, CT, PET)
@@ -49,6 +52,8 @@ def split_inputs(
 
 def stack(ct: torch.Tensor | None, pet: torch.Tensor | None) -> torch.Tensor:
     """Join the present modalities as channels (CT first), for sliding-window inference."""
+    import torch
+
     return torch.cat([t for t in (ct, pet) if t is not None], dim=1)
 
 

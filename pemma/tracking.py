@@ -14,19 +14,23 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
 
 from pemma.config import REPORTING_PROFILES, RunConfig, stable_hash
+
+if TYPE_CHECKING:  # the store opens without torch: listing what a suite has done stays fast
+    import torch
 
 EXPERIMENT_PREFIX = "pemma-bench/"
 
 
-def run_key(cfg: RunConfig, data_fingerprint: str) -> str:
-    """Readable and stable: suite__method__backbone__s<seed>__<hash of the resolved config and data>."""
-    digest = stable_hash({"config": cfg.identity(), "data": data_fingerprint})
+def run_key(cfg: RunConfig, data_fingerprint: str, revision: int = 0) -> str:
+    """Readable and stable: suite__method__backbone__s<seed>__<hash of the resolved config, the data and
+    the model code's revision (left out at 0, so keys from before revisions stay)>."""
+    revised = {"revision": revision} if revision else {}
+    digest = stable_hash({"config": cfg.identity(), "data": data_fingerprint, **revised})
     return f"{cfg.suite}__{cfg.method}__{cfg.backbone}__s{cfg.seed}__{digest}"
 
 
@@ -47,6 +51,7 @@ def _git(*args: str) -> str | None:
 def provenance(device: torch.device, dtype: str, profile: str) -> dict[str, str]:
     import monai
     import peft
+    import torch
 
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")

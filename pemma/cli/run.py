@@ -153,7 +153,6 @@ def run(
     from pemma.orchestration.runner import Runner
     from pemma.registry import RegistryError
     from pemma.suites import expand, load_suite
-    from pemma.tasks.segmentation.ct_base import check_pretrained
 
     try:
         spec = load_suite(suite)
@@ -169,14 +168,17 @@ def run(
         )
         check_executor(executor, workers)
         for path in sorted({cfg.pretrain.checkpoint for cfg in units if cfg.pretrain.checkpoint}):
+            from pemma.tasks.segmentation.ct_base import check_pretrained
+
             check_pretrained(path)
         runner = Runner(results, tracker=_tracker(results))
         keys = [runner.key(cfg) for cfg in units]
     except (ConfigError, RegistryError, CohortError, ValueError) as err:
         raise _fail(str(err)) from err
+    device = "" if dry_run else f", device {runner.device}"  # a dry run loads no torch to ask
     console.print(
         f"suite [bold]{spec.name}[/] ({spec.path.name}): {len(units)} units, profile "
-        f"{units[0].profile if units else '-'}, device {runner.device}, results {results}"
+        f"{units[0].profile if units else '-'}{device}, results {results}"
     )
     from pemma.orchestration.runner import DONE, EVALUATE
 

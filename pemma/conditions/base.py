@@ -13,13 +13,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from pemma.data.transforms import WORKING_AFFINE
+from pemma.data.keys import WORKING_AFFINE
 from pemma.modalities import CTPET
 from pemma.registry import Registry
+
+if TYPE_CHECKING:  # declaring a condition loads no torch: `conditions` and suite checks stay fast
+    import torch
 
 Transform = Callable[[dict, float, np.random.Generator], dict]
 """(one patient's item: 'ct' / 'pet' tensors (1, D, H, W) on the working grid and its affine, the
@@ -137,6 +140,8 @@ def spacing_of(item: dict) -> np.ndarray:
 
 def as_like(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     """`array` as a tensor of `like`'s type, dtype and device (MetaTensor metadata kept)."""
+    import torch
+
     out = like.clone()
     out.copy_(torch.as_tensor(array, dtype=like.dtype))
     return out

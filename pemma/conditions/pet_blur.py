@@ -4,7 +4,6 @@ the result's resolution is about sqrt(native^2 + added^2) (the native FWHM of re
 of the synthetic cohort's scanners 5-7.5 mm)."""
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
 from pemma.conditions.base import as_like, register_condition, spacing_of
 
@@ -19,6 +18,8 @@ FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
     magnitudes=(0.0, 6.0, 8.0, 10.0),
 )
 def pet_blur(item: dict, fwhm: float, rng: np.random.Generator) -> dict:
+    from scipy.ndimage import gaussian_filter
+
     sigma = fwhm / FWHM_PER_SIGMA / spacing_of(item)
     pet = item["pet"].detach().cpu().numpy()
     item["pet"] = as_like(gaussian_filter(pet, (0.0, *sigma), mode="constant", cval=0.0), item["pet"])

@@ -13,7 +13,6 @@ leaves bias (e.g. from fewer iterations) out.
 """
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
 from pemma.conditions.base import as_like, register_condition, spacing_of
 from pemma.conditions.pet_blur import FWHM_PER_SIGMA
@@ -32,6 +31,8 @@ RECONSTRUCTION_FWHM_MM = 4.0
     bounds=(1.0, 100.0),
 )
 def pet_noise(item: dict, percent: float, rng: np.random.Generator) -> dict:
+    from scipy.ndimage import gaussian_filter
+
     if percent >= 100.0:
         return item
     pet = item["pet"].detach().cpu().numpy().astype(np.float64)

@@ -9,10 +9,9 @@ file's own affine before resampling would cost.
 """
 
 import numpy as np
-from scipy.ndimage import shift
 
 from pemma.conditions.base import as_like, register_condition
-from pemma.data.transforms import WORKING_AFFINE
+from pemma.data.keys import WORKING_AFFINE
 
 
 def direction(rng: np.random.Generator) -> np.ndarray:
@@ -29,6 +28,8 @@ def direction(rng: np.random.Generator) -> np.ndarray:
     magnitudes=(0.0, 2.0, 4.0, 8.0, 12.0),
 )
 def pet_shift(item: dict, mm: float, rng: np.random.Generator) -> dict:
+    from scipy.ndimage import shift
+
     world = mm * direction(rng)
     linear = np.asarray(item[WORKING_AFFINE], dtype=float)[:3, :3]
     voxels = np.linalg.solve(linear, world)  # world offset -> voxel offset on the working grid

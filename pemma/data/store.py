@@ -6,15 +6,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pemma.config import DataConfig, RunConfig
 from pemma.data.check import check_cohort
-from pemma.data.datasets import CohortData
 from pemma.data.hecktor import Cohort, read_cohort
 from pemma.data.splits import Plan, make_plan
 from pemma.data.synth import GENERATOR_VERSION, write_cohort
 from pemma.files import save_json
 from pemma.locks import locked
+
+if TYPE_CHECKING:  # MONAI's datasets load with the data, not with the store (a dry run reads no images)
+    from pemma.data.datasets import CohortData
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ class DataStore:
         return self._fingerprints[d.root]
 
     def load(self, cfg: RunConfig) -> LoadedData:
+        from pemma.data.datasets import CohortData
+
         d = cfg.data
         order = tuple(sorted(cfg.continual.order))
         if (d, order, cfg.split_seed) not in self._loaded:

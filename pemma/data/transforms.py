@@ -8,8 +8,8 @@ import torch
 from monai import transforms as T
 from monai.data import MetaTensor
 
-WORKING_AFFINE = "working_affine"
-"""Item key of the working grid's affine (the resampled CT's), kept to map predictions back."""
+from pemma.data.keys import WORKING_AFFINE
+
 ORIGINAL_CT, ORIGINAL_LABEL = "original_ct", "original_label"
 """Item keys of the original CT and label files: evaluation on the CT's own grid reads them. (No key
 may start with an image key and "_": MONAI's Spacingd takes such keys for that image's metadata.)"""

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import ClassVar
-
-from torch import nn
+from typing import TYPE_CHECKING, ClassVar
 
 from pemma.config import RunConfig
 from pemma.modalities import LABELS, MODALITIES, SUBSETS, UnsupportedModalityError
 from pemma.models.backbones import BACKBONES, Backbone
-from pemma.models.base import SegmentationModel
-from pemma.models.networks import set_memory_format
 from pemma.registry import Registry
+
+if TYPE_CHECKING:  # a method's declaration loads without torch: listing and checking a suite stay fast
+    from torch import nn
+
+    from pemma.models.base import SegmentationModel
 
 
 @dataclass
@@ -32,18 +33,26 @@ class Method:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     """What trains, in words, for `pemma-bench methods`."""
-    model_cls: ClassVar[type[SegmentationModel]]
+    test_inputs: ClassVar[tuple[str, ...]]
+    """Input subsets the method's model accepts (its `accepts`; a test holds the two equal)."""
     train_inputs: ClassVar[tuple[str, ...]]
     """Input subsets used in training; more than one means modality dropout."""
     needs_base: ClassVar[bool] = True
     """Whether the method starts from the CT-pretrained base."""
     reference_for: ClassVar[tuple[str, ...]] = ()
+    builds_pemma: ClassVar[bool] = False
+    """Whether the method's model is the backbone's PEMMA wrapper (whose revision its keys carry)."""
     """Comparisons this method is the reference of (see REFERENCE_ROLES); one method per role."""
+
+    @classmethod
+    def revision(cls, backbone: str) -> int:
+        """The revision of the model code this method builds on `backbone` (0: the first)."""
+        return BACKBONES.get(backbone).pemma_revision if cls.builds_pemma else 0
 
     @classmethod
     def inputs(cls) -> tuple[str, ...]:
         """Input subsets accepted at test time (what the model accepts)."""
-        return cls.model_cls.accepts
+        return cls.test_inputs
 
     def trainable_patterns(self, cfg: RunConfig) -> tuple[str, ...] | None:
         """Regexes (searched in parameter names) of what trains; None means every parameter."""
@@ -67,6 +76,8 @@ class Method:
         raise NotImplementedError
 
     def create(self, base: nn.Module | None, cfg: RunConfig) -> Built:
+        from pemma.models.networks import set_memory_format
+
         built = self.build(base, cfg, BACKBONES.get(cfg.backbone))
         built.trained = set_trainable(built.model, self.trainable_patterns(cfg))
         set_memory_format(built.model, cfg.model.channels_last)

@@ -6,15 +6,16 @@ import copy
 
 from pemma.methods.base import Built, Method, register_method
 from pemma.modalities import CT
-from pemma.models.fusion import CTOnly
 
 
 @register_method("ct-only", aliases=("ct",))
 class CTOnlyMethod(Method):
     reference_for = ("modalities",)
     summary = "the whole CT base, on the adaptation centre's CT"
-    model_cls = CTOnly
+    test_inputs = (CT,)
     train_inputs = (CT,)
 
     def build(self, base, cfg, backbone):
+        from pemma.models.fusion import CTOnly
+
         return Built(CTOnly(copy.deepcopy(base)))

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pemma.methods.base import Built, Method, register_method
-from pemma.modalities import CTPET
-from pemma.models.fusion import EarlyFusion
+from pemma.modalities import CTPET, SUBSETS
 
 
 @register_method("early-fusion", aliases=("ef",))
 class EarlyFusionMethod(Method):
     reference_for = ("parameters",)
     summary = "a 2-channel network, everything"
-    model_cls = EarlyFusion
+    test_inputs = SUBSETS
     train_inputs = (CTPET,)
     needs_base = False
 
     def build(self, base, cfg, backbone):
+        from pemma.models.fusion import EarlyFusion
+
         return Built(EarlyFusion(backbone.build(cfg.model, 2)))

@@ -12,14 +12,12 @@ import copy
 
 from pemma.methods.base import Built, Method, register_method
 from pemma.modalities import SUBSETS
-from pemma.models.adapters import inject_lora, widen_inputs
-from pemma.models.fusion import EarlyFusion
 
 
 @register_method("early-fusion-lora", aliases=("ef-lora",))
 class EarlyFusionLoraMethod(Method):
     summary = "PET kernels of the input convolutions (new) + LoRA on the frozen CT base's attention"
-    model_cls = EarlyFusion
+    test_inputs = SUBSETS
     train_inputs = SUBSETS
 
     def trainable_patterns(self, cfg):
@@ -30,6 +28,9 @@ class EarlyFusionLoraMethod(Method):
         return (r"\.lora_",)
 
     def build(self, base, cfg, backbone):
+        from pemma.models.adapters import inject_lora, widen_inputs
+        from pemma.models.fusion import EarlyFusion
+
         net = copy.deepcopy(base)
         adapted = inject_lora(
             net, backbone.lora_targets, cfg.adapter, dora=False, encoder_prefix=backbone.encoder_prefix

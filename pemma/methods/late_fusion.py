@@ -6,14 +6,15 @@ import copy
 
 from pemma.methods.base import Built, Method, register_method
 from pemma.modalities import SUBSETS
-from pemma.models.fusion import LateFusion
 
 
 @register_method("late-fusion", aliases=("lf",))
 class LateFusionMethod(Method):
     summary = "CT network (from the base) + PET network (new) + mixing weight, everything"
-    model_cls = LateFusion
+    test_inputs = SUBSETS
     train_inputs = SUBSETS
 
     def build(self, base, cfg, backbone):
+        from pemma.models.fusion import LateFusion
+
         return Built(LateFusion(copy.deepcopy(base), backbone.build(cfg.model, 1)))

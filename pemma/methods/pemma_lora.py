@@ -6,18 +6,19 @@ import copy
 
 from pemma.methods.base import Built, Method, register_method
 from pemma.modalities import SUBSETS
-from pemma.models.adapters import inject_lora
-from pemma.models.pemma import NEW_MODULES, PemmaModel
 
 
 @register_method("pemma-lora", aliases=("lora",))
 class PemmaLoraMethod(Method):
     summary = "PET embedding, PET skip branches + betas, LoRA on the frozen attention"
-    model_cls = PemmaModel
+    test_inputs = SUBSETS
     train_inputs = SUBSETS
     dora = False
+    builds_pemma = True
 
     def trainable_patterns(self, cfg):
+        from pemma.models.pemma import NEW_MODULES
+
         head = (r"^base\.out\.",) if cfg.adapter.head_trainable else ()
         return (*NEW_MODULES, r"\.lora_", *head)
 
@@ -26,6 +27,8 @@ class PemmaLoraMethod(Method):
         return (r"\.lora_",)
 
     def build(self, base, cfg, backbone):
+        from pemma.models.adapters import inject_lora
+
         net = copy.deepcopy(base)
         adapted = inject_lora(
             net,

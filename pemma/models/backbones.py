@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from pemma.config import AdapterConfig, ConfigError, ModelConfig
-from pemma.models.networks import FlexibleSwinUNETR, FlexibleUNETR
-from pemma.models.pemma import PemmaSwin, PemmaUNETR
 from pemma.registry import Registry
+
+if TYPE_CHECKING:  # the networks (torch, MONAI) load when a model is built, not when a name is checked
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,30 @@ class Backbone:
     """Module name whose output is the encoder's deepest representation (for prognosis heads)."""
     bottleneck_dim: Callable[[ModelConfig], int]
     """Channels of that representation for a model config."""
+    pemma_revision: int = 0
+    """Bumped when what `wrap_pemma` builds changes what a seed trains: the run and adaptation keys of
+    the methods that build it carry it (where not 0), so finished runs of the old model keep their keys
+    and are never taken for the new one's. 1: Swin's modality adapters lost an inert bias."""
 
 
 BACKBONES: Registry[Backbone] = Registry("backbone")
 
 
+def _wrap_unetr(net: nn.Module, adapter: AdapterConfig) -> nn.Module:
+    from pemma.models.pemma import PemmaUNETR
+
+    return PemmaUNETR(net, adapter)
+
+
+def _wrap_swin(net: nn.Module, adapter: AdapterConfig) -> nn.Module:
+    from pemma.models.pemma import PemmaSwin
+
+    return PemmaSwin(net, adapter)
+
+
 def _build_unetr(cfg: ModelConfig, in_channels: int) -> nn.Module:
+    from pemma.models.networks import FlexibleUNETR
+
     return FlexibleUNETR(
         in_channels=in_channels,
         out_channels=cfg.num_classes,
@@ -62,7 +80,7 @@ BACKBONES.add(
     Backbone(
         name="unetr",
         build=_build_unetr,
-        wrap_pemma=PemmaUNETR,
+        wrap_pemma=_wrap_unetr,
         lora_targets={
             "qkv": r"vit\.blocks\.\d+\.attn\.qkv",
             "qv": r"vit\.blocks\.\d+\.attn\.qkv\.[qv]",
@@ -79,6 +97,8 @@ BACKBONES.add(
 
 
 def _build_swin(cfg: ModelConfig, in_channels: int) -> nn.Module:
+    from pemma.models.networks import FlexibleSwinUNETR
+
     net = FlexibleSwinUNETR(
         in_channels=in_channels,
         out_channels=cfg.num_classes,
@@ -117,7 +137,7 @@ BACKBONES.add(
     Backbone(
         name="swin-unetr",
         build=_build_swin,
-        wrap_pemma=PemmaSwin,
+        wrap_pemma=_wrap_swin,
         lora_targets={
             "qkv": _SWIN_BLOCK + r"\.attn\.qkv",
             "qv": _SWIN_BLOCK + r"\.attn\.qkv\.[qv]",
@@ -129,6 +149,7 @@ BACKBONES.add(
         check=_check_swin,
         bottleneck="swinViT.layers4.0",
         bottleneck_dim=lambda m: 16 * m.feature_size,
+        pemma_revision=1,
     ),
     aliases=("swin",),
 )

@@ -99,13 +99,15 @@ class PemmaUNETR(PemmaModel):
 
 class ModalityAdapter(nn.Module):
     """One modality's embedding -> the (CT, PET) pair the merge expects: its own slot holds the input,
-    and a small residual (1x1 conv, norm, ReLU, 1x1 conv to 2C; last conv zero at start) fills both."""
+    and a small residual (1x1 conv, norm, ReLU, 1x1 conv to 2C; last conv zero at start) fills both.
+    The first convolution has no bias: the instance norm after it would subtract it (it could not
+    learn, yet was counted as trainable; backbone revision 1 of Swin UNETR)."""
 
     def __init__(self, channels: int, slot: int) -> None:
         super().__init__()
         self.slot = slot
         self.net = nn.Sequential(
-            nn.Conv3d(channels, channels, 1),
+            nn.Conv3d(channels, channels, 1, bias=False),
             nn.InstanceNorm3d(channels, affine=True),
             nn.ReLU(inplace=True),
             nn.Conv3d(channels, 2 * channels, 1),

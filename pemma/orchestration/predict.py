@@ -106,7 +106,8 @@ def unit_config(run: pd.Series) -> RunConfig:
         cfg = from_logged(params)
     except ConfigError as err:
         raise PredictError(f"run key {key}: its logged configuration does not rebuild ({err})") from err
-    if run_key(cfg, str(run.get("tags.data_fingerprint"))) != key:
+    revision = METHODS.get(cfg.method).revision(cfg.backbone)
+    if run_key(cfg, str(run.get("tags.data_fingerprint")), revision) != key:
         raise PredictError(
             f"run key {key}: its logged parameters rebuild another configuration (written by another "
             "version of pemma-bench?); it cannot be applied safely"

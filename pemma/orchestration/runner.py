@@ -12,27 +12,28 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
-
-import torch
-from monai.utils import set_determinism
+from typing import TYPE_CHECKING
 
 from pemma.config import RunConfig, stable_hash
 from pemma.data.store import DataStore
 from pemma.files import no_space
 from pemma.locks import Lock
 from pemma.methods import METHODS, Built, build_method, reference_method
-from pemma.metrics.params import count_parameters
 from pemma.tasks import TASKS, Measured, Unit
 from pemma.tasks.base import PARAMETER_METRICS, Monitor, Phases, UnitStopped, checkpoint_folder
-from pemma.tasks.segmentation.ct_base import base_folder, base_key, is_cached, pretrained_base
 from pemma.tracking import Finished, Tracker, provenance, run_key
-from pemma.training.loop import dtype_name
+
+if TYPE_CHECKING:  # torch and MONAI load when a unit runs: a dry run and a rerun with nothing to do skip them
+    import torch
 
 log = logging.getLogger(__name__)
 
 
 def default_device() -> torch.device:
+    import torch
+
     name = os.environ.get("PEMMA_DEVICE")
     if name:
         return torch.device(name)
@@ -40,6 +41,8 @@ def default_device() -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    from monai.utils import set_determinism
+
     set_determinism(seed=seed)
 
 
@@ -84,7 +87,8 @@ class Runner:
         reporter: Reporter | None = None,
     ) -> None:
         self.results = Path(results)
-        self.device = device or default_device()
+        if device is not None:
+            self.device = device
         self.tracker = tracker or Tracker(self.results)
         self.reporter = reporter or Reporter()
         self.store = DataStore(self.results)
@@ -92,25 +96,34 @@ class Runner:
         self.spent: dict[str, float] = {}
         """Seconds by phase spent outside units (CT bases trained before them), for time_spent."""
 
+    @cached_property
+    def device(self) -> torch.device:
+        """The device units run on (PEMMA_DEVICE, else CUDA where present); asked for when a unit runs."""
+        return default_device()
+
     def prepare(self, units: list[RunConfig]) -> None:
         """Load (and on first use write) the data of every unit, so data errors stop the suite early."""
         for cfg in units:
             self.store.load(cfg)
 
     def key(self, cfg: RunConfig) -> str:
-        return run_key(cfg, self.store.fingerprint(cfg.data))
+        return run_key(cfg, self.store.fingerprint(cfg.data), METHODS.get(cfg.method).revision(cfg.backbone))
 
     def base_of(self, cfg: RunConfig) -> str | None:
         """The cached CT base a unit loads or trains first (None: its method starts from scratch, or
         the user gave a base checkpoint)."""
         if not METHODS.get(cfg.method).needs_base or cfg.pretrain.checkpoint:
             return None
+        from pemma.tasks.segmentation.ct_base import base_key
+
         return base_key(cfg, self.store.load(cfg).data.fingerprint)
 
     def base_cached(self, cfg: RunConfig) -> bool:
         """Whether the CT base of `cfg`'s unit is trained and cached (True where it needs none)."""
         if self.base_of(cfg) is None:
             return True
+        from pemma.tasks.segmentation.ct_base import base_folder, is_cached
+
         return is_cached(base_folder(cfg, self.store.load(cfg).data.fingerprint, self.results / "bases"))
 
     def train_base(self, cfg: RunConfig) -> dict:
@@ -120,6 +133,8 @@ class Runner:
         return self._base(cfg, self.store.load(cfg))[1]
 
     def _base(self, cfg: RunConfig, loaded) -> tuple[torch.nn.Module, dict]:
+        from pemma.tasks.segmentation.ct_base import pretrained_base
+
         return pretrained_base(
             cfg,
             loaded.data,
@@ -199,6 +214,8 @@ class Runner:
     ) -> UnitOutcome:
         """One unit, tracked; `monitor` and `tags` come from a search trial (validation metrics on the
         way, its parent run). A monitor that stops the unit ends its run KILLED and re-raises."""
+        from pemma.training.loop import dtype_name
+
         t0 = time.perf_counter()
         tags = {
             **(tags or {}),
@@ -318,6 +335,8 @@ class Runner:
     ) -> Measured:
         """The preamble (assemble), parameter counts, then the task; `phases` gathers where the time
         went."""
+        from pemma.metrics.params import count_parameters
+
         phases = phases if phases is not None else Phases()
         task = TASKS.get(cfg.task)()
         unit, built, out = self.assemble(cfg, key, monitor, phases)
@@ -345,6 +364,10 @@ class Runner:
             {"backbone": cfg.backbone, "model": asdict(cfg.model), "adapter": asdict(cfg.adapter)}
         )
         if memo not in self._reference:
+            import torch
+
+            from pemma.metrics.params import count_parameters
+
             with torch.random.fork_rng():  # a unit's random stream must not depend on the units before it
                 built = build_method(reference_method("parameters"), cfg, base)
             self._reference[memo] = count_parameters(built.model)[1]

@@ -15,16 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-import torch
-from torch import nn
-
 from pemma.config import RunConfig
 from pemma.methods import Built, Method
 from pemma.modalities import LABELS, SUBSETS
 from pemma.registry import Registry
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a task's declaration loads without torch: listing and suite checks stay fast
     import pandas as pd
+    import torch
+    from torch import nn
 
     from pemma.data.store import LoadedData
 
@@ -62,6 +61,9 @@ def per_subset(key: str, title: str, higher: bool | None, meaning: str, **kw) ->
         Metric(key.format(subset=s), title.format(subset=LABELS[s]), higher, meaning, **kw) for s in SUBSETS
     )
 
+
+IMAGE_KEYS = ("ct", "pet", "label")
+"""The item keys the image tasks read: the two modalities and the label map."""
 
 PARAMETER_METRICS = (
     Metric("params_total", "total params", None, "parameters of the unit's model", 0, column=False),

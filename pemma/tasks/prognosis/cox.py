@@ -26,9 +26,8 @@ from pemma.data.hecktor import Case, Cohort
 from pemma.data.splits import Plan, split_centre
 from pemma.modalities import split_inputs
 from pemma.models.prognosis import CLINICAL_VARIABLES, SurvivalHead, TableEncoding
+from pemma.tasks.base import IMAGE_KEYS as KEYS
 from pemma.training.loop import Checkpoint, autocast, plain, random_state, restore_random_state
-
-KEYS = ("ct", "pet", "label")
 
 
 @dataclass

@@ -7,26 +7,27 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from pemma.data.centres import centre_of
 from pemma.methods import Built
 from pemma.metrics.patients import write_patient_table
-from pemma.metrics.survival import survival_scores, write_task2_submission
 from pemma.modalities import LABELS
 from pemma.models.backbones import BACKBONES
-from pemma.models.prognosis import PrognosisModel, TableEncoding
-from pemma.tasks.base import LOSS_METRICS, PARAMETER_METRICS, Measured, Metric, Task, Unit, register_task
-from pemma.tasks.prognosis.cox import (
-    KEYS,
-    Patients,
-    baseline_scores,
-    clinical_columns,
-    fit_risk_model,
-    image_forward,
-    load_patients,
-    predict,
-    prognosis_split,
+from pemma.tasks.base import (
+    IMAGE_KEYS,
+    LOSS_METRICS,
+    PARAMETER_METRICS,
+    Measured,
+    Metric,
+    Task,
+    Unit,
+    register_task,
 )
+
+if TYPE_CHECKING:  # the task's declaration loads without torch, lifelines or scikit-survival
+    from pemma.models.prognosis import TableEncoding
+    from pemma.tasks.prognosis.cox import Patients
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class PrognosisBuilt(Built):
 @register_task("prognosis", aliases=("survival",))
 class Prognosis(Task):
     summary = "recurrence-free survival: C-index from CT, CT+PET, CT+PET+EHR"
-    data_keys = KEYS
+    data_keys = IMAGE_KEYS
     metrics = (
         *PARAMETER_METRICS,
         *_columns(),
@@ -119,11 +120,14 @@ class Prognosis(Task):
     parameter_share = False
 
     def build(self, unit: Unit) -> PrognosisBuilt:
+        from pemma.models.prognosis import PrognosisModel, TableEncoding
+        from pemma.tasks.prognosis.cox import clinical_columns, load_patients, prognosis_split
+
         cfg, loaded = unit.cfg, unit.data
         splits = prognosis_split(loaded.cohort, loaded.plan, cfg.data.split, cfg.split_seed)
         patients = {
             name: load_patients(
-                cases, loaded.data.volumes(cases, KEYS), loaded.cohort, cfg.model.roi, cfg.data.spacing
+                cases, loaded.data.volumes(cases, IMAGE_KEYS), loaded.cohort, cfg.model.roi, cfg.data.spacing
             )
             for name, cases in splits.items()
         }
@@ -145,6 +149,9 @@ class Prognosis(Task):
         )
 
     def run(self, unit: Unit, built: PrognosisBuilt) -> Measured:
+        from pemma.metrics.survival import survival_scores, write_task2_submission
+        from pemma.tasks.prognosis.cox import baseline_scores, fit_risk_model, image_forward, predict
+
         cfg, p, device = unit.cfg, unit.cfg.prognosis, unit.device
         model, encoding, subset = built.model, built.encoding, built.subset
         patients = built.patients

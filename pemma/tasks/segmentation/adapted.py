@@ -30,15 +30,20 @@ log = logging.getLogger(__name__)
 FOLDER = "adapted"
 
 
-def adaptation_key(cfg: RunConfig, data_fingerprint: str, train_patients: list[str]) -> str:
+def adaptation_key(
+    cfg: RunConfig, data_fingerprint: str, train_patients: list[str], revision: int = 0
+) -> str:
     """method__backbone__s<seed>__<hash of the config in the adaptation key's scope (no continual.*),
-    the data, and the patients stage 0 trains on>. The patients are in the key, not inferred from the
-    split settings: a unit never loads an adaptation trained on a patient outside its own training
-    split (one it may test on), whatever a future plan makes the split depend on."""
-    digest = stable_hash(
-        {"config": cfg.identity(ADAPTATION_KEY), "data": data_fingerprint, "train": sorted(train_patients)},
-        length=12,
-    )
+    the data, the patients stage 0 trains on, and the model code's revision where not 0>. The patients
+    are in the key, not inferred from the split settings: a unit never loads an adaptation trained on a
+    patient outside its own training split (one it may test on), whatever a future plan makes the split
+    depend on."""
+    identity = {
+        "config": cfg.identity(ADAPTATION_KEY),
+        "data": data_fingerprint,
+        "train": sorted(train_patients),
+    }
+    digest = stable_hash({**identity, **({"revision": revision} if revision else {})}, length=12)
     return f"{cfg.method}__{cfg.backbone}__s{cfg.seed}__{digest}"
 
 

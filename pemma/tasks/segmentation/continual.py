@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import ast
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
-from monai.utils import set_determinism
 
 from pemma.methods import set_trainable
 from pemma.metrics.continual import continual_summary
 from pemma.modalities import CT, LABELS, SUBSETS
-from pemma.models.fusion import CTOnly
 from pemma.tasks.base import Metric, Unit, per_subset
-from pemma.tasks.segmentation.evaluation import SubsetResult, evaluate
-from pemma.training.loop import train
+
+if TYPE_CHECKING:  # the task's declaration (METRICS) loads without torch
+    import torch
+
+    from pemma.tasks.segmentation.evaluation import SubsetResult
 
 KEYS = ("ct", "pet", "label")
 
@@ -64,6 +65,12 @@ def run_stages(unit: Unit, model: torch.nn.Module, adapted: dict[str, SubsetResu
 
     `adapted` is the unit's own evaluation on the adaptation centre: stage 0's first column.
     """
+    from monai.utils import set_determinism
+
+    from pemma.models.fusion import CTOnly
+    from pemma.tasks.segmentation.evaluation import evaluate
+    from pemma.training.loop import train
+
     cfg, method, loaded, device = unit.cfg, unit.method, unit.data, unit.device
     centres = (cfg.data.adapt_centre, *cfg.continual.order)
     splits = {cfg.data.adapt_centre: loaded.plan.adapt, **loaded.plan.continual}

@@ -4,6 +4,7 @@ it accepts by sliding-window inference, save what it trained, then run continual
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,8 +18,8 @@ from pemma.files import write_atomic
 from pemma.methods import METHODS, Built
 from pemma.metrics.patients import extend_patient_table, write_patient_table
 from pemma.modalities import CTPET
-from pemma.models.portable import save_trained
 from pemma.tasks.base import (
+    IMAGE_KEYS,
     LOSS_METRICS,
     PARAMETER_METRICS,
     Measured,
@@ -29,13 +30,12 @@ from pemma.tasks.base import (
     register_task,
 )
 from pemma.tasks.segmentation import continual
-from pemma.tasks.segmentation.adapted import Adaptations, adaptation_key, restore, reusable
-from pemma.tasks.segmentation.evaluation import SubsetResult, evaluate
 from pemma.tasks.segmentation.pictures import Example, Panel, draw, patient_dice, pick
-from pemma.tasks.segmentation.predictions import SUFFIX, PredictionWriter
-from pemma.training.loop import train
 
-KEYS = ("ct", "pet", "label")
+if TYPE_CHECKING:  # the task's declaration loads without torch: its work imports what it runs
+    from pemma.tasks.segmentation.evaluation import SubsetResult
+
+KEYS = IMAGE_KEYS
 EVALUATED = "conditions_evaluated"
 """The tag listing the test-time condition keys a unit has scored (e.g. `pet-shift-0mm,pet-shift-8mm`)."""
 
@@ -140,6 +140,10 @@ class Segmentation(Task):
     )
 
     def run(self, unit: Unit, built: Built) -> Measured:
+        from pemma.models.portable import save_trained
+        from pemma.tasks.segmentation.adapted import Adaptations, adaptation_key, reusable
+        from pemma.training.loop import train
+
         cfg, method, loaded = unit.cfg, unit.method, unit.data
         conditions = self.conditions(cfg)  # a bad name fails before training
         out = Measured()
@@ -165,7 +169,9 @@ class Segmentation(Task):
         # adaptation if a unit that differs only in its continual stages kept it.
         kept = Adaptations(unit.results) if monitor is None and reusable(cfg) else None
         cases = loaded.plan.adapt["train"]
-        adaptation = adaptation_key(cfg, loaded.data.fingerprint, [c.patient_id for c in cases])
+        adaptation = adaptation_key(
+            cfg, loaded.data.fingerprint, [c.patient_id for c in cases], method.revision(cfg.backbone)
+        )
         with phase("train"):
             stats = kept.load(adaptation, built) if kept else None
         if stats is not None:
@@ -248,6 +254,8 @@ class Segmentation(Task):
         """The pending conditions of a finished unit, from its saved trained state: one inference pass
         each over its test split (the same passes, the same numbers as had the unit evaluated them
         when it trained), appended to its per-patient table."""
+        from pemma.tasks.segmentation.adapted import restore
+
         cfg, phase = unit.cfg, unit.phases
         pending = set(self.pending(cfg, tags))
         todo = [c for c in self.conditions(cfg) if c.key in pending]
@@ -266,6 +274,9 @@ class Segmentation(Task):
         """The adaptation centre's test split scored on `subsets` and under `conditions`, on each
         patient's original CT grid; the results by pass, how many patients, and the folder of each
         pass's predictions (written where `eval.predictions` asks)."""
+        from pemma.tasks.segmentation.evaluation import evaluate
+        from pemma.tasks.segmentation.predictions import PredictionWriter
+
         cfg, loaded = unit.cfg, unit.data
         writer = PredictionWriter(unit.output("predictions", "")) if cfg.eval.predictions else None
         with unit.phases("data"):
@@ -291,6 +302,8 @@ class Segmentation(Task):
         its prediction files (pictures.py), as results/<suite>/pictures/<run key>.png (None: no
         patient has a Dice)."""
         import matplotlib.pyplot as plt
+
+        from pemma.tasks.segmentation.predictions import SUFFIX
 
         table = pd.DataFrame(rows)
         key = next(iter(written))
@@ -332,6 +345,8 @@ class Segmentation(Task):
     def validate(self, unit: Unit, model, subsets: tuple[str, ...]) -> dict[str, float]:
         """Aggregated Dice on the adaptation centre's validation split (working grid, for speed);
         `mean` is over the classes present there. The model goes back to training mode."""
+        from pemma.tasks.segmentation.evaluation import evaluate
+
         volumes = self.validation_volumes(unit)
         cfg = unit.cfg
         results = evaluate(model, volumes, subsets, cfg.model.roi, cfg.eval, unit.device, cfg.train.amp)

@@ -113,3 +113,22 @@ def test_each_config_field_declares_the_keys_it_is_part_of():
     stages = resolve({"profile": "ci", "continual": {"steps": 3}})
     assert stages.identity() != base.identity(), "continual stages are part of the run key"
     assert stages.identity(ADAPTATION_KEY) == base.identity(ADAPTATION_KEY), "but not of the adaptation's"
+
+
+def test_a_model_revision_changes_the_keys_of_the_methods_that_build_it_and_no_other():
+    """Swin's PEMMA wrapper lost an inert bias (revision 1): its units get new keys, so a finished run of
+    the old model is never taken for the new one; UNETR's and every non-PEMMA method's keys stay."""
+    from pemma.tasks.segmentation.adapted import adaptation_key
+    from pemma.tracking import run_key
+
+    revisions = {
+        (name, backbone): METHODS.get(name).revision(backbone)
+        for name in METHODS.names()
+        for backbone in ("unetr", "swin-unetr")
+    }
+    changed = {unit for unit, revision in revisions.items() if revision}
+    assert changed == {(m, "swin-unetr") for m in ("pemma-lora", "pemma-dora", "full-finetune")}
+    cfg = resolve({"profile": "ci", "method": "pemma-lora", "backbone": "swin-unetr"})
+    assert run_key(cfg, "data", 0) == run_key(cfg, "data")
+    assert run_key(cfg, "data", 1) != run_key(cfg, "data", 0)
+    assert adaptation_key(cfg, "data", ["a"], 1) != adaptation_key(cfg, "data", ["a"])

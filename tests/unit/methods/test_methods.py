@@ -84,6 +84,7 @@ def test_method_accepts_its_inputs_and_refuses_others(name, backbone):
     cfg, base = CFGS[backbone], base_model(backbone)
     method = METHODS.get(name)()
     model = build_method(name, cfg, base).model.eval()
+    assert type(model).accepts == method.inputs()  # the declaration `methods` lists is the model's own
     for subset in SUBSETS:
         ct, pet = inputs(subset, cfg.model.roi)
         if subset in method.inputs():
@@ -240,3 +241,20 @@ def test_pet_route_branch_leaves_the_frozen_ct_skip_encoder_out_of_pet_only_infe
     torch.testing.assert_close(branch[0], branch[1])  # branch: it does not
     assert not torch.allclose(branch[2], branch[3])  # with CT present both routes use it
     torch.testing.assert_close(shared[2], branch[2])  # and CT+PET is the same model either way
+
+
+@pytest.mark.parametrize(("name", "backbone"), MATRIX)
+def test_no_trainable_bias_is_cancelled_by_the_normalisation_after_it(name, backbone):
+    """Issue 31, item 15: a convolution's bias right before an instance or batch norm is subtracted
+    again, so it cannot learn; counting it as trainable overstated the trainable set (Swin's modality
+    adapters had one each, PET's included)."""
+    model = build_method(name, CFGS[backbone], base_model(backbone)).model
+    norms = (torch.nn.InstanceNorm3d, torch.nn.BatchNorm3d)
+    inert = []
+    for prefix, module in model.named_modules():
+        children = list(module.named_children())
+        for (conv_name, conv), (_, norm) in zip(children, children[1:], strict=False):
+            learns = isinstance(conv, torch.nn.Conv3d) and conv.bias is not None and conv.bias.requires_grad
+            if learns and isinstance(norm, norms):
+                inert.append(f"{prefix}.{conv_name}.bias")
+    assert not inert, f"{name} on {backbone} trains biases a norm cancels: {inert}"
