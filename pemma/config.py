@@ -230,9 +230,31 @@ class TrainConfig:
     `pet_shift_prob`, each training crop's PET is translated against its CT by a random world vector
     of length uniform in [0, pet_shift_mm] mm (direction uniform on the sphere). 0: off."""
     pet_shift_prob: float = 0.5
+    augment_seeding: str = "stream"
+    """Where a training crop's randomness comes from. `sample` (every shipped profile): the epoch's
+    order and each crop's draws are functions of (seed, epoch, position in the epoch), so any number
+    of loader workers gives the same batches. `stream`: one random stream in the training process, in
+    the order crops are drawn (the harness before loader workers; kept so older runs keep their keys
+    and can be reproduced; no loader workers)."""
+    loader_workers: int = field(default=0, metadata=LABEL)
+    """Data loader worker processes preparing training crops while the model steps (0: in the
+    training process). Not part of a unit's identity: with `augment_seeding: sample` the batches are
+    the same for any number."""
 
     def __post_init__(self) -> None:
         _require(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
+        _require(
+            self.augment_seeding in ("stream", "sample"),
+            "train.augment_seeding",
+            f"expected sample or stream, got {self.augment_seeding!r}",
+        )
+        _require(self.loader_workers >= 0, "train.loader_workers", f"must be >= 0, got {self.loader_workers}")
+        _require(
+            self.loader_workers == 0 or self.augment_seeding == "sample",
+            "train.loader_workers",
+            "loader workers need train.augment_seeding=sample (with one shared stream, the crops would "
+            "depend on how the workers are scheduled)",
+        )
         _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(math.isfinite(self.lr) and self.lr > 0, "train.lr", f"must be finite and > 0, got {self.lr}")
         _require(

@@ -4,6 +4,10 @@ its process dies (kill -9 included), so no lock outlives its owner. The file rec
 
 Locks span the processes of one machine, and of several machines only where the results folder's
 file system honours flock (local disks do; NFS depends on its version and mount options).
+
+A forked child (a data loader worker) shares its parent's open lock files, and with them its locks:
+it closes its copies at once, so a lock still dies with the process that took it, not with the last
+of its children.
 """
 
 from __future__ import annotations
@@ -13,8 +17,21 @@ import json
 import os
 import socket
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
+
+_HELD: weakref.WeakSet[Lock] = weakref.WeakSet()
+_watching_forks = False
+
+
+def _drop_in_child() -> None:
+    """After a fork, in the child: close the inherited lock files (the parent keeps its locks)."""
+    for lock in list(_HELD):
+        if lock._fd is not None:
+            os.close(lock._fd)
+            lock._fd = None
+    _HELD.clear()
 
 
 class Lock:
@@ -35,6 +52,11 @@ class Lock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(owner).encode(), 0)
         self._fd = fd
+        global _watching_forks
+        if not _watching_forks:
+            os.register_at_fork(after_in_child=_drop_in_child)
+            _watching_forks = True
+        _HELD.add(self)
         return True
 
     def release(self) -> None:
@@ -42,6 +64,7 @@ class Lock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+            _HELD.discard(self)
 
     def owner(self) -> str:
         """Who holds (or last held) the lock, as `host pid N`."""

@@ -6,25 +6,30 @@ never stopped (trainable weights and buffers, optimiser, step, losses, every ran
 CUDA, NumPy, Python, the modality draw, each random transform of the data pipeline, and the data
 loader's shuffle and position in its epoch) every `checkpoint_every` steps and at the end. A rerun
 with the same path continues from it; a finished one is loaded instead of retrained.
+
+With `train.augment_seeding: sample`, the epoch's order and every crop's random draws are functions of
+(seed, epoch, position): loader worker processes (`train.loader_workers`) prepare crops ahead of the
+step and the batches are the same for any number of them; the data position is then one count.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from monai.data import DataLoader, Dataset
+from monai.data import DataLoader, Dataset, list_data_collate
 from monai.losses import DiceCELoss
 from monai.transforms import Randomizable, Transform
-from torch.utils.data import BatchSampler, RandomSampler
+from torch.utils.data import BatchSampler, RandomSampler, Sampler
 
 from pemma.config import TrainConfig
 from pemma.files import CorruptFile, discard, load_state, save_state
@@ -162,6 +167,93 @@ class Batches:
         self._batches = iter(self.loader)
 
 
+def sample_seed(seed: int, epoch: int, kind: int, index: int) -> int:
+    """A 32-bit seed that is a function of (run seed, epoch, kind, index) alone: kind 0 seeds the
+    epoch's order, kind 1 the random transforms of the crop at `index` in the epoch."""
+    return int(np.random.SeedSequence([seed, epoch, kind, index]).generate_state(1)[0])
+
+
+class PerSample(torch.utils.data.Dataset):
+    """A dataset read by (index, seed): the pipeline's random transforms are seeded with `seed` just
+    before item `index` passes through them, in whichever process reads it."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, pair: tuple[int, int]) -> dict:
+        index, seed = pair
+        self.dataset.transform.set_random_state(seed=seed)
+        return self.dataset[index]
+
+
+class _SeededSampler(Sampler):
+    """Endless batches of (index, seed) pairs from batch number `start` on, epoch after epoch."""
+
+    def __init__(self, size: int, batch_size: int, seed: int) -> None:
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        drop_last = size >= batch_size
+        self.per_epoch = size // batch_size if drop_last else math.ceil(size / batch_size)
+        self.start = 0
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        number = self.start
+        while True:
+            epoch, skip = divmod(number, self.per_epoch)
+            order = torch.randperm(
+                self.size, generator=torch.Generator().manual_seed(sample_seed(self.seed, epoch, 0, 0))
+            ).tolist()
+            for position in range(skip, self.per_epoch):
+                first = position * self.batch_size
+                yield [
+                    (order[i], sample_seed(self.seed, epoch, 1, i))
+                    for i in range(first, min(first + self.batch_size, self.size))
+                ]
+            number = (epoch + 1) * self.per_epoch
+
+
+class SeededBatches:
+    """An endless stream of batches whose order and augmentation depend on (seed, epoch, position)
+    only, prepared by `workers` loader processes (0: here); its state is how many were taken."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, workers: int, pin_memory: bool) -> None:
+        self.sampler = _SeededSampler(len(dataset), batch_size, seed)
+        # torch's loader with MONAI's collation: MONAI's own loader reseeds the global torch generator
+        self.loader = torch.utils.data.DataLoader(
+            PerSample(dataset),
+            batch_sampler=self.sampler,
+            collate_fn=list_data_collate,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            prefetch_factor=2 if workers else None,
+            # its own generator: a new iterator's base seed must not be drawn from the global stream
+            generator=torch.Generator().manual_seed(seed),
+        )
+        self.taken = 0
+        self._batches: Iterator[dict] | None = None
+
+    def __next__(self) -> dict:
+        if self._batches is None:
+            self.sampler.start = self.taken
+            self._batches = iter(self.loader)
+        batch = next(self._batches)
+        self.taken += 1
+        return batch
+
+    def state(self) -> dict[str, Any]:
+        return {"taken": self.taken}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.close()
+        self.taken = state["taken"]
+
+    def close(self) -> None:
+        """Stop the loader's worker processes (the next batch starts them again)."""
+        self._batches = None
+
+
 def _transform_streams(dataset: Dataset) -> list[np.random.RandomState]:
     """The random streams of every random transform in a dataset's pipeline, in a stable order."""
     found: dict[int, np.random.RandomState] = {}
@@ -243,6 +335,16 @@ def _load_trained_state(model: torch.nn.Module, state: dict[str, torch.Tensor], 
             target.copy_(value)
 
 
+@contextlib.contextmanager
+def _closing(batches: Batches | SeededBatches) -> Iterator[None]:
+    """Loader worker processes stop when the loop ends, however it ends."""
+    try:
+        yield
+    finally:
+        if isinstance(batches, SeededBatches):
+            batches.close()
+
+
 class Checkpoint:
     """One training stage's resumable state at `path` (None: the stage does not resume): the trainable
     weights and buffers, the optimiser, the step and whatever the loop adds (its random streams, its
@@ -318,8 +420,12 @@ def train(
     loss_fn = DiceCELoss(
         to_onehot_y=True, softmax=True, weight=torch.tensor(class_weights, dtype=torch.float32, device=device)
     )
-    batches = Batches(dataset, batch_size, torch.Generator().manual_seed(seed))
-    streams = _transform_streams(dataset)
+    if budget.augment_seeding == "sample":
+        batches = SeededBatches(dataset, batch_size, seed, budget.loader_workers, device.type == "cuda")
+        streams = []  # every crop seeds its own draws: nothing to carry from step to step
+    else:
+        batches = Batches(dataset, batch_size, torch.Generator().manual_seed(seed))
+        streams = _transform_streams(dataset)
     rng = np.random.default_rng(seed)
     model.to(device).train()
     losses: list[float] = []
@@ -346,7 +452,7 @@ def train(
 
     every = budget.checkpoint_every
     forward = torch.compile(model) if budget.compile else model
-    with memory_options(model, budget), PeakMemory(device) as memory:
+    with memory_options(model, budget), PeakMemory(device) as memory, _closing(batches):
         for step in range(start, steps):
             t0 = time.perf_counter()
             batch = next(batches)

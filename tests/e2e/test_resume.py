@@ -51,11 +51,19 @@ def _data() -> Dataset:
     )
 
 
-def _train(checkpoint=None, stop_after=None):
+def _train(checkpoint=None, stop_after=None, seeding="stream", workers=0):
     torch.manual_seed(0)
     base = BACKBONES.get("unetr").build(CFG.model, 1)
     built = build_method("pemma-lora", CFG, base)  # LoRA dropout draws from the global stream
-    budget = CFG.train.__class__(steps=9, batch_size=2, lr=1e-2, warmup_steps=0, checkpoint_every=3)
+    budget = CFG.train.__class__(
+        steps=9,
+        batch_size=2,
+        lr=1e-2,
+        warmup_steps=0,
+        checkpoint_every=3,
+        augment_seeding=seeding,
+        loader_workers=workers,
+    )
     seen = []
 
     def on_step(step, loss):
@@ -78,19 +86,22 @@ def _train(checkpoint=None, stop_after=None):
     return stats, state, seen
 
 
-def test_a_stopped_loop_resumes_to_the_same_weights_and_losses(tmp_path):
-    whole, weights, _ = _train()
+@pytest.mark.parametrize(("seeding", "workers"), [("stream", 0), ("sample", 0), ("sample", 2)])
+def test_a_stopped_loop_resumes_to_the_same_weights_and_losses(tmp_path, seeding, workers):
+    """Crops seeded per sample: the loop with 2 loader workers, stopped and resumed, ends with the
+    weights of the loop with none that never stopped (issue 29)."""
+    whole, weights, _ = _train(seeding=seeding)
     checkpoint = tmp_path / "train.pt"
-    with pytest.raises(Stop):
-        _train(checkpoint, stop_after=4)  # steps 0-4 ran; the checkpoint holds steps 0-2 (every 3)
+    with pytest.raises(Stop):  # steps 0-4 ran; the checkpoint holds steps 0-2 (every 3)
+        _train(checkpoint, stop_after=4, seeding=seeding, workers=workers)
     assert load_state(checkpoint)["step"] == 3
-    resumed, resumed_weights, seen = _train(checkpoint)
+    resumed, resumed_weights, seen = _train(checkpoint, seeding=seeding, workers=workers)
     assert seen == list(range(3, 9)), "the resumed loop starts where the checkpoint ends"
     assert (resumed.first_loss, resumed.final_loss) == (whole.first_loss, whole.final_loss)
     assert resumed_weights.keys() == weights.keys()
     assert all(torch.equal(resumed_weights[n], weights[n]) for n in weights)
     assert load_state(checkpoint)["step"] == 9
-    again, again_weights, seen = _train(checkpoint)  # a finished stage is loaded, not retrained
+    again, again_weights, seen = _train(checkpoint, seeding=seeding, workers=workers)  # loaded, not retrained
     assert seen == [] and all(torch.equal(again_weights[n], weights[n]) for n in weights)
     assert again.final_loss == whole.final_loss
 
@@ -105,17 +116,21 @@ def test_a_checkpoint_of_another_budget_is_refused_by_name(tmp_path):
         _train(checkpoint)
 
 
-def _cli(results, cohort):
+def _cli(results, cohort, workers=0):
     budget = ("--set", "train.steps=60", "--set", "train.checkpoint_every=4")
+    budget += ("--set", f"train.loader_workers={workers}")
     return ci_args(results, "--methods", "pemma-lora", *budget, data=cohort)
 
 
-def test_a_unit_killed_mid_training_resumes_to_the_same_metrics(tiny_cohort, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_unit_killed_mid_training_resumes_to_the_same_metrics(tiny_cohort, tmp_path, monkeypatch, workers):
+    """With 2 loader workers, killed and resumed, a unit's metrics are those of the uninterrupted unit
+    trained with none (issue 29: the same ci unit, 0 and 2 workers, the same bits)."""
     whole = CliRunner().invoke(app, _cli(tmp_path / "whole", tiny_cohort))
     assert whole.exit_code == 0, whole.output
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from pemma.cli import app; app()", *_cli(killed, tiny_cohort)],
+        [sys.executable, "-c", "from pemma.cli import app; app()", *_cli(killed, tiny_cohort, workers)],
         env={**os.environ, "PEMMA_DEVICE": "cpu"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -143,7 +158,7 @@ def test_a_unit_killed_mid_training_resumes_to_the_same_metrics(tiny_cohort, tmp
         return state
 
     monkeypatch.setattr(training, "load_state", spy)
-    rerun = CliRunner().invoke(app, _cli(killed, tiny_cohort))
+    rerun = CliRunner().invoke(app, _cli(killed, tiny_cohort, workers))
     assert rerun.exit_code == 0, rerun.output
     assert resumed_from and resumed_from[0] >= 8, "the rerun resumed from the killed run's checkpoint"
     assert not list((killed / "checkpoints").glob("smoke__*")), "a finished unit removes its checkpoints"

@@ -67,6 +67,8 @@ def base_key(cfg: RunConfig, data_fingerprint: str) -> str:
             "split_seed": cfg.split_seed,
             "seed": cfg.seed,
             "class_weights": cfg.train.class_weights,
+            # crops seeded per sample are other crops; the old stream is left out (older bases keep keys)
+            **({"seeding": cfg.train.augment_seeding} if cfg.train.augment_seeding != "stream" else {}),
         },
         length=12,
     )
