@@ -324,20 +324,70 @@ def bench_merge(
 @bench_app.command("data")
 def bench_data(
     profile: BenchProfileOpt = "smoke",
+    step_ms: Annotated[
+        float, typer.Option(help="The modelled accelerator's step (ms per batch) the data must keep up with.")
+    ] = 115.0,
+    workers: Annotated[
+        str, typer.Option(help="Loader worker counts to compare, comma-separated (default: 0 to the cores).")
+    ] = "",
+    volumes: Annotated[int, typer.Option(help="HECKTOR-sized phantom volumes to draw crops from.")] = 4,
+    batches: Annotated[int, typer.Option(help="Timed batches per worker count.")] = 30,
+    cache: Annotated[
+        bool,
+        typer.Option("--cache", help="Instead: the preprocessing cache, cold vs warm epoch, in training."),
+    ] = False,
     method: OneMethodOpt = "pemma-lora",
     backbone: OneBackboneOpt = "unetr",
-    steps: Annotated[int, typer.Option(help="Timed training steps.")] = 20,
+    steps: Annotated[int, typer.Option(help="Timed training steps (--cache).")] = 20,
     set_: SetOpt = None,
     results: ResultsOpt = Path("results"),
     data: DataOpt = None,
 ) -> None:
-    """Preprocessing cache: first (cold) vs second (warm) epoch, and the data-wait share of a step."""
+    """The training data path: milliseconds per stage of one crop on HECKTOR-sized volumes at the
+    profile's voxel size, and the share of a modelled `--step-ms` step spent waiting for data with 0,
+    1, 2 ... loader workers (each cache entry read whole and its label scanned on every draw, as
+    before, vs memory-mapped with the label's indices cached, as now). `--cache`: the preprocessing
+    cache's cold vs warm epoch and the data-wait share of real training steps."""
+    import os
     import tempfile
 
     from pemma.bench.measures import data_cache
     from pemma.orchestration.runner import default_device
 
     cfg = _bench_config(profile, backbone, set_, method)
+    if not cache:
+        from pemma.bench.datapath import data_path
+
+        cores = len(os.sched_getaffinity(0))
+        counts = _split([workers], "--workers") if workers else None
+        try:
+            counts = [int(n) for n in counts] if counts else sorted({0, 1, 2, cores})
+        except ValueError as err:
+            raise _fail(f"--workers {workers}: expected whole numbers, e.g. 0,1,2,4") from err
+        device = default_device()
+        results.mkdir(parents=True, exist_ok=True)
+        stages, waits = data_path(
+            cfg.data.spacing,
+            cfg.model.roi,
+            cfg.train.batch_size,
+            device,
+            step_ms,
+            counts,
+            volumes=volumes,
+            batches=batches,
+            scratch=results,
+        )
+        shape = stages.attrs["volume"]
+        _print_frame(
+            stages,
+            f"one training crop, by stage: profile {profile}, volume {shape} at {cfg.data.spacing} mm, crop "
+            f"{cfg.model.roi}, batch {cfg.train.batch_size}; item {stages.attrs['item MB']:.0f} MB, its "
+            f"label indices {stages.attrs['indices MB']:.0f} MB",
+        )
+        _print_frame(waits, f"data wait of a modelled {step_ms:g} ms step: {cores} cores, {device}")
+        _log_bench(results, "data-stages", stages, cfg, device)
+        _log_bench(results, "data-workers", waits.astype({"loader workers": str}), cfg, device)
+        return
     cfg, loaded = _bench_data(cfg, results, data)
     device = default_device()
     results.mkdir(parents=True, exist_ok=True)

@@ -28,9 +28,13 @@ class KeepAffined(T.MapTransform):
 
 
 def preprocess(
-    keys: tuple[str, ...], spacing: tuple[float, float, float], ct_window: tuple[float, float]
+    keys: tuple[str, ...],
+    spacing: tuple[float, float, float],
+    ct_window: tuple[float, float],
+    label_indices: bool = False,
 ) -> T.Compose:
-    """Deterministic part (cached on disk): load, reorient, resample, normalise, drop metadata."""
+    """Deterministic part (cached on disk): load, reorient, resample, normalise, drop metadata; with
+    `label_indices`, the label's foreground / background voxel indices too (`indices()`)."""
     others = [k for k in keys if k != "ct"]
     steps = [
         T.LoadImaged(keys=list(keys), image_only=True, ensure_channel_first=True),
@@ -53,6 +57,8 @@ def preprocess(
     steps.append(T.EnsureTyped(keys=images, dtype="float32", track_meta=False))
     if "label" in keys:
         steps.append(T.EnsureTyped(keys=["label"], dtype="uint8", track_meta=False))
+        if label_indices:
+            steps.extend(indices().transforms)
     return T.Compose(steps)
 
 
@@ -89,8 +95,29 @@ class RandPETShiftd(T.Randomizable, T.MapTransform):
         return d
 
 
+FG_INDICES, BG_INDICES = "label_fg_indices", "label_bg_indices"
+"""Item keys of the label's foreground / background voxel indices where the cached part holds them
+(`indices()`): the crop then reads them instead of scanning the volume on every draw."""
+
+
+def indices() -> T.Compose:
+    """The label's foreground and background voxel indices, as RandCropByPosNegLabeld would compute
+    them on every call (so the crops drawn are the same), as int32: 4 bytes a voxel of the volume,
+    against the 4 + 4 + 1 of its CT, PET and label."""
+    return T.Compose(
+        [
+            T.FgBgToIndicesd(keys="label", fg_postfix="_fg_indices", bg_postfix="_bg_indices"),
+            T.CastToTyped(keys=[FG_INDICES, BG_INDICES], dtype=np.int32),
+        ]
+    )
+
+
 def augment(
-    keys: tuple[str, ...], roi: tuple[int, int, int], pet_shift_mm: float = 0.0, pet_shift_prob: float = 0.5
+    keys: tuple[str, ...],
+    roi: tuple[int, int, int],
+    pet_shift_mm: float = 0.0,
+    pet_shift_prob: float = 0.5,
+    cached_indices: bool = False,
 ) -> T.Compose:
     """Random part: positive/negative-balanced crops as in the published setup, and left-right flips;
     with `pet_shift_mm` > 0, a random PET misregistration too (RandPETShiftd; absent otherwise, so
@@ -99,7 +126,8 @@ def augment(
     A volume smaller than the crop in some axis is cropped to what it has there, then padded to the
     crop size. (Padding before the crop would land in the cached deterministic prefix, which crops
     share with whole-volume evaluation: an entry written unpadded by evaluation would then reach the
-    crop unpadded.)"""
+    crop unpadded.) `cached_indices`: the items hold the label's indices (`indices()`)."""
+    where = {"fg_indices_key": FG_INDICES, "bg_indices_key": BG_INDICES} if cached_indices else {}
     steps = [
         T.RandCropByPosNegLabeld(
             keys=list(keys),
@@ -109,6 +137,7 @@ def augment(
             neg=1,
             num_samples=1,
             allow_smaller=True,
+            **where,
         ),
         T.SpatialPadd(keys=list(keys), spatial_size=roi),
     ]
