@@ -174,8 +174,9 @@ def sample_seed(seed: int, epoch: int, kind: int, index: int) -> int:
 
 
 class PerSample(torch.utils.data.Dataset):
-    """A dataset read by (index, seed): the pipeline's random transforms are seeded with `seed` just
-    before item `index` passes through them, in whichever process reads it."""
+    """A dataset read by (index, seed): its pipeline's random transforms (a MONAI Compose, itself
+    Randomizable) are seeded with `seed` just before item `index` passes through them, in whichever
+    process reads it."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -185,7 +186,9 @@ class PerSample(torch.utils.data.Dataset):
 
     def __getitem__(self, pair: tuple[int, int]) -> dict:
         index, seed = pair
-        self.dataset.transform.set_random_state(seed=seed)
+        transform = getattr(self.dataset, "transform", None)  # (a dataset without one draws nothing)
+        if isinstance(transform, Randomizable):
+            transform.set_random_state(seed=seed)
         return self.dataset[index]
 
 
