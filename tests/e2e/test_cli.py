@@ -284,6 +284,7 @@ def test_bench_data_compares_a_cold_and_a_warm_cache(tiny_cohort, tmp_path):
         [
             "bench",
             "data",
+            "--cache",
             "--profile",
             "ci",
             "--steps",
@@ -297,6 +298,26 @@ def test_bench_data_compares_a_cold_and_a_warm_cache(tiny_cohort, tmp_path):
     assert out.exit_code == 0, out.output
     assert "epoch 2 s (warm cache)" in " ".join(out.output.split())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("tmp")], "the cold cache is removed"
+
+
+def test_bench_data_times_each_stage_and_the_wait_of_a_modelled_step_per_worker_count(tmp_path):
+    """Issue 29: per-stage milliseconds of one crop on HECKTOR-sized phantoms, and the data-wait share
+    of a modelled step for each loader worker count, before (whole entry, label scanned) and now
+    (memory-mapped, label indices cached); logged like every bench; the phantoms removed."""
+    from pemma.tracking import Tracker
+
+    args = ["bench", "data", "--profile", "ci", "--step-ms", "20", "--workers", "0,1", "--batches", "4"]
+    out = runner.invoke(app, [*args, "--volumes", "2", "--results", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())
+    for row in ("load from cache (memory-mapped)", "indices (label scan)", "host to device (per batch)"):
+        assert row in text
+    assert "whole, label scanned" in text and "mapped, indices cached" in text
+    runs = Tracker(tmp_path).runs("bench")
+    workers = runs[runs["tags.bench"] == "data-workers"].iloc[0]
+    shares = [workers[c] for c in workers.index if c.endswith("/data wait share")]
+    assert len(shares) == 4 and all(0.0 <= share < 1.0 for share in shares), shares
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("tmp")], "the phantoms are removed"
 
 
 def test_tasks_lists_every_registered_task_with_its_columns():
