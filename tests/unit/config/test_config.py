@@ -98,6 +98,7 @@ def test_each_config_field_declares_the_keys_it_is_part_of():
         "data.plan",
         "train.checkpoint_every",
         "train.activation_checkpointing",
+        "train.loader_workers",  # crops seeded per sample: the same batches for any number of workers
         "eval.conditions",  # what a finished unit evaluates more: scored from its saved state
         "eval.predictions",  # writing the prediction files never changes a number
     }

@@ -231,7 +231,7 @@ def test_bench_layout_logs_both_layouts_step_times_per_method(tmp_path):
 
 
 def test_bench_data_logs_the_cache_speed_up_and_the_data_wait(tmp_path, tiny_cohort):
-    out = _bench(tmp_path, "data", "--steps", "2", "--data", str(tiny_cohort)).output
+    out = _bench(tmp_path, "data", "--cache", "--steps", "2", "--data", str(tiny_cohort)).output
     assert "preprocessing cache" in out
     logged = _bench_metrics(tmp_path, "data")
     assert {k.split("/")[0] for k in logged} == {"pemma-lora"}  # one row, labelled by its method
