@@ -10,7 +10,7 @@ from pathlib import Path
 
 import monai
 import torch
-from monai.data import Dataset, PersistentDataset
+from monai.data import Dataset, PersistentDataset, get_track_meta, set_track_meta
 from monai.data.utils import pickle_hashing
 from monai.transforms import Compose
 
@@ -71,7 +71,14 @@ class VerifiedCache(PersistentDataset):
         if entry.is_file():
             with contextlib.suppress(RuntimeError, EOFError):  # unreadable: MONAI's reader decides below
                 return torch.load(entry, weights_only=self.weights_only, mmap=True)
-        out = super()._cachecheck(item_transformed)
+        before = get_track_meta()
+        set_track_meta(
+            True
+        )  # preprocessing reads the images' metadata (a crop's reader may have turned it off)
+        try:
+            out = super()._cachecheck(item_transformed)
+        finally:
+            set_track_meta(before)
         if not digest_file(entry).is_file():  # MONAI wrote it just now (atomically): record what it wrote
             with contextlib.suppress(FileNotFoundError):  # another process rebuilt it meanwhile
                 record_digest(entry)
