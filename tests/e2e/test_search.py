@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from pemma.cli import app
 from pemma.search import Options, load_space, open_study, search
+from pemma.tasks.segmentation import evaluation
 from pemma.tasks.segmentation import task as segmentation
 from pemma.tracking import Tracker
 
@@ -65,7 +66,7 @@ def _ids_score(volumes) -> float:
 def test_the_objective_comes_from_the_validation_split_never_the_test_split(
     tmp_path, tiny_cohort, monkeypatch
 ):
-    real = segmentation.evaluate
+    real = evaluation.evaluate  # the task imports it where it scores: patched in its module
 
     def marked(model, volumes, subsets, *args, **kwargs):
         out = real(model, volumes, subsets, *args, **kwargs)
@@ -77,7 +78,7 @@ def test_the_objective_comes_from_the_validation_split_never_the_test_split(
         }
 
     marked.scores = []
-    monkeypatch.setattr(segmentation, "evaluate", marked)
+    monkeypatch.setattr(evaluation, "evaluate", marked)
     space = space_file(tmp_path, tiny_cohort, trials=1)
     options = Options(load_space(str(space)), "leak", 1, tmp_path / "results")
     search(options)
