@@ -103,8 +103,7 @@ def stage_times(
 
     crops = [pad(crop(item)[0]) for item in items]
     ready = [rest(c) for c in crops]
-    batch = list_data_collate(ready[:batch_size] * (batch_size // len(ready[:batch_size]) + 1))
-    batch = {k: batch[k][:batch_size] for k in KEYS}
+    batch = list_data_collate([ready[i % len(ready)] for i in range(batch_size)])
     pinned = {k: v.pin_memory() for k, v in batch.items()} if device.type == "cuda" else batch
 
     def to_device():

@@ -106,7 +106,11 @@ def indices() -> T.Compose:
     against the 4 + 4 + 1 of its CT, PET and label."""
     return T.Compose(
         [
-            T.FgBgToIndicesd(keys="label", fg_postfix="_fg_indices", bg_postfix="_bg_indices"),
+            T.FgBgToIndicesd(
+                keys="label",
+                fg_postfix=FG_INDICES.removeprefix("label"),
+                bg_postfix=BG_INDICES.removeprefix("label"),
+            ),
             T.CastToTyped(keys=[FG_INDICES, BG_INDICES], dtype=np.int32),
         ]
     )

@@ -158,6 +158,9 @@ class Batches:
     def state(self) -> dict[str, Any]:
         return {"epoch_start": self.epoch_start, "position": self.position}
 
+    def close(self) -> None:
+        """Nothing to stop: batches are read in this process."""
+
     def restore(self, state: dict[str, Any]) -> None:
         if state["epoch_start"] is None:
             return
@@ -346,16 +349,6 @@ def _load_trained_state(model: torch.nn.Module, state: dict[str, torch.Tensor], 
             target.copy_(value)
 
 
-@contextlib.contextmanager
-def _closing(batches: Batches | SeededBatches) -> Iterator[None]:
-    """Loader worker processes stop when the loop ends, however it ends."""
-    try:
-        yield
-    finally:
-        if isinstance(batches, SeededBatches):
-            batches.close()
-
-
 class Checkpoint:
     """One training stage's resumable state at `path` (None: the stage does not resume): the trainable
     weights and buffers, the optimiser, the step and whatever the loop adds (its random streams, its
@@ -463,7 +456,7 @@ def train(
 
     every = budget.checkpoint_every
     forward = torch.compile(model) if budget.compile else model
-    with memory_options(model, budget), PeakMemory(device) as memory, _closing(batches):
+    with memory_options(model, budget), PeakMemory(device) as memory, contextlib.closing(batches):
         for step in range(start, steps):
             t0 = time.perf_counter()
             batch = next(batches)
