@@ -94,6 +94,8 @@ class ModelConfig:
     mlp_dim: int = 768
     feature_size: int = 16
     num_classes: int = 3
+    """Output channels: background + the cohort's classes (HECKTOR: GTVp, GTVn). Set from the cohort
+    when a run leaves it unset (suites.expand); a run that sets it must match the cohort."""
     sdpa: bool = True
     """Use PyTorch scaled-dot-product attention in the transformer blocks."""
     channels_last: bool = True
@@ -113,7 +115,11 @@ class ModelConfig:
         )
         _require(self.num_layers >= 1, "model.num_layers", "must be >= 1")
         _require(all(r > 0 for r in self.roi), "model.roi", f"must be positive, got {self.roi}")
-        _require(self.num_classes == 3, "model.num_classes", "HECKTOR has 3 classes (background, GTVp, GTVn)")
+        _require(
+            self.num_classes >= 2,
+            "model.num_classes",
+            f"background and at least one class, got {self.num_classes}",
+        )
         _require(
             len(self.swin_depths) == 4 and len(self.swin_heads) == 4,
             "model.swin_depths",
@@ -203,7 +209,7 @@ class TrainConfig:
     batch_size: int = 2
     lr: float = 2e-3
     weight_decay: float = 1e-5
-    class_weights: tuple[float, float, float] = (1.0, 2.0, 5.0)
+    class_weights: tuple[float, ...] = (1.0, 2.0, 5.0)
     modality_dropout: tuple[float, float, float] = (0.6, 0.2, 0.2)
     """Probabilities of CT+PET / CT / PET batches, for methods that train on single modalities."""
     modality_warmup_steps: int = 0
@@ -286,9 +292,9 @@ class TrainConfig:
             f"CT+PET / CT / PET probabilities must be >= 0 and sum to 1, got {p}",
         )
         _require(
-            len(self.class_weights) == 3 and min(self.class_weights) > 0,
+            len(self.class_weights) >= 2 and min(self.class_weights) > 0,
             "train.class_weights",
-            "three positive weights (background, GTVp, GTVn)",
+            f"one positive weight per class, background first, got {self.class_weights}",
         )
 
 
@@ -340,8 +346,9 @@ class EvalConfig:
     (metrics/segmentation.py says why 3 mm)."""
     predictions: bool = field(default=True, metadata=LABEL)
     """Write each test patient's prediction on its original CT grid as NIfTI, per evaluation pass
-    (results/<suite>/predictions/<run key>/<pass>/<PatientID>.nii.gz; uint8 0 background, 1 GTVp,
-    2 GTVn), and log them as the run's artifacts. Off in the ci profile. Never changes a number."""
+    (results/<suite>/predictions/<run key>/<pass>/<PatientID>.nii.gz; uint8 0 background, then the
+    cohort's class values: 1 GTVp, 2 GTVn on HECKTOR), and log them as the run's artifacts. Off in
+    the ci profile. Never changes a number."""
     conditions: tuple[str, ...] = field(default=(), metadata=EVALUATED)
     """Test-time conditions scored after training besides the input subsets (`pemma-bench
     conditions`): a name with its default magnitudes (`pet-shift`) or with its own (`pet-shift=0,4,8`;
@@ -407,6 +414,12 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        _require(
+            len(self.train.class_weights) == self.model.num_classes,
+            "train.class_weights",
+            f"{len(self.train.class_weights)} weights for model.num_classes={self.model.num_classes} "
+            "(one per class, background first)",
+        )
         outside = set(self.continual.order) - set(self.data.continual_centres)
         _require(
             not outside,

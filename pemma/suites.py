@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pemma.classes import HECKTOR, Classes, default_weights
 from pemma.conditions import parse as parse_conditions
 from pemma.config import ConfigError, RunConfig, deep_merge, parse_override, resolve
 from pemma.methods import METHODS
@@ -99,6 +100,29 @@ def _canonical(key: str, value: Any) -> Any:
     return value
 
 
+def classes_of(root: str | None) -> Classes:
+    """The classes of the cohort at `root` (the built-in synthetic one: HECKTOR's), read from its
+    description only (an nnU-Net dataset.json), no image."""
+    if root is None:
+        return HECKTOR
+    from pemma.data.hecktor import CohortError
+    from pemma.data.nnunet import DATASET_JSON, read_classes, read_dataset_json
+
+    path = Path(root) / DATASET_JSON
+    if not path.is_file():
+        return HECKTOR
+    try:
+        return read_classes(read_dataset_json(Path(root)), path)
+    except CohortError as err:
+        raise ConfigError(f"data.root: {err}") from err
+
+
+def classes_layer(count: int) -> dict[str, Any]:
+    """The config a cohort with `count` classes implies where a run sets neither: its output channels
+    and the loss's weights (classes.default_weights)."""
+    return {"model": {"num_classes": count + 1}, "train": {"class_weights": list(default_weights(count))}}
+
+
 def expand(
     suite: Suite,
     *,
@@ -137,6 +161,7 @@ def expand(
         cli = deep_merge(cli, {"data": {"root": str(data_root)}})
     keys = list(grid)
     units = []
+    cohort_classes: dict[str | None, Classes] = {}
     for values in itertools.product(*(grid[k] for k in keys)):
         point: dict[str, Any] = {"suite": suite.name}
         for k, v in zip(keys, values, strict=True):
@@ -148,7 +173,16 @@ def expand(
             else:
                 point = deep_merge(point, _nested(k, _canonical(k, v)))
         try:
-            units.append(resolve(suite.defaults, point, cli))
+            cfg = resolve(suite.defaults, point, cli)
+            if cfg.data.root not in cohort_classes:
+                cohort_classes[cfg.data.root] = classes_of(cfg.data.root)
+            classes = cohort_classes[cfg.data.root]
+            if classes.count + 1 != cfg.model.num_classes:  # unless the run set them, from the cohort
+                cfg = resolve(classes_layer(classes.count), suite.defaults, point, cli)
+            problem = classes.mismatch(cfg.model.num_classes, cfg.data.root or "the synthetic cohort")
+            if problem:
+                raise ConfigError(problem)
+            units.append(cfg)
         except ConfigError as err:
             raise ConfigError(f"{_culprit(str(err), overrides, profile, suite.path)}: {err}") from err
     units = [replace(cfg, task=TASKS.canonical(cfg.task)) for cfg in units]

@@ -27,6 +27,12 @@ def data_synth(
             "--format", help="hecktor (HECKTOR 2022 folders) or nnunet (an nnU-Net v2 raw dataset)."
         ),
     ] = "hecktor",
+    classes: Annotated[
+        str,
+        typer.Option(
+            help="hecktor (GTVp 1, GTVn 2) or lesion (one class, GTVp and GTVn merged; --format nnunet)."
+        ),
+    ] = "hecktor",
 ) -> None:
     """Write a synthetic cohort in the HECKTOR 2022 layout, or as an nnU-Net v2 raw dataset."""
     from pemma.data.synth import cohort_sizes, write_cohort
@@ -43,6 +49,7 @@ def data_synth(
                 seed=seed,
                 progress=lambda done, total: bar.update(task, completed=done),
                 layout=layout,
+                classes=classes,
             )
     except (FileExistsError, ValueError) as err:
         raise _fail(str(err)) from err
@@ -53,14 +60,23 @@ def data_synth(
 
 @data_app.command("check")
 def data_check(
-    root: Annotated[Path, typer.Argument(help="A HECKTOR 2022-layout folder (imagesTr/, labelsTr/, CSVs).")],
+    root: Annotated[
+        Path,
+        typer.Argument(help="A cohort folder: HECKTOR 2022 layout, or an nnU-Net v2 raw dataset."),
+    ],
+    cases: Annotated[
+        bool,
+        typer.Option(
+            "--cases", help="Also list every case: label values, class volumes, grid, orientation, PET cover."
+        ),
+    ] = False,
 ) -> None:
-    """Validate a HECKTOR-layout cohort (every file is read) and summarise it per centre.
+    """Validate a cohort (every file is read) and summarise it per centre: either layout.
 
     Stops with exit 2 at the first unusable file, naming patient and file; lists what no unit will
     read (misnamed images, centres outside the default plan) and patients that serve only some phases."""
     from pemma.config import DataConfig
-    from pemma.data.check import absent_classes, check_cohort, clinical_gaps, summarise
+    from pemma.data.check import absent_classes, check_cohort, clinical_gaps, per_case, summarise
     from pemma.data.hecktor import CohortError, read_cohort
     from pemma.data.nnunet import layout_of
     from pemma.data.splits import make_plan
@@ -85,6 +101,8 @@ def data_check(
     notes = [*unused(cohort, DataConfig()), *notes]
     title = f"{root}: {len(report)} patients, {len(summary)} centres, fingerprint {cohort.fingerprint()}"
     wide = _wide()
+    if cases:
+        wide.print(_table(per_case(report), f"{root}: every case"))
     wide.print(_table(summary, title))
     console.print(f"layout: {layout_of(root)}", soft_wrap=True)
     for note in notes:

@@ -37,8 +37,10 @@ def predict(
     ] = None,
     results: ResultsOpt = Path("results"),
 ) -> None:
-    """Apply a trained unit to a cohort: <out>/<subset>/<PatientID>.nii.gz (uint8 0 background,
-    1 GTVp, 2 GTVn; each CT file's affine and shape), and HECKTOR aggregated Dice where it has labels."""
+    """Apply a trained unit to a cohort: <out>/<subset>/<PatientID>.nii.gz (uint8 0 background, then
+    the classes' values: 1 GTVp, 2 GTVn on HECKTOR; each CT file's affine and shape), and HECKTOR
+    aggregated Dice where it has labels."""
+    from pemma.classes import title_of
     from pemma.orchestration.predict import PredictError, find_unit, predict
     from pemma.orchestration.runner import default_device
 
@@ -58,8 +60,9 @@ def predict(
     )
     if done.result is not None:
         dice = done.result.original
+        per_class = ", ".join(f"{title_of(k)} {v:.3f}" for k, v in dice.items() if k != "mean")
         console.print(
-            f"scored {done.scored} with labels: Dice GTVp {dice['gtvp']:.3f}, GTVn {dice['gtvn']:.3f}, "
+            f"scored {done.scored} with labels: Dice {per_class}, "
             f"mean {dice['mean']:.3f} (HECKTOR aggregated, original grid); median HD95 "
             f"{done.result.hd95['mean']:.1f} mm",
             soft_wrap=True,

@@ -6,13 +6,14 @@ spacings and sizes, label volumes per class, endpoint coverage, and the problems
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from pemma.classes import Classes
 from pemma.data.hecktor import CLINICAL_COLUMNS, CLINICAL_CSV, Case, Cohort, CohortError
 
 MIN_OVERLAP = 0.5
@@ -27,9 +28,20 @@ class CaseInfo:
     ct_spacing: tuple[float, ...]
     pet_shape: tuple[int, ...] | None
     pet_spacing: tuple[float, ...] | None
-    gtvp_ml: float | None
-    gtvn_ml: float | None
     has_endpoint: bool
+    orientation: str = ""
+    """The CT's axis codes (RAS, LPS, ...), from its affine."""
+    pet_overlap: float | None = None
+    """Share of the CT's world-space box the PET covers."""
+    label_values: tuple[int, ...] | None = None
+    """The values the label holds (None: no label)."""
+    volumes_ml: dict[str, float] = field(default_factory=dict)
+    """Per class name, its volume in ml (empty without a label)."""
+
+    def row(self) -> dict:
+        """The report's row: one `<class>_ml` column per class (`gtvp_ml`, `gtvn_ml` on HECKTOR)."""
+        fields = {k: v for k, v in vars(self).items() if k != "volumes_ml"}
+        return {**fields, **{f"{name}_ml": ml for name, ml in self.volumes_ml.items()}}
 
 
 def _load(path: Path, patient: str, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -79,13 +91,13 @@ def _not_constant(data: np.ndarray, path: Path, patient: str, what: str) -> None
         )
 
 
-def inspect_case(case: Case, endpoint_ids: set[str]) -> CaseInfo:
+def inspect_case(case: Case, endpoint_ids: set[str], classes: Classes) -> CaseInfo:
     pid = case.patient_id
     ct, ct_affine = _load(case.ct, pid, "CT")
     _not_constant(ct, case.ct, pid, "CT")
     ct_box = _box(ct.shape, ct_affine)
     spacing = tuple(float(s) for s in np.sqrt((ct_affine[:3, :3] ** 2).sum(0)))
-    pet_shape = pet_spacing = None
+    pet_shape = pet_spacing = share = None
     if case.pet is not None:
         pet, pet_affine = _load(case.pet, pid, "PET")
         _not_constant(pet, case.pet, pid, "PET")
@@ -97,23 +109,25 @@ def inspect_case(case: Case, endpoint_ids: set[str]) -> CaseInfo:
             )
         pet_shape = tuple(int(s) for s in pet.shape)
         pet_spacing = tuple(float(s) for s in np.sqrt((pet_affine[:3, :3] ** 2).sum(0)))
-    gtvp = gtvn = None
+    values, volumes = None, {}
     if case.label is not None:
         label, label_affine = _load(case.label, pid, "label")
-        values = set(np.unique(label).tolist())
-        if not values <= {0, 1, 2}:
-            odd = sorted(values - {0, 1, 2})[:5]
+        found = np.unique(label).tolist()
+        odd = sorted(set(found) - {0, *classes.values})[:5]
+        if odd:
             raise CohortError(
-                f"patient {pid}: label {case.label} has values {odd} outside {{0 background, 1 GTVp, 2 GTVn}}"
+                f"patient {pid}: label {case.label} has values {odd} outside {{{classes.describe()}}}"
             )
-        share = _covered(ct_box, _box(label.shape, label_affine))
-        if share < MIN_OVERLAP:
+        covered = _covered(ct_box, _box(label.shape, label_affine))
+        if covered < MIN_OVERLAP:
             raise CohortError(
-                f"patient {pid}: label {case.label} covers {share:.0%} of the CT's extent "
+                f"patient {pid}: label {case.label} covers {covered:.0%} of the CT's extent "
                 f"({case.ct}); they cannot be aligned"
             )
         voxel_ml = abs(np.linalg.det(label_affine[:3, :3])) / 1000
-        gtvp, gtvn = float((label == 1).sum() * voxel_ml), float((label == 2).sum() * voxel_ml)
+        counts = np.bincount(label.astype(np.int64).ravel(), minlength=classes.count + 1)
+        volumes = {n: float(counts[v] * voxel_ml) for n, v in zip(classes.names, classes.values, strict=True)}
+        values = tuple(int(v) for v in found)
     return CaseInfo(
         pid,
         case.centre,
@@ -121,39 +135,54 @@ def inspect_case(case: Case, endpoint_ids: set[str]) -> CaseInfo:
         spacing,
         pet_shape,
         pet_spacing,
-        gtvp,
-        gtvn,
         pid in endpoint_ids,
+        "".join(nib.aff2axcodes(ct_affine)),
+        share,
+        values,
+        volumes,
     )
 
 
 def check_cohort(cohort: Cohort) -> pd.DataFrame:
     """One row per patient (see CaseInfo); raises CohortError at the first unusable file."""
     endpoint_ids = set(cohort.endpoints["PatientID"]) if cohort.endpoints is not None else set()
-    return pd.DataFrame([asdict(inspect_case(c, endpoint_ids)) for c in cohort.cases])
+    report = pd.DataFrame([inspect_case(c, endpoint_ids, cohort.classes).row() for c in cohort.cases])
+    report.attrs["classes"] = cohort.classes
+    return report
+
+
+def _classes(report: pd.DataFrame) -> Classes:
+    return report.attrs["classes"]
 
 
 def summarise(report: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Per-centre summary and the notes worth reading (patients that can serve only some phases)."""
     rows = []
+    classes = _classes(report)
     for centre, g in report.groupby("centre"):
         rows.append(
             {
                 "centre": centre,
                 "patients": len(g),
                 "with PET": int(g["pet_shape"].notna().sum()),
-                "with label": int(g["gtvp_ml"].notna().sum()),
+                "with label": int(g["label_values"].notna().sum()),
                 "with endpoint": int(g["has_endpoint"].sum()),
                 "CT spacing (mm)": _spread(g["ct_spacing"]),
                 "CT size": _spread(g["ct_shape"]),
+                "CT orientation": ", ".join(sorted(set(g["orientation"]))),
                 "PET spacing (mm)": _spread(g["pet_spacing"].dropna()),
-                "GTVp ml (median)": f"{g['gtvp_ml'].median():.1f}" if g["gtvp_ml"].notna().any() else "—",
-                "GTVn ml (median)": f"{g['gtvn_ml'].median():.1f}" if g["gtvn_ml"].notna().any() else "—",
+                "PET covers CT (min)": f"{g['pet_overlap'].min():.0%}"
+                if g["pet_overlap"].notna().any()
+                else "—",
+                **{
+                    f"{title} ml (median)": _median(g, f"{name}_ml")
+                    for name, title in zip(classes.names, classes.titles, strict=True)
+                },
             }
         )
     notes = []
     no_pet = report[report["pet_shape"].isna()]["patient_id"].tolist()
-    no_label = report[report["gtvp_ml"].isna()]["patient_id"].tolist()
+    no_label = report[report["label_values"].isna()]["patient_id"].tolist()
     no_endpoint = report[~report["has_endpoint"]]["patient_id"].tolist()
     if no_pet:
         notes.append(
@@ -192,10 +221,42 @@ def clinical_gaps(cohort: Cohort) -> list[str]:
     return lines
 
 
+def per_case(report: pd.DataFrame) -> pd.DataFrame:
+    """`data check --cases`: one row per patient: centre, label values present, each class's volume,
+    CT size, spacing and orientation, and the share of the CT the PET covers."""
+    classes = _classes(report)
+    rows = []
+    for _, r in report.iterrows():
+        values = r["label_values"] if isinstance(r["label_values"], tuple) else None
+        rows.append(
+            {
+                "patient": r["patient_id"],
+                "centre": r["centre"],
+                "label values": "—" if values is None else " ".join(map(str, values)),
+                **{
+                    f"{title} ml": "—" if values is None else f"{r[f'{name}_ml']:.1f}"
+                    for name, title in zip(classes.names, classes.titles, strict=True)
+                },
+                "CT size": " x ".join(map(str, r["ct_shape"])),
+                "CT spacing (mm)": " x ".join(f"{v:.3g}" for v in r["ct_spacing"]),
+                "orientation": r["orientation"],
+                "PET covers CT": "—" if pd.isna(r["pet_overlap"]) else f"{r['pet_overlap']:.0%}",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _median(group: pd.DataFrame, column: str) -> str:
+    return f"{group[column].median():.1f}" if column in group and group[column].notna().any() else "—"
+
+
 def absent_classes(report: pd.DataFrame) -> list[str]:
     """Labelled patients without a class (common for GTVn): information, not a problem."""
     lines = []
-    for klass, name in (("gtvp", "GTVp"), ("gtvn", "GTVn")):
+    classes = _classes(report)
+    for klass, name in zip(classes.names, classes.titles, strict=True):
+        if f"{klass}_ml" not in report:
+            continue
         lacking = report[report[f"{klass}_ml"] == 0]["patient_id"].tolist()
         if lacking:
             lines.append(

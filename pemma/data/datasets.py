@@ -14,6 +14,7 @@ from monai.data import Dataset, PersistentDataset, get_track_meta, set_track_met
 from monai.data.utils import pickle_hashing
 from monai.transforms import Compose
 
+from pemma.classes import HECKTOR, Classes
 from pemma.config import DataConfig, stable_hash
 from pemma.data.hecktor import Case
 from pemma.data.transforms import BG_INDICES, FG_INDICES, ORIGINAL_CT, ORIGINAL_LABEL, augment, preprocess
@@ -86,10 +87,14 @@ class VerifiedCache(PersistentDataset):
 
 
 class CohortData:
-    def __init__(self, cfg: DataConfig, fingerprint: str, cache_root: Path) -> None:
+    def __init__(
+        self, cfg: DataConfig, fingerprint: str, cache_root: Path, classes: Classes = HECKTOR
+    ) -> None:
         self.cfg = cfg
         self.fingerprint = fingerprint
         self.cache_root = Path(cache_root)
+        self.classes = classes
+        """The cohort's foreground classes, in label order: what its volumes are scored on."""
 
     def _cache_dir(self, keys: tuple[str, ...]) -> Path:
         """One folder per (cohort, preprocessing); a folder whose recorded config differs is rebuilt."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pemma.classes import HECKTOR, Classes
 from pemma.data.centres import centre_of
 
 CLINICAL_CSV = "hecktor2022_clinical_info_training.csv"
@@ -59,6 +60,11 @@ class Cohort:
     endpoints: pd.DataFrame | None
     ignored: tuple[str, ...] = ()
     """Files in imagesTr that match no <ID>__CT / <ID>__PT name (and are therefore not read)."""
+    classes: Classes = HECKTOR
+    """The foreground classes its labels hold (HECKTOR's; an nnU-Net dataset's from dataset.json)."""
+    described_by: tuple[Path, ...] = ()
+    """Files that name the channels, classes or centres (an nnU-Net dataset.json, centres.csv): part
+    of the fingerprint, since they change what the images mean."""
 
     def centres(self) -> dict[str, list[Case]]:
         out: dict[str, list[Case]] = {}
@@ -71,6 +77,7 @@ class Cohort:
         h = hashlib.sha1()
         files = [p for c in self.cases for p in (c.ct, c.pet, c.label) if p is not None]
         files += [self.root / n for n in (CLINICAL_CSV, ENDPOINT_CSV) if (self.root / n).exists()]
+        files += list(self.described_by)
         for path in sorted(files):
             h.update(str(path.relative_to(self.root)).encode())
             h.update(str(path.stat().st_size).encode())

@@ -9,8 +9,9 @@ a case without a centre is an error naming it. The clinical and endpoint tables 
 are read from the same folder when present. Both readers produce the same Cohort, so everything
 downstream is the same code.
 
-Classes: the harness scores HECKTOR's GTVp (1) and GTVn (2); a dataset whose `labels` name other
-classes is refused for now, naming them (classes read from the dataset are the next step).
+Classes come from `labels`: `background` 0 and the foreground classes numbered 1, 2, ... in order,
+as nnU-Net v2 requires; their names become the metrics' names (`GTVp` -> `dice_hecktor/ctpet/gtvp`,
+autoPET's `lesion` -> `.../lesion`). Region-based labels (a list of values per name) are refused.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pemma.classes import HECKTOR, Classes
 from pemma.data.centres import centre_of
 from pemma.data.hecktor import (
     ID_PATTERN,
@@ -32,7 +34,6 @@ from pemma.data.hecktor import (
 DATASET_JSON = "dataset.json"
 CENTRES_CSV = "centres.csv"
 MODALITIES = {"ct": "CT", "pet": "PET", "pt": "PET"}
-EXPECTED_LABELS = {"background": 0, "gtvp": 1, "gtvn": 2}
 
 
 def is_nnunet(root: Path) -> bool:
@@ -75,14 +76,34 @@ def channels(spec: dict, path: Path) -> dict[str, str]:
     return found
 
 
-def check_labels(spec: dict, path: Path) -> dict[str, int]:
-    labels = {str(k).lower(): v for k, v in spec["labels"].items()}
-    if labels != EXPECTED_LABELS:
+def read_classes(spec: dict, path: Path) -> Classes:
+    """The foreground classes `labels` names: background 0, then 1..n without a gap, one name each."""
+    labels = spec["labels"]
+    if not isinstance(labels, dict) or not labels:
+        raise CohortError(f"{path}: labels must map each class name to its value, got {labels!r}")
+    regions = [name for name, value in labels.items() if isinstance(value, list | tuple)]
+    if regions:
         raise CohortError(
-            f"{path}: labels {spec['labels']}; this harness scores background 0, GTVp 1, GTVn 2 (classes "
-            "read from the dataset are not supported yet): relabel, or map your classes onto these"
+            f"{path}: labels {', '.join(regions)} are regions (lists of values); this harness scores one "
+            "value per class"
         )
-    return labels
+    if any(not isinstance(v, int) or isinstance(v, bool) for v in labels.values()):
+        raise CohortError(f"{path}: label values must be integers, got {labels}")
+    by_value = {v: str(name) for name, v in labels.items()}
+    if by_value.get(0, "").strip().lower() != "background":
+        raise CohortError(f"{path}: labels {labels}: value 0 must be 'background'")
+    count = len(labels) - 1
+    if len(by_value) != len(labels) or sorted(by_value) != list(range(count + 1)):
+        raise CohortError(
+            f"{path}: labels {labels}: values must be 0 (background), then 1..{count} each once, as "
+            "nnU-Net v2 requires"
+        )
+    if count == 0:
+        raise CohortError(f"{path}: labels {labels} name no class besides background")
+    try:
+        return Classes.from_labels([by_value[v] for v in range(1, count + 1)])
+    except ValueError as err:
+        raise CohortError(f"{path}: labels {labels}: {err}") from err
 
 
 def _centres(root: Path, cases: list[str]) -> dict[str, str]:
@@ -114,7 +135,7 @@ def read_nnunet(root: Path | str, images: str = "imagesTr") -> Cohort:
     spec = read_dataset_json(root)
     spec_path = root / DATASET_JSON
     mapping = channels(spec, spec_path)
-    check_labels(spec, spec_path)
+    classes = read_classes(spec, spec_path)
     ending = str(spec["file_ending"])
     folder = root / images
     labels = root / images.replace("images", "labels", 1)
@@ -153,7 +174,8 @@ def read_nnunet(root: Path | str, images: str = "imagesTr") -> Cohort:
             Case(case, centres[case], found["CT"], found.get("PET"), label if label.exists() else None)
         )
     clinical, endpoints = check_tables(root)
-    return Cohort(root, tuple(cases), clinical, endpoints, tuple(ignored))
+    described = tuple(p for p in (spec_path, root / CENTRES_CSV) if p.is_file())
+    return Cohort(root, tuple(cases), clinical, endpoints, tuple(ignored), classes, described)
 
 
 def layout_of(root: Path) -> str:
@@ -171,10 +193,10 @@ def layout_of(root: Path) -> str:
     )
 
 
-def write_dataset_json(root: Path, cases: int, pet: bool = True) -> None:
+def write_dataset_json(root: Path, cases: int, pet: bool = True, classes: Classes = HECKTOR) -> None:
     spec = {
         "channel_names": {"0": "CT", **({"1": "PET"} if pet else {})},
-        "labels": {"background": 0, "GTVp": 1, "GTVn": 2},
+        "labels": {"background": 0, **{t: v for t, v in zip(classes.titles, classes.values, strict=True)}},
         "numTraining": cases,
         "file_ending": ".nii.gz",
     }

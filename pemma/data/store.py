@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pemma.config import DataConfig, RunConfig
+from pemma.config import ConfigError, DataConfig, RunConfig
 from pemma.data.check import check_cohort
 from pemma.data.hecktor import Cohort, read_cohort
 from pemma.data.splits import Plan, make_plan
@@ -37,6 +37,14 @@ def unused(cohort: Cohort, d: DataConfig) -> list[str]:
         listed = ", ".join(f"{c} ({n} patients)" for c, n in sorted(outside.items()))
         problems.append(f"{cohort.root}: centre(s) outside the plan, not used: {listed}")
     return problems
+
+
+def check_classes(cfg: RunConfig, cohort: Cohort) -> None:
+    """The network predicts the cohort's classes (suites.expand sets model.num_classes from the cohort
+    unless a run sets it; a unit built another way is checked here)."""
+    problem = cohort.classes.mismatch(cfg.model.num_classes, cohort.root)
+    if problem:
+        raise ConfigError(problem)
 
 
 @dataclass
@@ -81,8 +89,9 @@ class DataStore:
             for problem in unused(cohort, d):
                 log.warning("%s", problem)
             self._loaded[d, order, cfg.split_seed] = LoadedData(
-                cohort, plan, CohortData(d, fingerprint, self.results / "cache")
+                cohort, plan, CohortData(d, fingerprint, self.results / "cache", cohort.classes)
             )
+        check_classes(cfg, self._loaded[d, order, cfg.split_seed].cohort)
         return self._loaded[d, order, cfg.split_seed]
 
     def check_once(self, cohort: Cohort, fingerprint: str) -> None:

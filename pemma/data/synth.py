@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter
 
+from pemma.classes import HECKTOR, Classes
 from pemma.data.centres import HECKTOR_CENTRES
 
 GENERATOR_VERSION = "synth-v3"
@@ -243,15 +244,31 @@ def draw_clinical(p: Patient, seed: int, centre_id: int, index: int) -> tuple[di
 
 
 LAYOUTS = ("hecktor", "nnunet")
+CLASS_SETS = {"hecktor": HECKTOR, "lesion": Classes(("lesion",), ("lesion",))}
+"""The synthetic cohort's label sets: HECKTOR's two classes, or one (GTVp and GTVn merged)."""
 
 
 def write_cohort(
-    out: Path, *, scale: float = 0.15, seed: int = 0, progress=None, layout: str = "hecktor"
+    out: Path,
+    *,
+    scale: float = 0.15,
+    seed: int = 0,
+    progress=None,
+    layout: str = "hecktor",
+    classes: str = "hecktor",
 ) -> Path:
     """Write the whole cohort under `out` (atomically: into a temporary folder, then renamed), in the
-    HECKTOR 2022 layout or as an nnU-Net v2 raw dataset (the same images, renamed, and a dataset.json)."""
+    HECKTOR 2022 layout or as an nnU-Net v2 raw dataset (the same images, renamed, and a dataset.json).
+    `classes`: `hecktor` (GTVp 1, GTVn 2) or `lesion` (one class, every tumour voxel 1, as autoPET
+    labels its lesions; nnU-Net layout only, the HECKTOR layout has no place to name classes)."""
     if layout not in LAYOUTS:
         raise ValueError(f"--format {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    if classes not in CLASS_SETS:
+        raise ValueError(f"--classes {classes!r}: expected one of {', '.join(CLASS_SETS)}")
+    if classes != "hecktor" and layout != "nnunet":
+        raise ValueError(
+            f"--classes {classes} needs --format nnunet (the HECKTOR layout's classes are GTVp and GTVn)"
+        )
     out = Path(out)
     if (out / "synth_truth.json").exists():
         raise FileExistsError(f"{out} already holds a synthetic cohort; choose another --out or delete it")
@@ -277,6 +294,7 @@ def write_cohort(
             pet, pet_affine = render_pet(p, scanner, rng)
             nib.save(nib.Nifti1Image(ct, ct_affine), tmp / "imagesTr" / f"{p.patient_id}__CT.nii.gz")
             nib.save(nib.Nifti1Image(pet, pet_affine), tmp / "imagesTr" / f"{p.patient_id}__PT.nii.gz")
+            label = (label > 0).astype(np.uint8) if classes == "lesion" else label
             nib.save(nib.Nifti1Image(label, ct_affine), tmp / "labelsTr" / f"{p.patient_id}.nii.gz")
             row, endpoint, latent = draw_clinical(p, seed, centre_id, i)
             clinical.append(row)
@@ -298,6 +316,7 @@ def write_cohort(
         "generator": GENERATOR_VERSION,
         "seed": seed,
         "scale": scale,
+        "classes": classes,
         "sizes": sizes,
         "scanners": {c: asdict(s) for c, s in SCANNERS.items()},
         "ct_contrast_hu": CT_CONTRAST_HU,
@@ -309,16 +328,16 @@ def write_cohort(
     }
     (tmp / "synth_truth.json").write_text(json.dumps(meta, indent=1))
     if layout == "nnunet":
-        to_nnunet(tmp)
+        to_nnunet(tmp, CLASS_SETS[classes])
     if out.exists():
         out.rmdir()
     tmp.rename(out)
     return out
 
 
-def to_nnunet(root: Path) -> None:
+def to_nnunet(root: Path, classes: Classes = HECKTOR) -> None:
     """A HECKTOR-layout folder turned into an nnU-Net v2 raw dataset in place: <ID>__CT -> <ID>_0000,
-    <ID>__PT -> <ID>_0001, labels as they are, and a dataset.json (channels CT, PET; GTVp 1, GTVn 2)."""
+    <ID>__PT -> <ID>_0001, labels as they are, and a dataset.json (channels CT, PET; the classes)."""
     from pemma.data.nnunet import write_dataset_json
 
     images = Path(root) / "imagesTr"
@@ -328,4 +347,4 @@ def to_nnunet(root: Path) -> None:
         cases += 1
     for path in sorted(images.glob("*__PT.nii.gz")):
         path.rename(images / path.name.replace("__PT.nii.gz", "_0001.nii.gz"))
-    write_dataset_json(root, cases)
+    write_dataset_json(root, cases, classes=classes)

@@ -14,10 +14,12 @@ medians, as per-case Dice); one empty and not the other (a missed or an invented
 and HD95 the diagonal of the image in mm, the largest distance the grid allows, so that a median
 counts it as the worst case instead of dropping it.
 
+Classes are the cohort's (pemma/classes.py; HECKTOR's GTVp and GTVn by default), named as metrics.
+
 Absent-class policy: a class absent from every ground truth of the evaluated set has no aggregated
-Dice (NaN), whatever a model predicts, and the headline mean (of GTVp and GTVn) is then undefined
-too. The mean is never silently the other class alone, and whether it is defined depends on the
-test split only, so it is the same for every method.
+Dice (NaN), whatever a model predicts, and the headline mean (of the classes: GTVp and GTVn on
+HECKTOR) is then undefined too. The mean is never silently the other class alone, and whether it is
+defined depends on the test split only, so it is the same for every method.
 """
 
 from __future__ import annotations
@@ -27,21 +29,26 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pemma.classes import HECKTOR
+
 if TYPE_CHECKING:  # the class names load without torch (reports, listing); scoring imports MONAI
     import torch
-
-CLASSES = {1: "gtvp", 2: "gtvn"}
 
 
 @dataclass
 class DiceAccumulator:
     """Voxel counts per case and class: |P ∩ G|, |P|, |G|."""
 
-    num_classes: int = 3
+    names: tuple[str, ...] = HECKTOR.names
+    """The foreground classes' names, in label order (value k is names[k - 1])."""
     intersection: list[np.ndarray] = field(default_factory=list)
     predicted: list[np.ndarray] = field(default_factory=list)
     truth: list[np.ndarray] = field(default_factory=list)
     per_case: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names) + 1
 
     def add(self, prediction: torch.Tensor, label: torch.Tensor) -> None:
         """`prediction` and `label`: integer maps of shape (1, 1, *spatial) or (1, *spatial)."""
@@ -61,44 +68,49 @@ class DiceAccumulator:
 
     def aggregated(self) -> dict[str, float]:
         if not self.intersection:  # no case scored (a cohort without labels)
-            return _named(np.full(self.num_classes - 1, np.nan))
+            return _named(np.full(len(self.names), np.nan), self.names)
         inter = np.sum(self.intersection, axis=0)
         truth = np.sum(self.truth, axis=0)
         size = np.sum(self.predicted, axis=0) + truth
         with np.errstate(invalid="ignore", divide="ignore"):
             dsc = np.where(truth > 0, 2 * inter / size, np.nan)
-        return _named(dsc)
+        return _named(dsc, self.names)
 
     def case_mean(self) -> dict[str, float]:
         if not self.per_case:
-            return _named(np.full(self.num_classes - 1, np.nan))
+            return _named(np.full(len(self.names), np.nan), self.names)
         cases = np.array(self.per_case)
         with np.errstate(invalid="ignore"):
             means = [
                 float(np.nanmean(cases[:, k])) if np.any(~np.isnan(cases[:, k])) else float("nan")
                 for k in range(cases.shape[1])
             ]
-        return _named(np.array(means))
+        return _named(np.array(means), self.names)
 
 
-def _named(per_class: np.ndarray) -> dict[str, float]:
+def _named(per_class: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
     """Per-class values and their mean, which is undefined (NaN) unless every class has a value."""
-    out = {CLASSES[k + 1]: float(v) for k, v in enumerate(per_class)}
+    out = {name: float(v) for name, v in zip(names, per_class, strict=True)}
     out["mean"] = float(np.mean(per_class))
     return out
 
 
 def boundary_metrics(
-    prediction: torch.Tensor, truth: torch.Tensor, spacing: tuple[float, float, float], tolerance_mm: float
+    prediction: torch.Tensor,
+    truth: torch.Tensor,
+    spacing: tuple[float, float, float],
+    tolerance_mm: float,
+    count: int = HECKTOR.count,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(HD95 in mm, NSD at `tolerance_mm`) per class (GTVp, GTVn) of one case: integer maps of shape
-    (..., *spatial) on a grid of `spacing` mm; empty structures as the module says."""
+    """(HD95 in mm, NSD at `tolerance_mm`) per foreground class (`count` of them, label values 1..count)
+    of one case: integer maps of shape (..., *spatial) on a grid of `spacing` mm; empty structures as
+    the module says."""
     import warnings
 
     from monai.metrics import compute_hausdorff_distance, compute_surface_dice
     from monai.networks.utils import one_hot
 
-    classes = len(CLASSES) + 1
+    classes = count + 1
     shape = prediction.shape[-3:]
     prediction, truth = _around_structures(prediction.reshape(shape), truth.reshape(shape))
     pred = one_hot(prediction.reshape(1, 1, *prediction.shape).long(), classes)

@@ -215,6 +215,11 @@ def predict(
             f"--subset {subset}: {cfg.method} does not accept it (it accepts {', '.join(method.inputs())})"
         )
     read, folder = _cases(Path(cohort), images, subset)
+    problem = read.classes.mismatch(cfg.model.num_classes, read.root)
+    if problem:
+        raise PredictError(
+            f"unit {run['tags.run_key']} predicts {cfg.model.num_classes - 1} class(es): {problem}"
+        )
     cases = list(read.cases)
     notes = []
     if read.fingerprint() == run.get("tags.data_fingerprint"):
@@ -243,7 +248,7 @@ def predict(
             volumes = Dataset(items_of(group, keys), preprocess(keys, cfg.data.spacing, cfg.data.ct_window))
             scored = evaluate(
                 built.model, volumes, (subset,), cfg.model.roi, cfg.eval, device, cfg.train.amp,
-                original_grid=True, write=writer,
+                original_grid=True, write=writer, classes=read.classes,
             )[subset]  # fmt: skip
             if group is labelled:
                 result = scored

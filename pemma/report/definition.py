@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from pemma.classes import NAME, RESERVED
 from pemma.conditions import CONDITIONS
 from pemma.methods import METHODS
 from pemma.modalities import SUBSETS
-from pemma.report.sections.base import CLASS_NAMES, COMMON, KINDS, Section
+from pemma.report.sections.base import COMMON, KINDS, Section
 from pemma.resources import SUITES, did_you_mean, read_yaml
 
 
@@ -121,8 +122,6 @@ def _as_list(value) -> list:
 CHECKED = {
     "subsets": SUBSETS,
     "subset": SUBSETS,
-    "classes": CLASS_NAMES,
-    "klass": CLASS_NAMES,
     "conditions": tuple(n for n, c in CONDITIONS.items() if c.transform is not None),
 }
 
@@ -139,6 +138,13 @@ def _option(key: str, value, declared_type) -> object:
             what = {"subsets": "input subset", "subset": "input subset", "conditions": "test-time condition"}
             what = what.get(key, "class")
             raise ValueError(f"unknown {what} {v!r}{did_you_mean(v, known)} (known: {', '.join(known)})")
+    for v in values if key in ("classes", "klass") else ():
+        wildcard = ("mean", "each") if key == "classes" else ("mean",)
+        if v not in wildcard and (not NAME.match(v) or v in RESERVED):
+            raise ValueError(
+                f"{key}: {v!r} is not a class name (lower case, as the metrics name it: gtvp, gtvn, "
+                f"lesion) nor {' / '.join(wildcard)}"
+            )
     if key == "reference" and values[0]:
         values = (METHODS.canonical(values[0]),)
     return values if many else values[0]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pemma.classes import ordered, title_of
 from pemma.config import key_scopes
 from pemma.files import write_atomic
 from pemma.methods import METHODS, reference_method
+from pemma.modalities import CTPET, LABELS
 from pemma.report.markdown import markdown_table
 from pemma.tasks import TASKS, all_metrics
 
@@ -35,6 +38,23 @@ def columns() -> list[Column]:
         for m in all_metrics()
         if m.column
     ]
+
+
+CLASS_COLUMN = re.compile(rf"^metrics\.dice_hecktor/{CTPET}/(?P<name>[^/]+)$")
+"""A class's headline Dice on CT+PET: a column for every class the runs hold (the cohort's)."""
+
+
+def with_classes(cols: list[Column], runs: pd.DataFrame) -> list[Column]:
+    """`cols` with a Dice column per class the runs logged (`GTVp (CT+PET)`: HECKTOR's; `lesion
+    (CT+PET)` on a one-class cohort), after the mean Dice columns."""
+    names = ordered(m["name"] for c in runs.columns if (m := CLASS_COLUMN.match(c)) and m["name"] != "mean")
+    metric = next(m for m in all_metrics() if m.matches(f"dice_hecktor/{CTPET}/class"))
+    added = [
+        Column(f"{title_of(n)} ({LABELS[CTPET]})", f"dice_hecktor/{CTPET}/{n}", True, metric.digits)
+        for n in names
+    ]
+    last = max((i for i, c in enumerate(cols) if c.metric.startswith("dice_hecktor/")), default=-1)
+    return cols[: last + 1] + added + cols[last + 1 :]
 
 
 NOT_VARIANT = {"params.seed", "params.method", "params.backbone"} | {
@@ -63,7 +83,7 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     order = {m: i for i, m in enumerate(METHODS.names())}
     runs = with_derived(runs)
-    cols = columns()
+    cols = with_classes(columns(), runs)
     varying = variant_columns(runs)
     runs = runs.assign(
         variant=runs.apply(lambda run: variant_of(run, runs, varying), axis=1) if varying else ""

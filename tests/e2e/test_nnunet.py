@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pandas as pd
 import pytest
 from helpers.cli import ci_run
 from typer.testing import CliRunner
@@ -90,11 +91,21 @@ def test_bad_nnunet_datasets_are_refused_naming_the_culprit(nnunet_cohort, tmp_p
     (root / "dataset.json").write_text(json.dumps(spec))
     refused(root, "no image named <case>_<channel>.nrrd", ".gz")
 
-    root = _copy(nnunet_cohort, tmp_path, "labels")
+    root = _copy(nnunet_cohort, tmp_path, "labels")  # the label maps hold 2, dataset.json names only 1
     spec = json.loads((root / "dataset.json").read_text())
     spec["labels"] = {"background": 0, "lesion": 1}
     (root / "dataset.json").write_text(json.dumps(spec))
-    refused(root, "lesion", "not supported yet")
+    refused(root, "has values [2] outside {background 0, lesion 1}")
+
+    for labels, why in (
+        ({"background": 0, "GTVp": 1, "GTVn": 3}, "values must be 0 (background), then 1..2 each once"),
+        ({"background": 0, "tumour": [1, 2]}, "tumour are regions"),
+        ({"bg": 0, "GTVp": 1}, "value 0 must be 'background'"),
+        ({"background": 0, "mean": 1}, "not one of background, each, mean"),
+    ):
+        spec["labels"] = labels
+        (root / "dataset.json").write_text(json.dumps(spec))
+        refused(root, why)
 
     root = _copy(nnunet_cohort, tmp_path, "centre")
     for path in (root / "imagesTr").glob("CHUM-001_*"):
@@ -102,3 +113,56 @@ def test_bad_nnunet_datasets_are_refused_naming_the_culprit(nnunet_cohort, tmp_p
     refused(root, "case case001: no centre")
     (root / "centres.csv").write_text("case,centre\ncase001,CHUM\n")
     assert _check(root).exit_code == 0, "a centres.csv assigns it"
+
+
+@pytest.fixture(scope="module")
+def lesion_cohort(tmp_path_factory):
+    """The tiny synthetic cohort with one class, `lesion` (GTVp and GTVn merged), as autoPET labels."""
+    return write_cohort(
+        tmp_path_factory.mktemp("lesion") / "Dataset902_Lesion", scale=0.02, layout="nnunet", classes="lesion"
+    )
+
+
+def test_a_one_class_cohort_runs_the_main_suite_with_its_class_in_every_table(lesion_cohort, tmp_path):
+    """Issue 30: classes come from the dataset: the network predicts 2 channels, the metrics, the
+    per-patient tables, the suite table and the report's tables name `lesion`, never GTVp / GTVn."""
+    check = " ".join(CliRunner().invoke(app, ["data", "check", str(lesion_cohort), "--cases"]).output.split())
+    assert "lesion ml (median)" in check and "label values" in check and "GTV" not in check, check
+
+    results = tmp_path / "results"
+    dry = ci_run(
+        results, "--seeds", "0", "--backbones", "unetr", "--dry-run", data=lesion_cohort, suite="main"
+    )
+    assert dry.exit_code == 0, dry.output
+    out = ci_run(results, "--seeds", "0", "--backbones", "unetr", data=lesion_cohort, suite="main")
+    assert out.exit_code == 0, out.output
+    runs = Tracker(results).runs("main")
+    assert len(runs) == 7 and set(runs["status"]) == {"FINISHED"}
+    assert set(runs["params.model.num_classes"]) == {"2"}
+    assert set(runs["params.train.class_weights"]) == {"(1.0, 1.0)"}
+    dice = [c for c in runs.columns if c.startswith("metrics.dice_hecktor/ctpet/")]
+    assert sorted(dice) == ["metrics.dice_hecktor/ctpet/lesion", "metrics.dice_hecktor/ctpet/mean"]
+    finished = runs[runs["metrics.dice_hecktor/ctpet/lesion"].notna()]
+    assert (
+        finished["metrics.dice_hecktor/ctpet/lesion"] == finished["metrics.dice_hecktor/ctpet/mean"]
+    ).all()
+    tables = list((results / "main" / "patients").glob("*.csv"))
+    assert tables and all(set(pd.read_csv(t)["class"]) == {"lesion"} for t in tables)
+
+    quick = CliRunner().invoke(app, ["report", "--suite", "main", "--results", str(results), "--include-ci"])
+    assert quick.exit_code == 0, quick.output
+    assert "lesion (CT+PET)" in quick.output and "GTV" not in quick.output
+
+    definition = tmp_path / "lesion.yaml"
+    definition.write_text(
+        "title: One class\nsections:\n"
+        "  - {kind: main, title: Main, suite: main, subsets: [ctpet], classes: [mean, each]}\n"
+        "  - {kind: paired, title: Paired, suite: main, subsets: [ctpet], classes: [each, gtvp]}\n"
+    )
+    report = CliRunner().invoke(
+        app, ["report", str(definition), "--results", str(results), "--format", "md", "--include-ci"]
+    )
+    assert report.exit_code == 0, report.output
+    text = (results / "reports" / "lesion" / "lesion.md").read_text()
+    assert "lesion CT+PET" in text and "| lesion |" in text, text
+    assert "Class 'gtvp': not in these runs" in text  # asked for, said why it is not shown

@@ -394,7 +394,7 @@ def test_one_spelling_per_option_and_defaults_said():
     run = " ".join(_invoke("run", "--help").output.split())
     assert "default: the suite's own" in run and "--dry-run" in run and "--no-dry-run" not in run
     check = " ".join(_invoke("data", "check", "--help").output.split())
-    assert "HECKTOR 2022-layout folder" in check
+    assert "A cohort folder: HECKTOR 2022 layout" in check
 
 
 def _tmpfs(folder, megabytes: int) -> bool:

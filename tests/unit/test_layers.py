@@ -19,7 +19,8 @@ LAYERS = [
     {"training"},
     {"models", "conditions"},
     {"data", "metrics", "tracking"},
-    {"config", "files", "locks", "registry", "modalities", "plans", "profiles"},  # plans, profiles: YAML
+    # plans, profiles: YAML
+    {"config", "classes", "files", "locks", "registry", "modalities", "plans", "profiles"},
     {"resources"},
 ]
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}

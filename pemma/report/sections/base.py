@@ -15,10 +15,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from pemma.methods import reference_method
-from pemma.metrics.segmentation import CLASSES
 from pemma.registry import Registry
 
-CLASS_NAMES = ("mean", *CLASSES.values())
 COMMON = frozenset({"kind", "title", "suite", "note", "methods", "backbones", "where"})
 """Keys every section reads: which suite's runs, filtered to which methods, backbones and config values."""
 
@@ -26,8 +24,9 @@ COMMON = frozenset({"kind", "title", "suite", "note", "methods", "backbones", "w
 @dataclass(frozen=True)
 class Options:
     """A kind's own YAML keys, as dataclass fields with their defaults. Fields named `subsets` /
-    `subset` are checked against the input subsets, `classes` / `klass` against the classes,
-    `reference` against the methods; tuple fields take a list (or one value)."""
+    `subset` are checked against the input subsets, `classes` / `klass` as class names (`mean`: their
+    mean; `each`, in `classes`: every class the runs hold), `reference` against the methods; tuple
+    fields take a list (or one value)."""
 
     def extra_suites(self) -> tuple[str, ...]:
         """Suites read beside the section's own `suite`."""

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from pemma.classes import ordered, title_of
 from pemma.methods import METHODS
-from pemma.metrics.segmentation import CLASSES
 from pemma.modalities import LABELS
 from pemma.report import stats
 from pemma.report.sections.base import Section
@@ -15,7 +15,6 @@ from pemma.report.sources import Sources
 from pemma.report.tables import variant_columns, variant_of, with_derived
 from pemma.tasks import all_metrics
 
-CLASS_TITLES = {"mean": "Dice", **{name: name.replace("gtv", "GTV") for name in CLASSES.values()}}
 CI_NOTE = (
     "Cells: mean ± sample std over seeds [95% CI about the method: a t interval over seeds of each "
     "seed's value on its own test split, plus the covariance of patients that several seeds tested, so "
@@ -108,7 +107,28 @@ def dice_interval(
     if rows.empty:
         return None, 0
     counts = stats.Counts.from_rows(rows)
+    if klass != "mean" and klass not in counts.classes:  # a class of another cohort than these runs'
+        return None, len(counts.patients)
     return stats.dice_interval(counts, klass), len(counts.patients)
+
+
+def chosen_classes(asked: tuple[str, ...], runs: pd.DataFrame, subset: str) -> tuple[list[str], list[str]]:
+    """The classes a section shows of those it asks for (`each`: every class the runs logged, in
+    table order), and a note for each asked class the runs do not hold (a cohort with other classes)."""
+    held = ordered(c.split("/")[-1] for c in runs.columns if c.startswith(f"metrics.dice_hecktor/{subset}/"))
+    held = [c for c in held if c != "mean"]
+    shown, notes = [], []
+    for klass in asked:
+        if klass == "each":
+            shown += [c for c in held if c not in shown]
+        elif klass == "mean" or klass in held:
+            shown += [klass] if klass not in shown else []
+        else:
+            notes.append(
+                f"Class {klass!r}: not in these runs (their cohort's classes: {', '.join(held) or 'none'}); "
+                "its columns are left out."
+            )
+    return shown, notes
 
 
 def declared(key: str):
@@ -119,7 +139,7 @@ def declared(key: str):
 
 
 def dice_title(subset: str, klass: str) -> str:
-    return f"{CLASS_TITLES[klass]} {LABELS[subset]}"
+    return f"{title_of(klass)} {LABELS[subset]}"
 
 
 def mark_best(table: pd.DataFrame, means: dict[str, list[float]], higher: dict[str, bool | None]):

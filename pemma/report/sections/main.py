@@ -8,14 +8,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pemma.classes import title_of
 from pemma.methods import reference_method
 from pemma.modalities import SUBSETS
 from pemma.report import stats
 from pemma.report.sections.base import Block, Options, Section, section_kind
 from pemma.report.sections.common import (
     CI_NOTE,
-    CLASS_TITLES,
     arrow,
+    chosen_classes,
     ci,
     declared,
     dice_interval,
@@ -59,13 +60,14 @@ def main_table(section: Section, sources: Sources) -> Block:
     if runs.empty:
         return block
     rows, means, higher = [], {}, {}
+    classes, class_notes = chosen_classes(opts.classes, runs, opts.subsets[0])
     for (method, backbone, variant), group in grouped(runs):
         row = row_label(method, backbone, variant)
         row["seeds"] = str(group["params.seed"].nunique())
         row["patients"] = "—"
         tested = 0
         for subset in opts.subsets:
-            for klass in opts.classes:
+            for klass in classes:
                 title = arrow(dice_title(subset, klass), True)
                 values = values_of(group, f"dice_hecktor/{subset}/{klass}")
                 interval, n = dice_interval(sources, section.suite, group, subset, klass)
@@ -75,9 +77,9 @@ def main_table(section: Section, sources: Sources) -> Block:
                 higher[title] = True
         row["patients"] = str(tested) if tested else "—"
         for name in opts.boundary:
-            for klass in opts.classes:
+            for klass in classes:
                 metric = declared(f"{name}/{opts.subsets[0]}/{klass}")
-                label = metric.title if klass == "mean" else f"{metric.title} {CLASS_TITLES[klass]}"
+                label = metric.title if klass == "mean" else f"{metric.title} {title_of(klass)}"
                 title = arrow(label, metric.higher_is_better)
                 values = values_of(group, f"{name}/{opts.subsets[0]}/{klass}")
                 interval = ci(stats.seed_interval(values), metric.digits) if values.size else ""
@@ -101,8 +103,10 @@ def main_table(section: Section, sources: Sources) -> Block:
     block.notes = [
         CI_NOTE,
         "Dice: HECKTOR aggregated Dice on each patient's original CT grid (intersections and volumes "
-        "pooled over the test split's patients; 'Dice' is the mean of GTVp and GTVn); patients: test "
-        "patients over all seeds.",
+        "pooled over the test split's patients; 'Dice' is the mean of the cohort's classes: "
+        f"{', '.join(title_of(c) for c in chosen_classes(('each',), runs, opts.subsets[0])[0])}); "
+        "patients: test patients over all seeds.",
+        *class_notes,
         *[
             f"{declared(key).title_for(reference_method)}: {declared(key).meaning}."
             for key in opts.extras

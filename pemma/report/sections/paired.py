@@ -7,11 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pemma.classes import title_of
 from pemma.modalities import LABELS, SUBSETS
 from pemma.report import stats
 from pemma.report.sections.base import Block, Options, Section, section_kind
 from pemma.report.sections.common import (
-    CLASS_TITLES,
+    chosen_classes,
     ci,
     fmt,
     grouped,
@@ -45,6 +46,7 @@ def paired_table(section: Section, sources: Sources) -> Block:
     reference = section.reference_method
     rows, pvalues = [], []
     groups = grouped(runs)
+    classes, class_notes = chosen_classes(opts.classes, runs, opts.subsets[0])
     for (method, backbone, variant), group in groups:
         if method == reference:
             continue
@@ -62,7 +64,7 @@ def paired_table(section: Section, sources: Sources) -> Block:
             patients = sorted(set(a["patient_id"]) & set(b["patient_id"]))
             a, b = a[a["patient_id"].isin(patients)], b[b["patient_id"].isin(patients)]
             ca, cb = stats.Counts.from_rows(a, patients), stats.Counts.from_rows(b, patients)
-            for klass in opts.classes:
+            for klass in classes:
                 result = stats.paired(ca, cb, klass)
                 mean_a = float(stats.aggregated_dice(ca, klass)(np.arange(len(patients))))
                 mean_b = float(stats.aggregated_dice(cb, klass)(np.arange(len(patients))))
@@ -70,7 +72,7 @@ def paired_table(section: Section, sources: Sources) -> Block:
                 row.update(
                     {
                         "input": LABELS[subset],
-                        "class": CLASS_TITLES[klass],
+                        "class": title_of(klass),
                         "seeds": str(len(seeds)),
                         "patients": str(result.patients),
                         "Dice": fmt(mean_a, 3),
@@ -99,7 +101,8 @@ def paired_table(section: Section, sources: Sources) -> Block:
         "statistic (its unit is the seed, as the interval's). With one seed, marked †: the paired BCa "
         "bootstrap over patients and the Wilcoxon signed-rank test of per-patient Dice differences, both "
         "with the networks held fixed. Holm p: adjusted across every row of this table; bold where below "
-        "0.05."
+        "0.05.",
+        *class_notes,
     ]
     block.run_keys = sorted(set(block.run_keys))
     return block

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pemma.classes import title_of
 from pemma.conditions import CONDITIONS
 from pemma.modalities import LABELS
 from pemma.report.sections.base import Block, Figure, Options, Section, section_kind
 from pemma.report.sections.common import (
     CI_NOTE,
-    CLASS_TITLES,
     arrow,
     ci,
     dice_interval,
@@ -89,9 +89,9 @@ def robustness_block(section: Section, sources: Sources) -> Block:
                 row = {**row_label(method, backbone, variant), "condition": condition.name}
                 row["magnitude"] = f"{magnitude:g} {condition.unit}"
                 row["seeds"] = str(values.size)  # the seeds scored under this magnitude
-                row[arrow(f"{CLASS_TITLES[opts.klass]} {LABELS[condition.subset]}", True)] = mean_std(
-                    values
-                ) + (ci(interval) if interval else "")
+                row[arrow(f"{title_of(opts.klass)} {LABELS[condition.subset]}", True)] = mean_std(values) + (
+                    ci(interval) if interval else ""
+                )
                 clean = f"metrics.dice_hecktor/{condition.subset}/{opts.klass}"
                 if clean in group:
                     with np.errstate(invalid="ignore", divide="ignore"):
@@ -120,7 +120,7 @@ def robustness_block(section: Section, sources: Sources) -> Block:
         condition = CONDITIONS.get(name)
         interval_lines(ax, lines)
         ax.set_xlabel(f"{condition.parameter} ({condition.unit})")
-        ax.set_ylabel(f"{CLASS_TITLES[opts.klass]} {LABELS[condition.subset]}")
+        ax.set_ylabel(f"{title_of(opts.klass)} {LABELS[condition.subset]}")
         ax.set_title(name, fontsize=9)
         if condition.clean > 0:
             ax.invert_xaxis()  # left to right: worse

@@ -84,7 +84,16 @@ def run_stages(unit: Unit, model: torch.nn.Module, adapted: dict[str, SubsetResu
             result = (
                 adapted
                 if stage == 0 and j == 0
-                else evaluate(model, tests[centre], subsets, cfg.model.roi, cfg.eval, device, cfg.train.amp)
+                else evaluate(
+                    model,
+                    tests[centre],
+                    subsets,
+                    cfg.model.roi,
+                    cfg.eval,
+                    device,
+                    cfg.train.amp,
+                    classes=loaded.data.classes,
+                )  # fmt: skip
             )
             for s in subsets:
                 r[s][stage, j] = result[s].aggregated["mean"]
@@ -92,7 +101,10 @@ def run_stages(unit: Unit, model: torch.nn.Module, adapted: dict[str, SubsetResu
 
     if unit.base is not None:  # the unwrapped CT base: the reference row a wrapped model is compared against
         for centre in centres:
-            result = evaluate(CTOnly(unit.base), tests[centre], (CT,), cfg.model.roi, cfg.eval, device)
+            result = evaluate(
+                CTOnly(unit.base), tests[centre], (CT,), cfg.model.roi, cfg.eval, device,
+                classes=loaded.data.classes,
+            )  # fmt: skip
             metrics[f"cl/ct/base/{centre}"] = result[CT].aggregated["mean"]
     score(0)
     set_trainable(model, method.continual_patterns(cfg))

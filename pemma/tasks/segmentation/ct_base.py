@@ -142,8 +142,9 @@ def _cached_or_trained(cfg, net, folder, data, plan, device, stage, checkpoint_r
     )
     check_cases = plan.pretrain["val"] or plan.pretrain["test"]
     result = evaluate(
-        model, data.volumes(check_cases, CT_KEYS), (CT,), cfg.model.roi, cfg.eval, device, cfg.train.amp
-    )[CT]
+        model, data.volumes(check_cases, CT_KEYS), (CT,), cfg.model.roi, cfg.eval, device, cfg.train.amp,
+        classes=data.classes,
+    )[CT]  # fmt: skip
     missing = [c for c, v in result.aggregated.items() if c != "mean" and not v > 0]
     if missing:
         log.warning(

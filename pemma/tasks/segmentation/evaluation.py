@@ -13,6 +13,7 @@ import torch
 from monai.data import Dataset
 from monai.inferers import sliding_window_inference
 
+from pemma.classes import HECKTOR, Classes
 from pemma.conditions import CONDITIONS, Applied
 from pemma.config import EvalConfig
 from pemma.data.transforms import (
@@ -22,7 +23,7 @@ from pemma.data.transforms import (
     original_label,
     to_original_grid,
 )
-from pemma.metrics.segmentation import CLASSES, DiceAccumulator, boundary_metrics
+from pemma.metrics.segmentation import DiceAccumulator, boundary_metrics
 from pemma.modalities import split_inputs, stack, unstack
 from pemma.training.loop import autocast, plain
 
@@ -57,6 +58,7 @@ def evaluate(
     conditions: list[Applied] | tuple[Applied, ...] = (),
     seed: int = 0,
     write: Callable[[str, str, torch.Tensor, str], object] | None = None,
+    classes: Classes = HECKTOR,
 ) -> dict[str, SubsetResult]:
     """Sliding-window inference on every subset, then under every test-time condition given (the
     caller keeps those whose input subset the model accepts; each patient's inputs changed as the
@@ -65,13 +67,13 @@ def evaluate(
     grid (probabilities resampled back, then argmax; the volumes must carry their original files, as
     CohortData's do). Results are keyed by subset, or by condition key (e.g. `pet-shift-8mm`).
     `write(pass key, patient, labels on the CT grid, CT file)` receives each original-grid prediction
-    (predictions.PredictionWriter writes them as NIfTI)."""
+    (predictions.PredictionWriter writes them as NIfTI). `classes`: the cohort's, in label order."""
     model.to(device).eval()
     passes = [Applied(CONDITIONS.get(s)) for s in subsets]
     passes += list(conditions)
     keys = [p.key for p in passes]
-    accumulators = {k: DiceAccumulator() for k in keys}
-    originals = {k: DiceAccumulator() for k in keys}
+    accumulators = {k: DiceAccumulator(classes.names) for k in keys}
+    originals = {k: DiceAccumulator(classes.names) for k in keys}
     seconds = dict.fromkeys(keys, 0.0)
     rows: dict[str, list[dict]] = {k: [] for k in keys}
     with torch.inference_mode(), autocast(device, amp):
@@ -123,7 +125,9 @@ def evaluate(
                         write(key, patient, back, item[ORIGINAL_CT])
                     if scored:
                         originals[key].add(back, truth)
-                        boundary = boundary_metrics(back, truth, ct_spacing, cfg.nsd_tolerance_mm)
+                        boundary = boundary_metrics(
+                            back, truth, ct_spacing, cfg.nsd_tolerance_mm, classes.count
+                        )
                         rows[key] += _patient_rows(originals[key], patient, "original", applied, boundary)
     return {
         k: SubsetResult(
@@ -134,18 +138,18 @@ def evaluate(
             rows[k],
             originals[k].aggregated() if original_grid else None,
             originals[k].case_mean() if original_grid else None,
-            _medians(rows[k], "hd95_mm") if original_grid else None,
-            _medians(rows[k], "nsd") if original_grid else None,
+            _medians(rows[k], "hd95_mm", classes.names) if original_grid else None,
+            _medians(rows[k], "nsd", classes.names) if original_grid else None,
         )
         for k in keys
     }
 
 
-def _medians(rows: list[dict], column: str) -> dict[str, float]:
+def _medians(rows: list[dict], column: str, names: tuple[str, ...]) -> dict[str, float]:
     """Per class, the median over patients of an original-grid per-patient value (undefined ones left
     out); `mean`: the mean of the classes' medians (undefined unless both are)."""
     out = {}
-    for name in CLASSES.values():
+    for name in names:
         values = [r[column] for r in rows if r["grid"] == "original" and r["class"] == name]
         defined = np.array([v for v in values if np.isfinite(v)], dtype=float)
         out[name] = float(np.median(defined)) if defined.size else float("nan")
@@ -162,7 +166,7 @@ def _patient_rows(
 ) -> list[dict]:
     """The case just added to `acc`, one row per class, with the input subset and the condition, and
     the boundary metrics where given (original grid)."""
-    hd95, nsd = boundary if boundary is not None else (np.full(len(CLASSES), np.nan),) * 2
+    hd95, nsd = boundary if boundary is not None else (np.full(len(acc.names), np.nan),) * 2
     return [
         {
             "patient_id": patient_id,
@@ -178,5 +182,5 @@ def _patient_rows(
             "hd95_mm": float(hd95[k]),
             "nsd": float(nsd[k]),
         }
-        for k, name in enumerate(CLASSES.values())
+        for k, name in enumerate(acc.names)
     ]

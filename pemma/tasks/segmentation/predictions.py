@@ -1,6 +1,7 @@
 """Predictions as the field's tools read them: one NIfTI file per test patient and evaluation pass, on
-the patient's original CT grid (the CT file's affine and shape), uint8 labels 0 background, 1 GTVp,
-2 GTVn: the HECKTOR 2022 submission format, which 3D Slicer, ITK-SNAP and the challenge's own
+the patient's original CT grid (the CT file's affine and shape), uint8 labels 0 background, then the
+cohort's classes by their values (1 GTVp, 2 GTVn on HECKTOR: the HECKTOR 2022 submission format;
+an nnU-Net dataset's own `labels` otherwise), which 3D Slicer, ITK-SNAP and the challenges' own
 evaluation code open.
 
 Layout: results/<suite>/predictions/<run key>/<pass>/<PatientID>.nii.gz, where a pass is an input

@@ -56,13 +56,9 @@ _NSD = (
 
 def _dice_columns() -> tuple[Metric, ...]:
     """Headline: original CT grid (dice_hecktor); the working grid's figures keep their old names."""
-    means = per_subset("dice_hecktor/{subset}/mean", "Dice {subset}", True, _DICE + ", mean of GTVp and GTVn")
-    classes = tuple(
-        Metric(m.key, m.title, True, m.meaning, column=m.key.startswith(f"dice_hecktor/{CTPET}/"))
-        for cls in ("gtvp", "gtvn")
-        for m in per_subset(
-            f"dice_hecktor/{{subset}}/{cls}", f"{cls.upper()[:3]}{cls[3:]} ({{subset}})", True, _DICE
-        )
+    means = per_subset("dice_hecktor/{subset}/mean", "Dice {subset}", True, _DICE + ", mean of the classes")
+    classes = per_subset(
+        "dice_hecktor/{subset}/<class>", "Dice of a class {subset}", True, _DICE, column=False
     )
     working = per_subset(
         "dice_agg/{subset}/<class>", "working-grid Dice {subset}", True, _WORKING, column=False
@@ -78,12 +74,12 @@ def _dice_columns() -> tuple[Metric, ...]:
     boundary = per_subset(
         "hd95/{subset}/<class>", "HD95 mm {subset}", False, _HD95, digits=1, column=False
     ) + per_subset("nsd/{subset}/<class>", "NSD {subset}", True, _NSD, column=False)
-    return means + tuple(sorted(classes, key=lambda m: not m.column)) + working + cases + boundary
+    return means + classes + working + cases + boundary
 
 
 @register_task("segmentation", aliases=("seg",))
 class Segmentation(Task):
-    summary = "GTVp / GTVn segmentation: Dice per input subset, continual stages optional"
+    summary = "GTVp / GTVn (or the cohort's classes) segmentation: Dice per input subset, continual stages"
     data_keys = KEYS
     metrics = (
         *_dice_columns(),
@@ -135,8 +131,8 @@ class Segmentation(Task):
     note = (
         "Dice: HECKTOR aggregated Dice on the adaptation centre's test split, on each patient's "
         "original CT grid (probabilities resampled back from the working grid, then argmax), mean of "
-        "GTVp and GTVn; empty where a class is absent from the split; '—': input subset the method "
-        "does not accept."
+        "the cohort's classes (GTVp and GTVn on HECKTOR), each class's own on the CT+PET input; empty "
+        "where a class is absent from the split; '—': input subset the method does not accept."
     )
 
     def run(self, unit: Unit, built: Built) -> Measured:
@@ -294,6 +290,7 @@ class Segmentation(Task):
                 conditions=conditions,
                 seed=cfg.seed,
                 write=writer,
+                classes=loaded.data.classes,
             )
         return results, len(volumes), writer.written if writer else {}
 
@@ -349,7 +346,10 @@ class Segmentation(Task):
 
         volumes = self.validation_volumes(unit)
         cfg = unit.cfg
-        results = evaluate(model, volumes, subsets, cfg.model.roi, cfg.eval, unit.device, cfg.train.amp)
+        results = evaluate(
+            model, volumes, subsets, cfg.model.roi, cfg.eval, unit.device, cfg.train.amp,
+            classes=unit.data.data.classes,
+        )  # fmt: skip
         model.train()
         metrics: dict[str, float] = {"val_cases": float(len(volumes))}
         for subset, result in results.items():

@@ -76,6 +76,9 @@ def _log(runs: FakeRuns, method: str, seed: int, profile="smoke", status="FINISH
         "dice_hecktor/pet/mean": _aggregated(counts),
         "params_trainable": 1000 if method == "early-fusion" else 80,
     }
+    for klass in ("gtvp", "gtvn"):  # each class's own, as a segmentation unit logs them
+        i, p, g = (sum(c[klass][k] for c in counts.values()) for k in range(3))
+        metrics.update({f"dice_hecktor/{subset}/{klass}": 2 * i / (p + g) for subset in ("ctpet", "pet")})
     tags = {"git_commit": "abc123", "git_dirty": "false"}
     return runs.add(
         "t", method, seed, metrics, patients=rows, params=params, tags=tags, profile=profile, status=status
@@ -261,8 +264,8 @@ def test_report_reads_a_tracking_store_without_the_results_folder(fixture_runs, 
         ),
         ("title: x\nsections:\n  - {kind: mian, title: M, suite: t}\n", "did you mean 'main'"),
         (
-            "title: x\nsections:\n  - {kind: main, title: M, suite: t, classes: [gtvx]}\n",
-            "unknown class 'gtvx'",
+            "title: x\nsections:\n  - {kind: main, title: M, suite: t, classes: [GTVp]}\n",
+            "'GTVp' is not a class name",
         ),
         (
             "title: x\nsections:\n  - {kind: paired, title: M, suite: t, reference: early-fushion}\n",
@@ -281,6 +284,30 @@ def test_a_report_definition_with_a_typo_is_refused_naming_file_and_section(tmp_
     assert message in str(err.value)
     result = CliRunner().invoke(app, ["report", str(path), "--results", str(tmp_path / "r")])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_classes_each_shows_the_runs_classes_and_a_class_they_lack_is_said(fixture_runs, tmp_path):
+    """Classes come from the runs' cohort: `each` expands to those the runs logged (HECKTOR's here, in
+    label order); a named class they lack (a typo, or another cohort's) is left out with a note."""
+    tracker, results, _ = fixture_runs
+    definition = tmp_path / "c.yaml"
+    definition.write_text(
+        "title: classes\nsections:\n"
+        "  - {kind: main, title: M, suite: t, subsets: [ctpet], classes: [mean, each, gtvx],"
+        " boundary: []}\n"
+        "  - {kind: paired, title: P, suite: t, reference: early-fusion, subsets: [ctpet],"
+        " classes: [gtvx, each]}\n"
+    )
+    rendered = generate(load_report(definition), Sources(tracker, results))
+    main, paired = rendered.blocks
+    dice = [c for c in main.table.columns if "CT+PET" in c]
+    assert [c.split(" ")[0] for c in dice] == ["Dice", "GTVp", "GTVn"]
+    assert list(dict.fromkeys(paired.table["class"])) == ["GTVp", "GTVn"]
+    for block in (main, paired):
+        assert any(
+            "Class 'gtvx': not in these runs (their cohort's classes: gtvp, gtvn)" in note
+            for note in block.notes
+        )
 
 
 def test_validate_checks_the_shipped_reports():
