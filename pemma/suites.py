@@ -117,10 +117,15 @@ def classes_of(root: str | None) -> Classes:
         raise ConfigError(f"data.root: {err}") from err
 
 
-def classes_layer(count: int) -> dict[str, Any]:
-    """The config a cohort with `count` classes implies where a run sets neither: its output channels
-    and the loss's weights (classes.default_weights)."""
-    return {"model": {"num_classes": count + 1}, "train": {"class_weights": list(default_weights(count))}}
+def classes_layer(classes: Classes) -> dict[str, Any]:
+    """The config a cohort's classes imply where a run sets neither: its output channels and the
+    loss's weights (classes.default_weights). None for HECKTOR's: the profiles' own values hold."""
+    if classes.count == HECKTOR.count:
+        return {}
+    return {
+        "model": {"num_classes": classes.count + 1},
+        "train": {"class_weights": list(default_weights(classes.count))},
+    }
 
 
 def expand(
@@ -173,15 +178,17 @@ def expand(
             else:
                 point = deep_merge(point, _nested(k, _canonical(k, v)))
         try:
-            cfg = resolve(suite.defaults, point, cli)
-            if cfg.data.root not in cohort_classes:
-                cohort_classes[cfg.data.root] = classes_of(cfg.data.root)
-            classes = cohort_classes[cfg.data.root]
-            if classes.count + 1 != cfg.model.num_classes:  # unless the run set them, from the cohort
-                cfg = resolve(classes_layer(classes.count), suite.defaults, point, cli)
-            problem = classes.mismatch(cfg.model.num_classes, cfg.data.root or "the synthetic cohort")
+            # the cohort's classes set the outputs and the loss's weights, below every layer that sets them
+            merged = deep_merge(deep_merge(suite.defaults, point), cli)
+            root = (merged.get("data") or {}).get("root")
+            if root not in cohort_classes:
+                cohort_classes[root] = classes_of(root)
+            classes = cohort_classes[root]
+            asked = (merged.get("model") or {}).get("num_classes")
+            problem = classes.mismatch(asked, root or "the synthetic cohort") if asked is not None else None
             if problem:
                 raise ConfigError(problem)
+            cfg = resolve(classes_layer(classes), suite.defaults, point, cli)
             units.append(cfg)
         except ConfigError as err:
             raise ConfigError(f"{_culprit(str(err), overrides, profile, suite.path)}: {err}") from err
