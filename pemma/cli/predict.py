@@ -14,7 +14,11 @@ from pemma.cli.common import ResultsOpt, _fail, _tracker, app, console
 @app.command()
 def predict(
     cohort: Annotated[
-        Path, typer.Option(help="A HECKTOR-layout folder (imagesTs/ or imagesTr/, labels optional).")
+        Path,
+        typer.Option(
+            help="A cohort folder, HECKTOR layout or nnU-Net raw dataset (imagesTs/ or imagesTr/, labels "
+            "optional)."
+        ),
     ],
     run_key: Annotated[str | None, typer.Option("--run-key", help="The unit, by its run key.")] = None,
     suite: Annotated[str | None, typer.Option(help="... or by suite, --method and --seed.")] = None,

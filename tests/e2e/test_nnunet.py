@@ -123,7 +123,9 @@ def lesion_cohort(tmp_path_factory):
     )
 
 
-def test_a_one_class_cohort_runs_the_main_suite_with_its_class_in_every_table(lesion_cohort, tmp_path):
+def test_a_one_class_cohort_runs_the_main_suite_with_its_class_in_every_table(
+    lesion_cohort, tiny_cohort, tmp_path
+):
     """Issue 30: classes come from the dataset: the network predicts 2 channels, the metrics, the
     per-patient tables, the suite table and the report's tables name `lesion`, never GTVp / GTVn."""
     check = " ".join(CliRunner().invoke(app, ["data", "check", str(lesion_cohort), "--cases"]).output.split())
@@ -166,3 +168,13 @@ def test_a_one_class_cohort_runs_the_main_suite_with_its_class_in_every_table(le
     text = (results / "reports" / "lesion" / "lesion.md").read_text()
     assert "lesion CT+PET" in text and "| lesion |" in text, text
     assert "Class 'gtvp': not in these runs" in text  # asked for, said why it is not shown
+
+    key = runs[runs["tags.method"] == "pemma-lora"]["tags.run_key"].iloc[0]
+    predict = ["predict", "--run-key", key, "--results", str(results)]
+    own = CliRunner().invoke(app, [*predict, "--cohort", str(lesion_cohort), "--out", str(tmp_path / "p")])
+    assert own.exit_code == 0, own.output
+    assert "Dice lesion" in " ".join(own.output.split())
+    other = CliRunner().invoke(app, [*predict, "--cohort", str(tiny_cohort), "--out", str(tmp_path / "q")])
+    text = " ".join(other.output.split())
+    assert other.exit_code == 2 and "labels background 0, GTVp 1, GTVn 2" in text, text
+    assert not (tmp_path / "q").exists()

@@ -33,9 +33,7 @@ def test_a_one_class_cohort_gets_two_outputs_and_unit_weights_and_hecktor_keeps_
     assert {(u.model.num_classes, u.train.class_weights) for u in one} == {(2, (1.0, 1.0))}
     hecktor = _units(None)
     ci = resolve({"profile": "ci"})
-    assert {(u.model.num_classes, u.train.class_weights) for u in hecktor} == {
-        (3, ci.train.class_weights)
-    }
+    assert {(u.model.num_classes, u.train.class_weights) for u in hecktor} == {(3, ci.train.class_weights)}
     assert all("model.num_classes" not in u.identity() for u in hecktor)  # HECKTOR keys unchanged
 
 
