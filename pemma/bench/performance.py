@@ -257,8 +257,8 @@ def memory_options(
     """Peak training memory and step time per method and memory option, on random crops.
 
     Peak memory counts the weights as stored while training (on CUDA the allocator's peak holds
-    them; on CPU the sampled growth of the resident set is added to their size), activations,
-    gradients and optimiser state. Ratios are against full fine-tuning with no option, same run.
+    them; on CPU the sampled growth of the anonymous resident set is added to their size),
+    activations, gradients and optimiser state. Ratios are against full fine-tuning with no option, same run.
     """
     crops = RandomVolumes(max(cfg.train.batch_size, 2), cfg.model.roi)
     rows = []

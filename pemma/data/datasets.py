@@ -47,11 +47,19 @@ class VerifiedCache(PersistentDataset):
     bytes, truncation) is rebuilt with a warning naming it. Entries are read memory-mapped: a training
     crop reads the pages it cuts (and, from the cached label indices, its centre), not the whole
     volume (2.6 ms against 88 ms a crop at the paper profile; `bench data`). `drop`: item keys taken
-    out after reading (whole volumes do not carry the label indices on)."""
+    out after reading (whole volumes do not carry the label indices on).
 
-    def __init__(self, data, transform, cache_dir: Path, drop: tuple[str, ...] = ()) -> None:
+    `keep_mapped` (the training crops): each entry is mapped once per process and kept, while its
+    file is unchanged, instead of being unpickled again on every draw. The crops' transforms read
+    the volumes and never write into them (a test trains with them and compares the kept volumes
+    with their files); whole volumes, which test-time conditions change, are read anew each time."""
+
+    def __init__(
+        self, data, transform, cache_dir: Path, drop: tuple[str, ...] = (), keep_mapped: bool = False
+    ) -> None:
         super().__init__(data, transform, cache_dir=cache_dir, hash_func=_portable_hash)
         self.drop = drop
+        self.mapped: dict[str, tuple[tuple[int, int, int], dict]] | None = {} if keep_mapped else None
 
     def _transform(self, index: int):
         out = super()._transform(index)
@@ -70,8 +78,15 @@ class VerifiedCache(PersistentDataset):
                 log.warning("%s; rebuilding this cache entry", err)
                 discard(entry)
         if entry.is_file():
+            kept = self.mapped.get(str(entry)) if self.mapped is not None else None
+            if kept is not None and kept[0] == seen:
+                return dict(kept[1])  # the item's dict anew; its volumes shared, read only
             with contextlib.suppress(RuntimeError, EOFError):  # unreadable: MONAI's reader decides below
-                return torch.load(entry, weights_only=self.weights_only, mmap=True)
+                out = torch.load(entry, weights_only=self.weights_only, mmap=True)
+                if self.mapped is not None and seen is not None:
+                    self.mapped[str(entry)] = (seen, out)
+                    return dict(out)
+                return out
         before = get_track_meta()
         set_track_meta(
             True
@@ -149,7 +164,7 @@ class CohortData:
         pipeline.set_random_state(seed=seed)
         if not cached:
             return Dataset(items, pipeline)
-        return VerifiedCache(items, pipeline, cache_dir=self._cache_dir(keys))
+        return VerifiedCache(items, pipeline, cache_dir=self._cache_dir(keys), keep_mapped=True)
 
 
 def items_of(cases: list[Case], keys: tuple[str, ...]) -> list[dict[str, str]]:

@@ -182,16 +182,19 @@ class PerSample(torch.utils.data.Dataset):
     process reads it."""
 
     def __init__(self, dataset: Dataset) -> None:
+        from pemma.data.transforms import Reseeder
+
         self.dataset = dataset
+        transform = getattr(dataset, "transform", None)  # (a dataset without one draws nothing)
+        self.reseed = Reseeder(transform) if isinstance(transform, Randomizable) else None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, pair: tuple[int, int]) -> dict:
         index, seed = pair
-        transform = getattr(self.dataset, "transform", None)  # (a dataset without one draws nothing)
-        if isinstance(transform, Randomizable):
-            transform.set_random_state(seed=seed)
+        if self.reseed is not None:
+            self.reseed(seed)
         # The crops end as plain tensors: MONAI's MetaTensor bookkeeping on the way costs half of a
         # crop's time and changes no value (the cache holds plain tensors; the working affine is an
         # item key).

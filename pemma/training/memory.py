@@ -1,9 +1,12 @@
-"""Peak memory while a block runs: CUDA max allocated on GPU; on CPU, the sampled resident set size
-above what the process held when the block began. Before a CPU block starts, freed heap memory is
-handed back to the system (glibc malloc_trim), so a block's growth is not hidden by memory an
-earlier block freed but the allocator kept: methods measured one after another in one process are
-then comparable (weights already built are not counted; activations, gradients and optimiser
-state are)."""
+"""Peak memory while a block runs: CUDA max allocated on GPU; on CPU, the sampled anonymous resident
+set (resident pages less file-backed and shared ones: the memory the process allocated) above what
+it held when the block began. File-backed pages are left out because they are the page cache's: the
+training crops read cache entries memory-mapped and keep them mapped, so the pages a crop touched
+stay resident, reclaimable, and would otherwise count as training memory. Before a CPU block
+starts, freed heap memory is handed back to the system (glibc malloc_trim), so a block's growth is
+not hidden by memory an earlier block freed but the allocator kept: methods measured one after
+another in one process are then comparable (weights already built are not counted; activations,
+gradients and optimiser state are)."""
 
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import torch
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            fields = f.read().split()  # size resident shared(file-backed + shmem) text lib data dt
+        return (int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE")
     except OSError:  # not Linux: fall back to the process's lifetime peak
         import resource
 
