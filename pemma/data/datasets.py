@@ -60,6 +60,16 @@ class VerifiedCache(PersistentDataset):
         super().__init__(data, transform, cache_dir=cache_dir, hash_func=_portable_hash)
         self.drop = drop
         self.mapped: dict[str, tuple[tuple[int, int, int], dict]] | None = {} if keep_mapped else None
+        self._entries: dict[int, tuple[dict, Path]] = {}
+
+    def entry(self, item: dict) -> Path:
+        """The cache file of `item` (one of this dataset's items), named once per item: hashing its
+        file names on every draw was a tenth of a training crop's time."""
+        known = self._entries.get(id(item))
+        if known is None or known[0] is not item:
+            name = f"{self.hash_func(item).decode('utf-8')}{self.transform_hash}.pt"
+            known = self._entries[id(item)] = (item, self.cache_dir / name)
+        return known[1]
 
     def _transform(self, index: int):
         out = super()._transform(index)
@@ -68,7 +78,7 @@ class VerifiedCache(PersistentDataset):
         return out
 
     def _cachecheck(self, item_transformed):
-        entry = self.cache_dir / f"{self.hash_func(item_transformed).decode('utf-8')}{self.transform_hash}.pt"
+        entry = self.entry(item_transformed)
         seen = _stat(entry) if entry.is_file() else None
         if seen is not None and _VERIFIED.get(str(entry)) != seen:
             try:
