@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from monai.data import list_data_collate
@@ -151,10 +152,12 @@ def overhead(cfg: RunConfig, crops, device: torch.device, steps: int, rounds: in
     if steps <= warmup:
         raise ValueError(f"--steps must exceed train.warmup_steps ({warmup}), got {steps}")
     steady = {"harness": float("inf"), "bare": float("inf")}  # best steady span of each side
+    spans: dict[str, list[float]] = {"harness": [], "bare": []}  # each round's, in order
     stats = {}
 
     def harness() -> float:
         seconds, inner = _harness(copy.deepcopy(initial), crops, cfg, steps, device)
+        spans["harness"].append(inner.seconds)
         if inner.seconds < steady["harness"]:
             steady["harness"], stats["harness"] = inner.seconds, inner
         return seconds
@@ -162,6 +165,7 @@ def overhead(cfg: RunConfig, crops, device: torch.device, steps: int, rounds: in
     def bare() -> float:
         times: dict[str, float] = {}
         seconds = bare_loop(copy.deepcopy(initial), batches, cfg, device, amp, times)
+        spans["bare"].append(times["steady"])
         steady["bare"] = min(steady["bare"], times["steady"])
         return seconds
 
@@ -185,6 +189,9 @@ def overhead(cfg: RunConfig, crops, device: torch.device, steps: int, rounds: in
                 "bare steady ms/step": per_step["bare"],
                 "harness steady ms/step": per_step["harness"],
                 "per-step overhead %": 100 * (per_step["harness"] / per_step["bare"] - 1),
+                # each round's two sides ran back to back: their ratio cancels drift between rounds
+                "median per-step overhead %": 100
+                * (float(np.median(np.array(spans["harness"]) / np.array(spans["bare"]))) - 1),
                 "fixed s": fixed,
                 "data wait share": stats["harness"].data_wait_share,
             }

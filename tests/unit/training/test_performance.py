@@ -200,6 +200,9 @@ def test_bench_overhead_and_public_reference_log_their_ratios(tmp_path, tiny_coh
     bare, ours = (metrics[f"pemma-lora/unetr/fp32/{side} steady ms/step"] for side in ("bare", "harness"))
     assert bare > 0 and ours > 0
     assert metrics["pemma-lora/unetr/fp32/per-step overhead _"] == pytest.approx(100 * (ours / bare - 1))
+    # one round: the median of the rounds' own ratios is that round's
+    median = metrics["pemma-lora/unetr/fp32/median per-step overhead _"]
+    assert median == pytest.approx(metrics["pemma-lora/unetr/fp32/per-step overhead _"])
     assert "pemma-lora/unetr/fp32/fixed s" in metrics
 
     _bench(
