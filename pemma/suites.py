@@ -119,7 +119,7 @@ def classes_of(root: str | None) -> Classes:
 
 def classes_layer(classes: Classes) -> dict[str, Any]:
     """The config a cohort's classes imply where a run sets neither: its output channels and the
-    loss's weights (classes.default_weights). None for HECKTOR's: the profiles' own values hold."""
+    loss's weights (classes.default_weights); nothing for HECKTOR's, where the profiles' own hold."""
     if classes.count == HECKTOR.count:
         return {}
     return {
