@@ -3,9 +3,10 @@
 and the file ending. HECKTOR is often converted to it, and so are the autoPET FDG-PET/CT datasets.
 
 The channels are mapped to CT and PET from `channel_names` (case-insensitive "CT"; "PET" or "PT"); a
-dataset whose channels cannot be mapped is refused, naming them. Centres come from the case IDs where
-they carry one (`CHUM-001`), else from `centres.csv` beside `dataset.json` (columns `case`, `centre`);
-a case without a centre is an error naming it. The clinical and endpoint tables of the HECKTOR layout
+dataset whose channels cannot be mapped is refused, naming them. Centres come from `centres.csv`
+beside `dataset.json` where it names the case (columns `case`, `centre`), else from the case ID where
+it carries one (`CHUM-001`), else from a centre column of the clinical file (`centre`, `center` or
+HECKTOR's `CenterID`, any case); a case without a centre is an error naming it. The clinical and endpoint tables of the HECKTOR layout
 are read from the same folder when present. Both readers produce the same Cohort, so everything
 downstream is the same code.
 
@@ -24,6 +25,7 @@ import pandas as pd
 from pemma.classes import HECKTOR, Classes
 from pemma.data.centres import centre_of
 from pemma.data.hecktor import (
+    CLINICAL_CSV,
     ID_PATTERN,
     Case,
     Cohort,
@@ -106,7 +108,27 @@ def read_classes(spec: dict, path: Path) -> Classes:
         raise CohortError(f"{path}: labels {labels}: {err}") from err
 
 
-def _centres(root: Path, cases: list[str]) -> dict[str, str]:
+CENTRE_COLUMNS = ("centre", "center", "centreid", "centerid")
+"""Names (any case) of a clinical-file column that gives each case its centre (HECKTOR's `CenterID`)."""
+
+
+def _clinical_centres(root: Path, clinical: pd.DataFrame | None) -> tuple[dict[str, str], str]:
+    """Case -> centre from a column of the clinical file, where it has one; and where it came from."""
+    if clinical is None:
+        return {}, ""
+    column = next((c for c in clinical.columns if str(c).strip().lower() in CENTRE_COLUMNS), None)
+    if column is None:
+        return {}, ""
+    named = clinical[clinical[column].notna()]
+    values = named[column].map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+    return dict(
+        zip(named["PatientID"].astype(str), values.str.strip(), strict=True)
+    ), f"{column} of {CLINICAL_CSV}"
+
+
+def _centres(root: Path, cases: list[str], clinical: pd.DataFrame | None) -> dict[str, str]:
+    """Each case's centre: from centres.csv where it names the case, else from the case ID
+    (CENTRE-NNN), else from a centre column of the clinical file; a case with none is an error."""
     table_path = root / CENTRES_CSV
     table: dict[str, str] = {}
     if table_path.is_file():
@@ -116,16 +138,20 @@ def _centres(root: Path, cases: list[str]) -> dict[str, str]:
                 f"{table_path}: expected columns case, centre; found {', '.join(frame.columns)}"
             )
         table = dict(zip(frame["case"].str.strip(), frame["centre"].str.strip(), strict=True))
+    column, source = _clinical_centres(root, clinical)
     out = {}
     for case in cases:
         if case in table:
             out[case] = table[case]
         elif ID_PATTERN.match(case):
             out[case] = centre_of(case)
+        elif case in column:
+            out[case] = column[case]
         else:
             where = (
                 f"not in {table_path}" if table else f"and there is no {CENTRES_CSV} beside {DATASET_JSON}"
             )
+            where += f", nor in {source}" if source else ""
             raise CohortError(f"case {case}: no centre: its ID names none (CENTRE-NNN) {where}")
     return out
 
@@ -162,7 +188,8 @@ def read_nnunet(root: Path | str, images: str = "imagesTr") -> Cohort:
             f"{folder}: no image named <case>_<channel>{ending} (file_ending in {spec_path}); "
             + (f"found files ending in {', '.join(other)}" if other else "the folder is empty")
         )
-    centres = _centres(root, sorted(files))
+    clinical, endpoints = check_tables(root)
+    centres = _centres(root, sorted(files), clinical)
     cases = []
     for case, found in files.items():
         for modality in mapping:
@@ -173,7 +200,6 @@ def read_nnunet(root: Path | str, images: str = "imagesTr") -> Cohort:
         cases.append(
             Case(case, centres[case], found["CT"], found.get("PET"), label if label.exists() else None)
         )
-    clinical, endpoints = check_tables(root)
     described = tuple(p for p in (spec_path, root / CENTRES_CSV) if p.is_file())
     return Cohort(root, tuple(cases), clinical, endpoints, tuple(ignored), classes, described)
 
@@ -185,7 +211,9 @@ def layout_of(root: Path) -> str:
         return "HECKTOR 2022 (imagesTr/<ID>__CT|PT.nii.gz, labelsTr/<ID>.nii.gz)"
     spec = read_dataset_json(root)
     mapped = channels(spec, root / DATASET_JSON)
-    centres = f"centres from {CENTRES_CSV}" if (root / CENTRES_CSV).is_file() else "centres from the case IDs"
+    centres = "centres from " + (
+        f"{CENTRES_CSV}, then the case IDs" if (root / CENTRES_CSV).is_file() else "the case IDs"
+    )
     return (
         f"nnU-Net v2 raw dataset: channels {', '.join(f'{m} = _{s}' for m, s in mapped.items())} "
         f"(of {dict(spec['channel_names'])}), labels {dict(spec['labels'])}, file ending "

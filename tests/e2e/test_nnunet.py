@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from helpers.cli import ci_run
 from typer.testing import CliRunner
 
 from pemma.cli import app
+from pemma.data.hecktor import read_cohort
 from pemma.data.synth import write_cohort
 from pemma.tracking import Tracker
 
@@ -111,8 +113,18 @@ def test_bad_nnunet_datasets_are_refused_naming_the_culprit(nnunet_cohort, tmp_p
     for path in (root / "imagesTr").glob("CHUM-001_*"):
         path.rename(path.with_name(path.name.replace("CHUM-001", "case001")))
     refused(root, "case case001: no centre")
+    clinical = root / "hecktor2022_clinical_info_training.csv"
+    table = pd.read_csv(clinical)
+    table.loc[table["PatientID"] == "CHUM-001", "PatientID"] = "case001"
+    table.assign(CenterID=np.where(table["PatientID"] == "case001", 2.0, np.nan)).to_csv(
+        clinical, index=False
+    )
+    assert read_cohort(root).centres()["2"][0].patient_id == "case001", (
+        "the clinical file's CenterID assigns it"
+    )
     (root / "centres.csv").write_text("case,centre\ncase001,CHUM\n")
     assert _check(root).exit_code == 0, "a centres.csv assigns it"
+    assert [c.centre for c in read_cohort(root).cases if c.patient_id == "case001"] == ["CHUM"], "and wins"
 
 
 @pytest.fixture(scope="module")
