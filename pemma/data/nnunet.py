@@ -6,9 +6,9 @@ The channels are mapped to CT and PET from `channel_names` (case-insensitive "CT
 dataset whose channels cannot be mapped is refused, naming them. Centres come from `centres.csv`
 beside `dataset.json` where it names the case (columns `case`, `centre`), else from the case ID where
 it carries one (`CHUM-001`), else from a centre column of the clinical file (`centre`, `center` or
-HECKTOR's `CenterID`, any case); a case without a centre is an error naming it. The clinical and endpoint tables of the HECKTOR layout
-are read from the same folder when present. Both readers produce the same Cohort, so everything
-downstream is the same code.
+HECKTOR's `CenterID`, any case); a case without a centre is an error naming it. The clinical and
+endpoint tables of the HECKTOR layout are read from the same folder when present. Both readers
+produce the same Cohort, so everything downstream is the same code.
 
 Classes come from `labels`: `background` 0 and the foreground classes numbered 1, 2, ... in order,
 as nnU-Net v2 requires; their names become the metrics' names (`GTVp` -> `dice_hecktor/ctpet/gtvp`,
