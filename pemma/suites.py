@@ -106,13 +106,10 @@ def classes_of(root: str | None) -> Classes:
     if root is None:
         return HECKTOR
     from pemma.data.hecktor import CohortError
-    from pemma.data.nnunet import DATASET_JSON, read_classes, read_dataset_json
+    from pemma.data.nnunet import classes_at
 
-    path = Path(root) / DATASET_JSON
-    if not path.is_file():
-        return HECKTOR
     try:
-        return read_classes(read_dataset_json(Path(root)), path)
+        return classes_at(Path(root))
     except CohortError as err:
         raise ConfigError(f"data.root: {err}") from err
 

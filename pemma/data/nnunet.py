@@ -42,6 +42,14 @@ def is_nnunet(root: Path) -> bool:
     return (Path(root) / DATASET_JSON).is_file()
 
 
+def classes_at(root: Path) -> Classes:
+    """The classes of the cohort folder `root` from its description alone (no image is read): an
+    nnU-Net dataset's `labels`, HECKTOR's for the HECKTOR layout."""
+    if not is_nnunet(root):
+        return HECKTOR
+    return read_classes(read_dataset_json(root), Path(root) / DATASET_JSON)
+
+
 def read_dataset_json(root: Path) -> dict:
     path = Path(root) / DATASET_JSON
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,18 +39,23 @@ def columns() -> list[Column]:
     ]
 
 
-CLASS_COLUMN = re.compile(rf"^metrics\.dice_hecktor/{CTPET}/(?P<name>[^/]+)$")
-"""A class's headline Dice on CT+PET: a column for every class the runs hold (the cohort's)."""
+def logged_classes(runs: pd.DataFrame, subset: str = CTPET) -> list[str]:
+    """The classes the runs logged a Dice for on `subset` (their cohort's), in table order."""
+    prefix = f"metrics.dice_hecktor/{subset}/"
+    return [
+        n
+        for n in ordered(c.removeprefix(prefix) for c in runs.columns if c.startswith(prefix))
+        if n != "mean"
+    ]
 
 
 def with_classes(cols: list[Column], runs: pd.DataFrame) -> list[Column]:
     """`cols` with a Dice column per class the runs logged (`GTVp (CT+PET)`: HECKTOR's; `lesion
     (CT+PET)` on a one-class cohort), after the mean Dice columns."""
-    names = ordered(m["name"] for c in runs.columns if (m := CLASS_COLUMN.match(c)) and m["name"] != "mean")
     metric = next(m for m in all_metrics() if m.matches(f"dice_hecktor/{CTPET}/class"))
     added = [
         Column(f"{title_of(n)} ({LABELS[CTPET]})", f"dice_hecktor/{CTPET}/{n}", True, metric.digits)
-        for n in names
+        for n in logged_classes(runs)
     ]
     last = max((i for i, c in enumerate(cols) if c.metric.startswith("dice_hecktor/")), default=-1)
     return cols[: last + 1] + added + cols[last + 1 :]

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pemma.classes import ordered, title_of
+from pemma.classes import title_of
 from pemma.methods import METHODS
 from pemma.modalities import LABELS
 from pemma.report import stats
 from pemma.report.sections.base import Section
 from pemma.report.sources import Sources
-from pemma.report.tables import variant_columns, variant_of, with_derived
+from pemma.report.tables import logged_classes, variant_columns, variant_of, with_derived
 from pemma.tasks import all_metrics
 
 CI_NOTE = (
@@ -115,8 +115,7 @@ def dice_interval(
 def chosen_classes(asked: tuple[str, ...], runs: pd.DataFrame, subset: str) -> tuple[list[str], list[str]]:
     """The classes a section shows of those it asks for (`each`: every class the runs logged, in
     table order), and a note for each asked class the runs do not hold (a cohort with other classes)."""
-    held = ordered(c.split("/")[-1] for c in runs.columns if c.startswith(f"metrics.dice_hecktor/{subset}/"))
-    held = [c for c in held if c != "mean"]
+    held = logged_classes(runs, subset)
     shown, notes = [], []
     for klass in asked:
         if klass == "each":
