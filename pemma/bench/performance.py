@@ -1,10 +1,11 @@
 """What the harness costs against plain PyTorch, and what its speed and memory options buy.
 
-Every figure is a ratio of two measurements taken in one process, side by side (alternating rounds,
-the best round of each kind kept), so machine drift cancels:
+Every figure is a ratio of two measurements taken in one process, side by side, so machine drift
+cancels: alternating rounds, the best round of each kind kept; `overhead` interleaves single steps.
 
 - `overhead`: the harness's training loop (its cached data, its loop with checkpoints, progress
-  callback, autocast) against a bare loop written here (same model, crops already in memory).
+  callback, autocast) against a bare step written here (same model, crops already in memory), one
+  step of each in turn, with a bootstrap interval over the pairs.
 - `public_reference`: this harness's defaults against the public PEMMA code's way of training (fp32,
   eager, MONAI's manual attention, MetaTensors through the network, data read and preprocessed on
   every step), same model and batch.
@@ -68,6 +69,29 @@ def _batches(dataset, batch_size: int, n: int, device: torch.device, keep_meta: 
     return out
 
 
+class BareStep:
+    """The training step with nothing around it: forward, loss, backward, optimiser step on batches
+    already in memory; no sync unless asked (`sync=True`: the step has finished on the device when
+    the call returns, so it can be timed alone)."""
+
+    def __init__(self, model: torch.nn.Module, cfg: RunConfig, device: torch.device, amp: bool) -> None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimiser = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        weight = torch.tensor(cfg.train.class_weights, dtype=torch.float32, device=device)
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, weight=weight)
+        self.model, self.device, self.amp = model.to(device).train(), device, amp
+
+    def __call__(self, ct: torch.Tensor, pet: torch.Tensor, label: torch.Tensor, sync: bool = False) -> None:
+        with autocast(self.device, self.amp):
+            logits = self.model(ct, pet)
+        loss = self.loss_fn(logits.float(), label)
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimiser.step()
+        if sync:
+            _sync(self.device)
+
+
 def bare_loop(
     model: torch.nn.Module,
     batches: list,
@@ -76,27 +100,18 @@ def bare_loop(
     amp: bool,
     times: dict[str, float] | None = None,
 ) -> float:
-    """The training step with nothing around it: seconds for all `batches`, one sync at the end.
-    `times`, if given, receives `steady`: the seconds of the steps after the first
-    `cfg.train.warmup_steps` (the span the harness's own step timing covers; one more sync there)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    weight = torch.tensor(cfg.train.class_weights, dtype=torch.float32, device=device)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, weight=weight)
-    model.to(device).train()
+    """The bare training step over all `batches`: seconds, one sync at the end. `times`, if given,
+    receives `steady`: the seconds of the steps after the first `cfg.train.warmup_steps` (the span
+    the harness's own step timing covers; one more sync there)."""
+    step = BareStep(model, cfg, device, amp)
     warmup = cfg.train.warmup_steps if times is not None else -1
     _sync(device)
     t0 = t_steady = time.perf_counter()
-    for i, (ct, pet, label) in enumerate(batches):
+    for i, batch in enumerate(batches):
         if i == warmup:
             _sync(device)
             t_steady = time.perf_counter()
-        with autocast(device, amp):
-            logits = model(ct, pet)
-        loss = loss_fn(logits.float(), label)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        step(*batch)
     _sync(device)
     end = time.perf_counter()
     if times is not None:
@@ -105,13 +120,20 @@ def bare_loop(
 
 
 def _harness(
-    model: torch.nn.Module, dataset, cfg: RunConfig, steps: int, device: torch.device, **options
+    model: torch.nn.Module,
+    dataset,
+    cfg: RunConfig,
+    steps: int,
+    device: torch.device,
+    on_step: Callable[[int, float], None] | None = None,
+    **options,
 ) -> tuple[float, object]:
     """Wall seconds of the harness's `train` over `steps` CT+PET steps (checkpoints as configured, a
-    progress callback), and its stats."""
+    progress callback: `on_step`, or one that formats a progress line as the CLI's bar does), and
+    its stats."""
     shown: list[str] = []
 
-    def on_step(step: int, loss: float) -> None:  # what the CLI's progress bar does per step
+    def progress(step: int, loss: float) -> None:
         shown[:] = [f"step {step + 1}/{steps} loss {loss:.3f}"]
 
     budget = replace(cfg.train, steps=steps, **options)
@@ -126,7 +148,7 @@ def _harness(
             probabilities=(1.0,),
             seed=cfg.seed,
             device=device,
-            on_step=on_step,
+            on_step=on_step or progress,
             checkpoint=Path(folder) / "train.pt",
         )
         _sync(device)
@@ -142,61 +164,119 @@ def _alternate(rounds: int, contenders: dict[str, Callable[[], float]]) -> dict[
     return best
 
 
+def _ratio_interval(ours: np.ndarray, bare: np.ndarray) -> tuple[float, float]:
+    """A 95% percentile-bootstrap interval of sum(ours) / sum(bare) over paired steps (pairs
+    resampled together); NaN with fewer than two pairs."""
+    from scipy.stats import bootstrap
+
+    if len(ours) < 2:
+        return float("nan"), float("nan")
+    found = bootstrap(
+        (ours, bare),
+        lambda h, b, axis: h.sum(axis=axis) / b.sum(axis=axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=4999,
+        method="percentile",
+        rng=np.random.default_rng(0),
+    ).confidence_interval
+    return found.low, found.high
+
+
+class _Interleaved:
+    """The harness's progress callback (a progress line, as the CLI's bar makes) that then runs one
+    bare step on the batch of the same number and records when it began and ended."""
+
+    def __init__(self, step: BareStep, batches: list) -> None:
+        self.step, self.batches = step, batches
+        self.spans: list[tuple[float, float]] = []
+        self.shown = ""
+
+    def __call__(self, i: int, loss: float) -> None:
+        self.shown = f"step {i + 1}/{len(self.batches)} loss {loss:.3f}"
+        enter = time.perf_counter()
+        self.step(*self.batches[i], sync=True)
+        self.spans.append((enter, time.perf_counter()))
+
+
 def overhead(cfg: RunConfig, crops, device: torch.device, steps: int, rounds: int = 2) -> pd.DataFrame:
-    """The harness's training steps (cached crops, its loop) against the bare loop on the same model,
-    same number of steps, the bare loop's crops drawn beforehand from the same cache."""
+    """The harness's training steps against bare steps of the same model, interleaved one for one.
+
+    Each round runs the harness's `train` for `steps` CT+PET steps (crops from its cache, its loop
+    with resumable checkpoints, a progress callback) and, from inside that callback, one bare step
+    (`BareStep`) of a second copy of the same initial model on a batch drawn beforehand from the same
+    cache: harness step, bare step, harness step... The two steps of a pair run within a fraction of
+    a second of each other, so the machine's drift (on a shared 2-core machine, +-10% over seconds to
+    minutes) cancels in each pair, where alternating whole loops left it in. A harness step is the
+    span between two callbacks less the bare step inside: its data, its step, its bookkeeping, the
+    progress line. Pairs after `train.warmup_steps` (and after the first step, whose start the
+    callbacks do not see) count, pooled over rounds: per-step overhead = sum of harness steps / sum
+    of bare steps - 1, with a 95% bootstrap interval over pairs. Both sides end every step synced
+    (the harness reads its loss; the bare step to be timed alone), so on CUDA the figure leaves out
+    the overlap of a step's launch with the previous step's kernels that a loop that never syncs
+    would get. The whole call's overhead adds the harness's setup and final checkpoint (`fixed s`).
+    """
+    first = max(cfg.train.warmup_steps, 1)
+    if steps <= first:
+        raise ValueError(
+            f"--steps must exceed {first} (train.warmup_steps {cfg.train.warmup_steps}, and the first "
+            f"step, whose start is not seen), got {steps}"
+        )
     initial = _model(cfg, cfg.method)
     batches = _batches(crops, cfg.train.batch_size, steps, device)
-    amp = cfg.train.amp
-    warmup = cfg.train.warmup_steps
-    if steps <= warmup:
-        raise ValueError(f"--steps must exceed train.warmup_steps ({warmup}), got {steps}")
-    steady = {"harness": float("inf"), "bare": float("inf")}  # best steady span of each side
-    spans: dict[str, list[float]] = {"harness": [], "bare": []}  # each round's, in order
-    stats = {}
-
-    def harness() -> float:
-        seconds, inner = _harness(copy.deepcopy(initial), crops, cfg, steps, device)
-        spans["harness"].append(inner.seconds)
-        if inner.seconds < steady["harness"]:
-            steady["harness"], stats["harness"] = inner.seconds, inner
-        return seconds
-
-    def bare() -> float:
-        times: dict[str, float] = {}
-        seconds = bare_loop(copy.deepcopy(initial), batches, cfg, device, amp, times)
-        spans["bare"].append(times["steady"])
-        steady["bare"] = min(steady["bare"], times["steady"])
-        return seconds
-
-    best = _alternate(rounds, {"harness": harness, "bare": bare})
-    per_step = {side: 1000 * steady[side] / (steps - warmup) for side in steady}
-    # What the harness call costs beyond its steps: setup (optimiser, memory sampler, garbage
-    # collection) and the final checkpoint, net of the per-step difference.
-    fixed = best["harness"] - best["bare"] - steps * (per_step["harness"] - per_step["bare"]) / 1000
-    return pd.DataFrame(
+    ours: list[float] = []  # steady harness steps, every round's, in order
+    bare: list[float] = []  # the bare step paired with each
+    rounds_of: list[int] = []
+    calls, bare_total, fixed, waited, timed = 0.0, 0.0, [], 0.0, 0.0
+    for _ in range(rounds):
+        paired = _Interleaved(BareStep(copy.deepcopy(initial), cfg, device, cfg.train.amp), batches)
+        seconds, stats = _harness(copy.deepcopy(initial), crops, cfg, steps, device, on_step=paired)
+        spans = paired.spans
+        callbacks = sum(end - enter for enter, end in spans)
+        ours_round = [spans[i][0] - spans[i - 1][1] for i in range(first, steps)]
+        ours += ours_round
+        bare += [end - enter for enter, end in spans[first:]]
+        rounds_of += [len(fixed)] * len(ours_round)
+        calls += seconds - callbacks
+        bare_total += callbacks
+        fixed.append(seconds - callbacks - steps * float(np.mean(ours_round)))
+        waited += stats.data_wait_share * stats.seconds
+        timed += stats.seconds
+    h, b = np.array(ours), np.array(bare)
+    low, high = _ratio_interval(h, b)
+    table = pd.DataFrame(
         [
             {
                 "method": cfg.method,
                 "backbone": cfg.backbone,
                 "steps": steps,
+                "rounds": rounds,
+                "pairs": len(h),
                 "batch": cfg.train.batch_size,
-                "dtype": dtype_name(device, amp),
-                "bare ms/step": 1000 * best["bare"] / steps,
-                "harness ms/step": 1000 * best["harness"] / steps,
-                "harness / bare": best["harness"] / best["bare"],
-                "overhead %": 100 * (best["harness"] / best["bare"] - 1),
-                "bare steady ms/step": per_step["bare"],
-                "harness steady ms/step": per_step["harness"],
-                "per-step overhead %": 100 * (per_step["harness"] / per_step["bare"] - 1),
-                # each round's two sides ran back to back: their ratio cancels drift between rounds
-                "median per-step overhead %": 100
-                * (float(np.median(np.array(spans["harness"]) / np.array(spans["bare"]))) - 1),
-                "fixed s": fixed,
-                "data wait share": stats["harness"].data_wait_share,
+                "dtype": dtype_name(device, cfg.train.amp),
+                "bare ms/step": 1000 * b.mean(),
+                "harness ms/step": 1000 * h.mean(),
+                "excess ms/step": 1000 * (h.mean() - b.mean()),
+                "per-step overhead %": 100 * (h.sum() / b.sum() - 1),
+                "95% CI low %": 100 * (low - 1),
+                "95% CI high %": 100 * (high - 1),
+                "median paired overhead %": 100 * (float(np.median(h / b)) - 1),
+                "whole-call overhead %": 100 * (calls / bare_total - 1),
+                "fixed s": float(np.mean(fixed)),
+                "data wait share": waited / timed if timed > 0 else float("nan"),
             }
         ]
     )
+    # every pair, for a look at their spread and drift (logged beside the table)
+    table.attrs["detail"] = pd.DataFrame(
+        {
+            "round": rounds_of,
+            "step": [first + i % (steps - first) for i in range(len(h))],
+            "harness ms": 1000 * h,
+            "bare ms": 1000 * b,
+        }
+    )
+    return table
 
 
 def public_reference(

@@ -49,7 +49,8 @@ def _bench_data(cfg, results: Path, data: Path | None):
 
 def _log_bench(results: Path, name: str, table, cfg, device) -> None:
     """The benchmark's table into MLflow (experiment pemma-bench/bench): one metric per numeric cell,
-    named `<row labels>/<column>`, and the table as CSV."""
+    named `<row labels>/<column>`, the table as CSV, and the measurements behind it as a second CSV
+    where the table carries them (`attrs["detail"]`)."""
     import tempfile
 
     from pemma.tracking import provenance
@@ -73,6 +74,10 @@ def _log_bench(results: Path, name: str, table, cfg, device) -> None:
         path = Path(folder) / f"{name}.csv"
         table.to_csv(path, index=False)
         tracker.log_artifact(run_id, path, "bench")
+        if "detail" in table.attrs:  # the measurements behind the table's cells
+            path = Path(folder) / f"{name}-detail.csv"
+            table.attrs["detail"].to_csv(path, index=False)
+            tracker.log_artifact(run_id, path, "bench")
     tracker.finish(run_id)
     console.print(f"logged to MLflow: experiment pemma-bench/bench, run bench-{name}")
 

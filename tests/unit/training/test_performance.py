@@ -1,6 +1,7 @@
 """Memory and speed options: they change cost, not what is trained (or only as far as stated)."""
 
 import copy
+import time
 
 import pytest
 import torch
@@ -176,7 +177,9 @@ def _bench(tmp_path, *args):
     return result
 
 
-def _bench_metrics(tmp_path, name: str) -> dict[str, float]:
+def _bench_metrics(tmp_path, name: str, detail: bool = False) -> dict[str, float]:
+    """The bench run's metrics; its artifacts are the table (and, with `detail`, the measurements
+    behind it)."""
     from pemma.tracking import Tracker
 
     tracker = Tracker(tmp_path)
@@ -185,25 +188,27 @@ def _bench_metrics(tmp_path, name: str) -> dict[str, float]:
     )
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     artifacts = [a.path for a in tracker.client.list_artifacts(runs[0].info.run_id, "bench")]
-    assert artifacts == [f"bench/{name}.csv"]
+    expected = [f"bench/{name}.csv"] + ([f"bench/{name}-detail.csv"] if detail else [])
+    assert sorted(artifacts) == sorted(expected)
     return runs[0].data.metrics
 
 
 @pytest.mark.slow
 def test_bench_overhead_and_public_reference_log_their_ratios(tmp_path, tiny_cohort):
-    out = _bench(tmp_path, "overhead", "--steps", "2", "--rounds", "1", "--data", str(tiny_cohort)).output
-    assert "harness / bare" in out
-    metrics = _bench_metrics(tmp_path, "overhead")
-    ratio = metrics["pemma-lora/unetr/fp32/harness / bare"]
-    assert ratio > 0 and metrics["pemma-lora/unetr/fp32/overhead _"] == pytest.approx(100 * (ratio - 1))
-    # the steady per-step comparison beside the whole call's, and the fixed cost it implies
-    bare, ours = (metrics[f"pemma-lora/unetr/fp32/{side} steady ms/step"] for side in ("bare", "harness"))
+    out = _bench(tmp_path, "overhead", "--steps", "4", "--rounds", "2", "--data", str(tiny_cohort)).output
+    assert "per-step overhead" in out
+    metrics = _bench_metrics(tmp_path, "overhead", detail=True)
+    row = "pemma-lora/unetr/fp32"
+    # ci profile: no warm-up steps; steps 1..3 of each round are paired (step 0's start is unseen)
+    assert metrics[f"{row}/pairs"] == 6 and metrics[f"{row}/rounds"] == 2
+    bare, ours = (metrics[f"{row}/{side} ms/step"] for side in ("bare", "harness"))
     assert bare > 0 and ours > 0
-    assert metrics["pemma-lora/unetr/fp32/per-step overhead _"] == pytest.approx(100 * (ours / bare - 1))
-    # one round: the median of the rounds' own ratios is that round's
-    median = metrics["pemma-lora/unetr/fp32/median per-step overhead _"]
-    assert median == pytest.approx(metrics["pemma-lora/unetr/fp32/per-step overhead _"])
-    assert "pemma-lora/unetr/fp32/fixed s" in metrics
+    # equal pair counts: the ratio of sums is the ratio of means
+    assert metrics[f"{row}/per-step overhead _"] == pytest.approx(100 * (ours / bare - 1))
+    low, high = metrics[f"{row}/95_ CI low _"], metrics[f"{row}/95_ CI high _"]
+    assert low <= metrics[f"{row}/per-step overhead _"] <= high
+    assert f"{row}/whole-call overhead _" in metrics and f"{row}/fixed s" in metrics
+    assert 0 <= metrics[f"{row}/data wait share"] < 1
 
     _bench(
         tmp_path,
@@ -222,6 +227,43 @@ def test_bench_overhead_and_public_reference_log_their_ratios(tmp_path, tiny_coh
     harness = "pemma-bench/fp32/SDPA/channels-last/plain/cached"
     ours = metrics[f"{harness}/samples/s"]
     assert metrics[f"{harness}/speed-up"] == pytest.approx(ours / public)
+
+
+class _SlowVolumes(torch.utils.data.Dataset):
+    """Random crops of `shape` that take `delay` seconds each to read."""
+
+    def __init__(self, delay: float, shape: tuple[int, int, int]) -> None:
+        from pemma.bench.measures import RandomVolumes
+
+        self.volumes, self.delay = RandomVolumes(2, shape), delay
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, i: int) -> dict:
+        time.sleep(self.delay)
+        return self.volumes[i]
+
+
+def test_bench_overhead_pairs_charge_the_harness_its_data_time_and_not_the_bare_step():
+    """A data path that sleeps 300 ms a crop shows up as the harness steps' excess over the bare steps
+    they are paired with, not in the bare steps timed inside its callback."""
+    from pemma.bench.performance import overhead
+
+    cfg = resolve({"profile": "ci", "backbone": "unetr", "method": "pemma-lora"})
+    result = overhead(cfg, _SlowVolumes(0.3, cfg.model.roi), torch.device("cpu"), steps=4, rounds=1)
+    table = result.iloc[0]
+    assert table["pairs"] == 3  # steps 1..3: the ci profile warms up for none, step 0's start is unseen
+    excess = table["excess ms/step"]
+    assert excess == pytest.approx(table["harness ms/step"] - table["bare ms/step"])
+    slept = 300 * cfg.train.batch_size
+    # the two steps' own computing differs by a few tens of ms from pair to pair on a busy machine
+    assert slept - 60 <= excess <= slept + 60, table.to_dict()  # (+ a bare step: ~ +100)
+    assert table["data wait share"] > 0.5  # a ci step computes for 80-200 ms on 2 CPU cores
+    pairs = result.attrs["detail"]  # the pairs behind the figures
+    assert pairs["step"].tolist() == [1, 2, 3] and (pairs["harness ms"] - pairs["bare ms"] > 240).all()
+    with pytest.raises(ValueError, match="--steps must exceed 1"):
+        overhead(cfg, _SlowVolumes(0.0, cfg.model.roi), torch.device("cpu"), steps=1, rounds=1)
 
 
 def test_bench_layout_logs_both_layouts_step_times_per_method(tmp_path):
