@@ -202,44 +202,43 @@ class _Interleaved:
 def overhead(cfg: RunConfig, crops, device: torch.device, steps: int, rounds: int = 2) -> pd.DataFrame:
     """The harness's training steps against bare steps of the same model, interleaved one for one.
 
-    Each round runs the harness's `train` for `steps` CT+PET steps (crops from its cache, its loop
-    with resumable checkpoints, a progress callback) and, from inside that callback, one bare step
-    (`BareStep`) of a second copy of the same initial model on a batch drawn beforehand from the same
-    cache: harness step, bare step, harness step... The two steps of a pair run within a fraction of
-    a second of each other, so the machine's drift (on a shared 2-core machine, +-10% over seconds to
-    minutes) cancels in each pair, where alternating whole loops left it in. A harness step is the
-    span between two callbacks less the bare step inside: its data, its step, its bookkeeping, the
-    progress line. Pairs after `train.warmup_steps` (and after the first step, whose start the
-    callbacks do not see) count, pooled over rounds: per-step overhead = sum of harness steps / sum
-    of bare steps - 1, with a 95% bootstrap interval over pairs. Both sides end every step synced
-    (the harness reads its loss; the bare step to be timed alone), so on CUDA the figure leaves out
-    the overlap of a step's launch with the previous step's kernels that a loop that never syncs
-    would get. The whole call's overhead adds the harness's setup and final checkpoint (`fixed s`).
+    Each round runs the harness's `train` for its warm-up and then `steps` CT+PET steps (crops from
+    its cache, its loop with resumable checkpoints, a progress callback) and, from inside that
+    callback, one bare step (`BareStep`) of a second copy of the same initial model on a batch drawn
+    beforehand from the same cache: harness step, bare step, harness step... The two steps of a pair
+    run within a fraction of a second of each other, so the machine's drift (on a shared 2-core
+    machine, +-10% over seconds to minutes) cancels in each pair, where alternating whole loops left
+    it in. A harness step is the span between two callbacks less the bare step inside: its data, its
+    step, its bookkeeping, the progress line. The pairs after `train.warmup_steps` (at least one
+    step: the first one's start is not seen by the callbacks) count, pooled over rounds: per-step
+    overhead = sum of harness steps / sum of bare steps - 1, with a 95% bootstrap interval over
+    pairs. Both sides end every step synced (the harness reads its loss; the bare step to be timed
+    alone), so on CUDA the figure leaves out the overlap of a step's launch with the previous step's
+    kernels that a loop that never syncs would get. The whole call's overhead adds the harness's
+    setup and final checkpoint (`fixed s`).
     """
+    if steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {steps}")
     first = max(cfg.train.warmup_steps, 1)
-    if steps <= first:
-        raise ValueError(
-            f"--steps must exceed {first} (train.warmup_steps {cfg.train.warmup_steps}, and the first "
-            f"step, whose start is not seen), got {steps}"
-        )
+    total = first + steps  # harness steps a round: `steps` of them paired
     initial = _model(cfg, cfg.method)
-    batches = _batches(crops, cfg.train.batch_size, steps, device)
+    batches = _batches(crops, cfg.train.batch_size, total, device)
     ours: list[float] = []  # steady harness steps, every round's, in order
     bare: list[float] = []  # the bare step paired with each
     rounds_of: list[int] = []
     calls, bare_total, fixed, waited, timed = 0.0, 0.0, [], 0.0, 0.0
     for _ in range(rounds):
         paired = _Interleaved(BareStep(copy.deepcopy(initial), cfg, device, cfg.train.amp), batches)
-        seconds, stats = _harness(copy.deepcopy(initial), crops, cfg, steps, device, on_step=paired)
+        seconds, stats = _harness(copy.deepcopy(initial), crops, cfg, total, device, on_step=paired)
         spans = paired.spans
         callbacks = sum(end - enter for enter, end in spans)
-        ours_round = [spans[i][0] - spans[i - 1][1] for i in range(first, steps)]
+        ours_round = [spans[i][0] - spans[i - 1][1] for i in range(first, total)]
         ours += ours_round
         bare += [end - enter for enter, end in spans[first:]]
         rounds_of += [len(fixed)] * len(ours_round)
         calls += seconds - callbacks
         bare_total += callbacks
-        fixed.append(seconds - callbacks - steps * float(np.mean(ours_round)))
+        fixed.append(seconds - callbacks - total * float(np.mean(ours_round)))
         waited += stats.data_wait_share * stats.seconds
         timed += stats.seconds
     h, b = np.array(ours), np.array(bare)
@@ -271,7 +270,7 @@ def overhead(cfg: RunConfig, crops, device: torch.device, steps: int, rounds: in
     table.attrs["detail"] = pd.DataFrame(
         {
             "round": rounds_of,
-            "step": [first + i % (steps - first) for i in range(len(h))],
+            "step": [first + i % steps for i in range(len(h))],
             "harness ms": 1000 * h,
             "bare ms": 1000 * b,
         }

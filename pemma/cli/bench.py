@@ -148,13 +148,20 @@ def bench_overhead(
     profile: BenchProfileOpt = "smoke",
     method: OneMethodOpt = "pemma-lora",
     backbone: OneBackboneOpt = "unetr",
-    steps: Annotated[int, typer.Option(help="Training steps per round (each side).")] = 30,
-    rounds: RoundsOpt = 2,
+    steps: Annotated[
+        int,
+        typer.Option(
+            help="Harness steps per round after train.warmup_steps (at least one), each paired with a "
+            "bare step."
+        ),
+    ] = 60,
+    rounds: Annotated[int, typer.Option(help="Harness calls; their pairs are pooled.")] = 2,
     set_: SetOpt = None,
     results: ResultsOpt = Path("results"),
     data: DataOpt = None,
 ) -> None:
-    """The harness's training loop (cached data, checkpoints, progress) against a bare PyTorch loop."""
+    """The harness's training loop (cached data, checkpoints, progress) against bare PyTorch steps,
+    one of each in turn: per-step overhead with a 95% interval, and the whole call's."""
     from pemma.bench.performance import overhead
     from pemma.orchestration.runner import default_device
     from pemma.tasks.segmentation.task import KEYS

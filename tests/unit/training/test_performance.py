@@ -195,11 +195,12 @@ def _bench_metrics(tmp_path, name: str, detail: bool = False) -> dict[str, float
 
 @pytest.mark.slow
 def test_bench_overhead_and_public_reference_log_their_ratios(tmp_path, tiny_cohort):
-    out = _bench(tmp_path, "overhead", "--steps", "4", "--rounds", "2", "--data", str(tiny_cohort)).output
+    out = _bench(tmp_path, "overhead", "--steps", "3", "--rounds", "2", "--data", str(tiny_cohort)).output
     assert "per-step overhead" in out
     metrics = _bench_metrics(tmp_path, "overhead", detail=True)
     row = "pemma-lora/unetr/fp32"
     # ci profile: no warm-up steps; steps 1..3 of each round are paired (step 0's start is unseen)
+    assert metrics[f"{row}/steps"] == 3
     assert metrics[f"{row}/pairs"] == 6 and metrics[f"{row}/rounds"] == 2
     bare, ours = (metrics[f"{row}/{side} ms/step"] for side in ("bare", "harness"))
     assert bare > 0 and ours > 0
@@ -251,7 +252,7 @@ def test_bench_overhead_pairs_charge_the_harness_its_data_time_and_not_the_bare_
     from pemma.bench.performance import overhead
 
     cfg = resolve({"profile": "ci", "backbone": "unetr", "method": "pemma-lora"})
-    result = overhead(cfg, _SlowVolumes(0.3, cfg.model.roi), torch.device("cpu"), steps=4, rounds=1)
+    result = overhead(cfg, _SlowVolumes(0.3, cfg.model.roi), torch.device("cpu"), steps=3, rounds=1)
     table = result.iloc[0]
     assert table["pairs"] == 3  # steps 1..3: the ci profile warms up for none, step 0's start is unseen
     excess = table["excess ms/step"]
@@ -262,8 +263,8 @@ def test_bench_overhead_pairs_charge_the_harness_its_data_time_and_not_the_bare_
     assert table["data wait share"] > 0.5  # a ci step computes for 80-200 ms on 2 CPU cores
     pairs = result.attrs["detail"]  # the pairs behind the figures
     assert pairs["step"].tolist() == [1, 2, 3] and (pairs["harness ms"] - pairs["bare ms"] > 240).all()
-    with pytest.raises(ValueError, match="--steps must exceed 1"):
-        overhead(cfg, _SlowVolumes(0.0, cfg.model.roi), torch.device("cpu"), steps=1, rounds=1)
+    with pytest.raises(ValueError, match="--steps must be at least 1, got 0"):
+        overhead(cfg, _SlowVolumes(0.0, cfg.model.roi), torch.device("cpu"), steps=0, rounds=1)
 
 
 def test_bench_layout_logs_both_layouts_step_times_per_method(tmp_path):
