@@ -10,8 +10,11 @@ fast would see on this host's cores; no accelerator is needed to ask the questio
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -140,6 +143,58 @@ def stage_times(
     return table
 
 
+def _waits(stream, workers: int, step_ms: float, batches: int, device: torch.device) -> tuple[float, ...]:
+    """(data wait share, wait ms per batch, batches/s) of a consumer that takes a batch, moves it to
+    `device` and sleeps `step_ms`, over `batches` batches once the workers' first ones are ready."""
+    for _ in range(max(2, workers)):
+        next(stream)
+    waited, t0 = 0.0, time.perf_counter()
+    for _ in range(batches):
+        t = time.perf_counter()
+        batch = next(stream)
+        waited += time.perf_counter() - t
+        for k in KEYS:
+            plain(batch[k], device)
+        time.sleep(step_ms / 1000.0)
+    total = time.perf_counter() - t0
+    return waited / total, 1000.0 * waited / batches, batches / total
+
+
+class _Received:
+    """Batches taken from a stream by a background thread, up to `depth` ahead: what torch's
+    pin-memory thread does on CUDA (it receives each batch from the loader workers, then pins it),
+    without the pinning, so that a CPU host can model where a CUDA run receives its batches."""
+
+    def __init__(self, stream: SeededBatches, depth: int = 2) -> None:
+        self.stream, self.queue, self.stop = stream, queue.Queue(depth), threading.Event()
+        self.thread = threading.Thread(target=self._receive, daemon=True)
+        self.thread.start()
+
+    def _receive(self) -> None:
+        while not self.stop.is_set():
+            try:
+                item = next(self.stream)
+            except Exception as err:  # handed to the consumer, which raises it
+                item = err
+            while not self.stop.is_set():
+                with contextlib.suppress(queue.Full):
+                    self.queue.put(item, timeout=0.1)
+                    break
+            if isinstance(item, Exception):
+                return
+
+    def __next__(self) -> dict:
+        item = self.queue.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.stream.close()
+
+
 def loader_waits(
     files: list[Path],
     indexed: list[Path],
@@ -152,35 +207,39 @@ def loader_waits(
 ) -> pd.DataFrame:
     """The share of a modelled step (sleep `step_ms`, then the next batch) spent waiting for data,
     for each number of loader workers: the whole entry read and its label scanned on every draw (as
-    before), or memory-mapped with the indices cached (as now)."""
+    before), or memory-mapped with the indices cached (as now). Where the batches from workers are
+    received: on CUDA by torch's pin-memory thread; elsewhere by the training thread, and, to model
+    a CUDA host on this one, also by a thread that does what the pin-memory thread does (`_Received`)."""
+    cuda = device.type == "cuda"
     rows = []
     for cached in (False, True):
         dataset = CachedItems(indexed if cached else files, augment(KEYS, roi, cached_indices=cached), cached)
         for n in workers:
-            stream = SeededBatches(dataset, batch_size, 0, n, device.type == "cuda")
-            try:
-                for _ in range(max(2, n)):  # workers started and their first batches ready
-                    next(stream)
-                waited, t0 = 0.0, time.perf_counter()
-                for _ in range(batches):
-                    t = time.perf_counter()
-                    batch = next(stream)
-                    waited += time.perf_counter() - t
-                    for k in KEYS:
-                        plain(batch[k], device)
-                    time.sleep(step_ms / 1000.0)
-                total = time.perf_counter() - t0
-            finally:
-                stream.close()
-            rows.append(
-                {
-                    "cache read": "mapped, indices cached" if cached else "whole, label scanned",
-                    "loader workers": n,
-                    "data wait share": waited / total,
-                    "wait ms per batch": 1000.0 * waited / batches,
-                    "batches/s": batches / total,
-                }
-            )
+            # with workers on a host without CUDA, the modelled receiving thread beside the real one
+            for threaded in (False, True) if cached and n and not cuda else (False,):
+                stream = SeededBatches(dataset, batch_size, 0, n, cuda)
+                if threaded:
+                    stream = _Received(stream)  # closing it stops its thread, then the stream
+                try:
+                    share, per_batch, rate = _waits(stream, n, step_ms, batches, device)
+                finally:
+                    stream.close()
+                if not n:
+                    received = "-"
+                elif cuda:
+                    received = "pin-memory thread"
+                else:
+                    received = "a thread (as CUDA's pin-memory thread)" if threaded else "training thread"
+                rows.append(
+                    {
+                        "cache read": "mapped, indices cached" if cached else "whole, label scanned",
+                        "loader workers": n,
+                        "received by": received,
+                        "data wait share": share,
+                        "wait ms per batch": per_batch,
+                        "batches/s": rate,
+                    }
+                )
     return pd.DataFrame(rows)
 
 

@@ -276,6 +276,40 @@ def test_bench_layout_logs_both_layouts_step_times_per_method(tmp_path):
         assert ncdhw > 0 and fast > 0 and metrics[f"{method}/speed-up"] == pytest.approx(ncdhw / fast)
 
 
+class _Counting:
+    """A stream of 0, 1, 2, ... that fails at `fail_at`; `closed` once closed."""
+
+    def __init__(self, fail_at: int) -> None:
+        self.next, self.fail_at, self.closed = 0, fail_at, False
+
+    def __next__(self) -> int:
+        if self.next == self.fail_at:
+            raise OSError("worker died")
+        self.next += 1
+        return self.next - 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_modelled_pin_memory_thread_keeps_the_order_hands_on_errors_and_stops():
+    from pemma.bench.datapath import _Received
+
+    stream = _Counting(fail_at=5)
+    received = _Received(stream, depth=2)
+    assert [next(received) for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(OSError, match="worker died"):
+        next(received)
+    received.close()
+    assert stream.closed and not received.thread.is_alive()
+    # closed while the thread waits on a full queue: it stops all the same
+    stream = _Counting(fail_at=10**9)
+    received = _Received(stream, depth=1)
+    assert next(received) == 0
+    received.close()
+    assert stream.closed and not received.thread.is_alive()
+
+
 def test_bench_data_logs_the_cache_speed_up_and_the_data_wait(tmp_path, tiny_cohort):
     out = _bench(tmp_path, "data", "--cache", "--steps", "2", "--data", str(tiny_cohort)).output
     assert "preprocessing cache" in out
