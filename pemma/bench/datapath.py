@@ -144,11 +144,14 @@ def stage_times(
 
 
 def _waits(stream, workers: int, step_ms: float, batches: int, device: torch.device) -> tuple[float, ...]:
-    """(data wait share, wait ms per batch, batches/s) of a consumer that takes a batch, moves it to
-    `device` and sleeps `step_ms`, over `batches` batches once the workers' first ones are ready."""
+    """(data wait share, wait ms per batch, release ms per batch, batches/s) of a consumer that takes
+    a batch, moves it to `device`, sleeps `step_ms` and lets the batch go, over `batches` batches once
+    the workers' first ones are ready. Letting go is timed apart from the wait: a batch from workers
+    lives in shared memory, which the training thread frees here, while on CUDA the pin-memory
+    thread drops it and the training thread frees pinned memory, which torch's host allocator keeps."""
     for _ in range(max(2, workers)):
         next(stream)
-    waited, t0 = 0.0, time.perf_counter()
+    waited, released, t0 = 0.0, 0.0, time.perf_counter()
     for _ in range(batches):
         t = time.perf_counter()
         batch = next(stream)
@@ -156,8 +159,11 @@ def _waits(stream, workers: int, step_ms: float, batches: int, device: torch.dev
         for k in KEYS:
             plain(batch[k], device)
         time.sleep(step_ms / 1000.0)
+        t = time.perf_counter()
+        del batch
+        released += time.perf_counter() - t
     total = time.perf_counter() - t0
-    return waited / total, 1000.0 * waited / batches, batches / total
+    return waited / total, 1000.0 * waited / batches, 1000.0 * released / batches, batches / total
 
 
 class _Received:
@@ -221,7 +227,7 @@ def loader_waits(
                 if threaded:
                     stream = _Received(stream)  # closing it stops its thread, then the stream
                 try:
-                    share, per_batch, rate = _waits(stream, n, step_ms, batches, device)
+                    share, per_batch, release, rate = _waits(stream, n, step_ms, batches, device)
                 finally:
                     stream.close()
                 if not n:
@@ -237,6 +243,7 @@ def loader_waits(
                         "received by": received,
                         "data wait share": share,
                         "wait ms per batch": per_batch,
+                        "release ms per batch": release,
                         "batches/s": rate,
                     }
                 )

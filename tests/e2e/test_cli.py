@@ -319,6 +319,8 @@ def test_bench_data_times_each_stage_and_the_wait_of_a_modelled_step_per_worker_
     # 2 cache reads x 2 worker counts, and on a host without CUDA the worker's batches also received
     # by a thread, as CUDA's pin-memory thread receives them
     assert len(shares) == 5 and all(0.0 <= share < 1.0 for share in shares.values()), shares
+    releases = [workers[c] for c in workers.index if c.endswith("/release ms per batch")]
+    assert len(releases) == 5 and all(r >= 0 for r in releases)  # timed apart from the wait
     assert [c for c in shares if "/1/a thread" in c] == [
         "metrics.mapped_ indices cached/1/a thread _as CUDA_s pin-memory thread_/data wait share"
     ]
