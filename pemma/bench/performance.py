@@ -119,6 +119,11 @@ def bare_loop(
     return end - t0
 
 
+def _progress_line(step: int, steps: int, loss: float) -> str:
+    """What the CLI's progress bar shows after each step: the per-step work a callback adds."""
+    return f"step {step + 1}/{steps} loss {loss:.3f}"
+
+
 def _harness(
     model: torch.nn.Module,
     dataset,
@@ -134,7 +139,7 @@ def _harness(
     shown: list[str] = []
 
     def progress(step: int, loss: float) -> None:
-        shown[:] = [f"step {step + 1}/{steps} loss {loss:.3f}"]
+        shown[:] = [_progress_line(step, steps, loss)]
 
     budget = replace(cfg.train, steps=steps, **options)
     with tempfile.TemporaryDirectory() as folder:
@@ -193,7 +198,7 @@ class _Interleaved:
         self.shown = ""
 
     def __call__(self, i: int, loss: float) -> None:
-        self.shown = f"step {i + 1}/{len(self.batches)} loss {loss:.3f}"
+        self.shown = _progress_line(i, len(self.batches), loss)
         enter = time.perf_counter()
         self.step(*self.batches[i], sync=True)
         self.spans.append((enter, time.perf_counter()))
@@ -227,7 +232,7 @@ def overhead(cfg: RunConfig, crops, device: torch.device, steps: int, rounds: in
     bare: list[float] = []  # the bare step paired with each
     rounds_of: list[int] = []
     calls, bare_total, fixed, waited, timed = 0.0, 0.0, [], 0.0, 0.0
-    for _ in range(rounds):
+    for number in range(rounds):
         paired = _Interleaved(BareStep(copy.deepcopy(initial), cfg, device, cfg.train.amp), batches)
         seconds, stats = _harness(copy.deepcopy(initial), crops, cfg, total, device, on_step=paired)
         spans = paired.spans
@@ -235,7 +240,7 @@ def overhead(cfg: RunConfig, crops, device: torch.device, steps: int, rounds: in
         ours_round = [spans[i][0] - spans[i - 1][1] for i in range(first, total)]
         ours += ours_round
         bare += [end - enter for enter, end in spans[first:]]
-        rounds_of += [len(fixed)] * len(ours_round)
+        rounds_of += [number] * len(ours_round)
         calls += seconds - callbacks
         bare_total += callbacks
         fixed.append(seconds - callbacks - total * float(np.mean(ours_round)))

@@ -120,7 +120,7 @@ CENTRE_COLUMNS = ("centre", "center", "centreid", "centerid")
 """Names (any case) of a clinical-file column that gives each case its centre (HECKTOR's `CenterID`)."""
 
 
-def _clinical_centres(root: Path, clinical: pd.DataFrame | None) -> tuple[dict[str, str], str]:
+def _clinical_centres(clinical: pd.DataFrame | None) -> tuple[dict[str, str], str]:
     """Case -> centre from a column of the clinical file, where it has one; and where it came from."""
     if clinical is None:
         return {}, ""
@@ -146,15 +146,15 @@ def _centres(root: Path, cases: list[str], clinical: pd.DataFrame | None) -> dic
                 f"{table_path}: expected columns case, centre; found {', '.join(frame.columns)}"
             )
         table = dict(zip(frame["case"].str.strip(), frame["centre"].str.strip(), strict=True))
-    column, source = _clinical_centres(root, clinical)
+    from_clinical, source = _clinical_centres(clinical)
     out = {}
     for case in cases:
         if case in table:
             out[case] = table[case]
         elif ID_PATTERN.match(case):
             out[case] = centre_of(case)
-        elif case in column:
-            out[case] = column[case]
+        elif case in from_clinical:
+            out[case] = from_clinical[case]
         else:
             where = (
                 f"not in {table_path}" if table else f"and there is no {CENTRES_CSV} beside {DATASET_JSON}"
